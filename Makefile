@@ -1,0 +1,39 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when it is missing and installs what it needs (re-installing only
+# when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SF     := $(VENV)/bin/scopeflow
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(SF) demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check scopeflow tests
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed-dev
+	mkdir -p runs
+	$(SF) bench transport --json runs/bench-transport.json
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check scopeflow tests
+	$(VENV)/bin/ruff format --check scopeflow tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
