@@ -1,0 +1,246 @@
+"""The acquisition node: a microscope behind a command server and a frame publisher.
+
+Sockets (see ``docs/protocol.md``):
+
+- *frames*: XPUB, bound; publishes ``series_start``, ``image``, ``series_end`` and ``status``.
+  XPUB (not PUB) so the node knows how many subscribers it has and can report readiness.
+- *commands*: ROUTER, bound to loopback unless CURVE keys are configured; answers every message
+  with ``reply`` or ``error``. Accepts DEALER clients and REQ clients (empty delimiter).
+- *lossless* (optional): PUSH with a bounded queue for consumers that must see every frame
+  (recorders); an overrun is logged and counted as an error, never dropped silently.
+
+Modes: *triggered* (a frame per ``acquire`` command, what autofocus uses) or *continuous* (frames
+at a fixed rate, like a camera, with commands served in between).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zmq
+
+from scopeflow.acquisition.command_server import CommandServer
+from scopeflow.acquisition.microscope import Frame, Microscope
+from scopeflow.errors import OverrunError, ProtocolError, ScopeflowError
+from scopeflow.runtime import POLL_MS, NodeRuntime
+from scopeflow.schemas.codec import decode, encode, frame_buffer
+from scopeflow.schemas.commands import Reply
+from scopeflow.schemas.results import ErrorMessage
+from scopeflow.schemas.series import ImageHeader, SeriesEnd, SeriesStart
+from scopeflow.transport import endpoints
+from scopeflow.transport.streams import LATEST_HWM, LosslessSender, send
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AcquireConfig:
+    """Endpoints and behaviour of an acquisition node."""
+
+    frames_endpoint: str = "tcp://127.0.0.1:5550"
+    commands_endpoint: str = "tcp://127.0.0.1:5551"
+    lossless_endpoint: str | None = None
+    lossless_capacity: int = 64
+    lossless_timeout_s: float = 1.0
+    mode: Literal["triggered", "continuous"] = "triggered"
+    frame_rate_hz: float = 10.0
+    max_commands_per_s: float = 1000.0
+    series_id: int = 0
+    curve: endpoints.CurveServerKeys | None = None
+    name: str = "acquire"
+
+
+class AcquireNode:
+    """Runs a microscope as a node until :meth:`stop`."""
+
+    def __init__(
+        self,
+        microscope: Microscope,
+        config: AcquireConfig,
+        ctx: zmq.Context | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.microscope = microscope
+        self.config = config
+        self.rt = NodeRuntime(config.name, "acquire", ctx, metrics_port)
+        self.series_unique_id = f"{config.name}-{uuid.uuid4().hex[:12]}"
+        self._next_image_id = 0
+        self._subscribers = 0
+        self.server = CommandServer(
+            microscope,
+            self._publish,
+            max_commands_per_s=config.max_commands_per_s,
+            frame_subscribers=lambda: self._subscribers,
+        )
+        self._auth = None
+        self.frames = self.rt.socket(zmq.XPUB)
+        self.frames.setsockopt(zmq.SNDHWM, LATEST_HWM)
+        self.frames.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription
+        self.commands = self.rt.socket(zmq.ROUTER)
+        self.lossless: LosslessSender | None = None
+        # Endpoints actually bound (tcp port '*' resolved), available once the node is built.
+        self.frames_endpoint = endpoints.bind(self.frames, config.frames_endpoint)
+        if config.curve is not None:
+            self._auth = endpoints.start_authenticator(self.rt.ctx, config.curve)
+        self.commands_endpoint = endpoints.bind(
+            self.commands, config.commands_endpoint, loopback_only=True, curve=config.curve
+        )
+        self.lossless_endpoint: str | None = None
+        if config.lossless_endpoint:
+            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_timeout_s * 1000))
+            self.lossless = LosslessSender(
+                push, self.rt.metrics,
+                capacity=config.lossless_capacity, timeout_s=config.lossless_timeout_s,
+            )
+            self.lossless_endpoint = endpoints.bind(push, config.lossless_endpoint)
+
+    @property
+    def metrics(self):
+        return self.rt.metrics
+
+    def stop(self) -> None:
+        self.rt.stop()
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve commands (and stream frames in continuous mode) until stopped, then clean up."""
+        cfg = self.config
+        poller = zmq.Poller()
+        poller.register(self.commands, zmq.POLLIN)
+        poller.register(self.frames, zmq.POLLIN)
+        period = 1.0 / cfg.frame_rate_hz if cfg.mode == "continuous" else None
+        next_frame = time.monotonic()
+        self._send_all(SeriesStart(
+            series_id=cfg.series_id, series_unique_id=self.series_unique_id,
+            source=getattr(self.microscope, "name", "microscope"),
+            start_time_ns=time.time_ns(), state=self.microscope.state(),
+        ))
+        reason: Literal["completed", "stopped", "error"] = "stopped"
+        try:
+            while not self.rt.stopping:
+                timeout = POLL_MS
+                if period is not None:
+                    timeout = max(0, min(POLL_MS, int((next_frame - time.monotonic()) * 1000)))
+                events = dict(poller.poll(timeout))
+                if self.frames in events:
+                    self._read_subscriptions()
+                if self.commands in events:
+                    self._serve_commands()
+                if period is not None and time.monotonic() >= next_frame:
+                    self._publish(self.microscope.acquire())
+                    # Keep the cadence; if we fell behind, restart it rather than burst.
+                    next_frame = max(next_frame + period, time.monotonic() - period)
+                beat = self.rt.heartbeat_due()
+                if beat is not None:
+                    send(self.frames, beat)
+        except Exception:
+            reason = "error"
+            log.exception("acquisition node failed")
+            raise
+        finally:
+            self._send_all(SeriesEnd(
+                series_id=cfg.series_id, series_unique_id=self.series_unique_id,
+                images=self._next_image_id, stop_time_ns=time.time_ns(), reason=reason,
+            ))
+            if self._auth is not None:
+                self._auth.stop()
+            self.rt.close()
+
+    # -- frames -----------------------------------------------------------------------------------
+    def _publish(self, frame: Frame) -> int:
+        image_id = self._next_image_id
+        self._next_image_id += 1
+        pixels = frame_buffer(frame.pixels)
+        header = ImageHeader(
+            series_id=self.config.series_id,
+            series_unique_id=self.series_unique_id,
+            image_id=image_id,
+            shape=pixels.shape,
+            dtype=pixels.dtype.name,
+            start_time_ns=frame.start_time_ns,
+            stop_time_ns=frame.stop_time_ns,
+            monotonic_ns=frame.monotonic_ns,
+            command_seq=self.server.last_move_seq,
+            state=frame.state,
+            truth=frame.truth,
+        )
+        self._send_all(header, pixels)
+        self.rt.metrics.inc("frames_sent")
+        return image_id
+
+    def _send_all(self, header: Any, pixels: Any = None) -> None:
+        """Publish on the frame stream, and on the lossless stream when there is one."""
+        buffers = () if pixels is None else (pixels,)
+        send(self.frames, header, buffers)
+        if self.lossless is not None:
+            try:
+                self.lossless.send(header, buffers)
+            except OverrunError as exc:
+                log.error("%s", exc.reason)
+
+    def _read_subscriptions(self) -> None:
+        while True:
+            try:
+                event = self.frames.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self._subscribers += 1
+            elif event[:1] == b"\x00":
+                self._subscribers = max(0, self._subscribers - 1)
+
+    # -- commands ---------------------------------------------------------------------------------
+    def _serve_commands(self) -> None:
+        for _ in range(64):  # bounded, so a flood cannot starve frame acquisition
+            try:
+                parts = self.commands.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            envelope, body = _split_envelope(parts)
+            answer = self._answer(body)
+            self.commands.send_multipart([*envelope, *encode(answer)])
+
+    def _answer(self, body: list[Any]) -> Reply | ErrorMessage:
+        metrics = self.rt.metrics
+        try:
+            msg = decode(body)
+            if msg.kind != "command":
+                raise ProtocolError(
+                    f"the command channel accepts 'command' messages, got {msg.kind!r}",
+                    code="unknown_kind",
+                )
+        except ProtocolError as exc:
+            metrics.inc("messages_rejected", code=exc.code)
+            log.warning("rejected command message (%s): %s", exc.code, exc.reason)
+            return ErrorMessage(code=exc.code, reason=exc.reason, seq=_peek_seq(body))
+        cmd = msg.header
+        try:
+            reply = self.server.execute(cmd)
+        except ScopeflowError as exc:
+            metrics.inc("commands_rejected", code=exc.code)
+            log.warning("refused %s seq=%d (%s): %s", cmd.command, cmd.seq, exc.code, exc.reason)
+            return ErrorMessage(code=exc.code, reason=exc.reason, seq=cmd.seq)
+        metrics.inc("commands_ok", command=cmd.command)
+        return reply
+
+
+def _split_envelope(parts: list[Any]) -> tuple[list[Any], list[Any]]:
+    """ROUTER parts → (routing envelope incl. REQ's empty delimiter, message body)."""
+    identity, rest = parts[:1], parts[1:]
+    if rest and len(rest[0]) == 0:  # REQ client: keep the delimiter for the reply
+        return [*identity, rest[0]], rest[1:]
+    return identity, rest
+
+
+def _peek_seq(body: list[Any]) -> int | None:
+    """Best-effort seq of a rejected command, so the client can match the error."""
+    try:
+        seq = json.loads(bytes(body[1])).get("seq")
+    except Exception:
+        return None
+    return seq if isinstance(seq, int) and 0 <= seq < 2**63 else None

@@ -1,0 +1,85 @@
+"""A command client for an acquisition node's command server (DEALER socket).
+
+Every request carries an increasing ``seq``; a reply or error with another ``seq`` (a late answer
+to a request that timed out) is discarded. A microscope that does not answer within the timeout
+raises :class:`~scopeflow.errors.PeerTimeout` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import zmq
+
+from scopeflow.errors import PeerTimeout, ProtocolError, ScopeflowError
+from scopeflow.schemas.commands import Acquire, GetState, MoveStage, Reply, SetWD
+from scopeflow.schemas.results import ErrorMessage
+from scopeflow.transport import endpoints
+from scopeflow.transport.streams import recv, send
+
+log = logging.getLogger(__name__)
+
+
+class CommandRejected(ScopeflowError):
+    """The command server answered with an error; ``code`` is the wire error code."""
+
+
+class MicroscopeClient:
+    """Sends commands and waits for their replies."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        *,
+        timeout_s: float = 5.0,
+        curve: endpoints.CurveClientKeys | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        endpoints.connect(self.sock, endpoint, curve=curve)
+        self._seq = itertools.count(1)
+        self.last_sent_ns = 0  # host monotonic time the last command left this client
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def set_wd(self, wd_um: float, *, wait: bool = True) -> Reply:
+        return self._request(SetWD(seq=next(self._seq), wd_um=wd_um, wait=wait))
+
+    def move_stage(self, x_um: float, y_um: float, *, wait: bool = True) -> Reply:
+        return self._request(MoveStage(seq=next(self._seq), x_um=x_um, y_um=y_um, wait=wait))
+
+    def acquire(self) -> Reply:
+        return self._request(Acquire(seq=next(self._seq)))
+
+    def get_state(self) -> Reply:
+        return self._request(GetState(seq=next(self._seq)))
+
+    def _request(self, cmd: SetWD | MoveStage | Acquire | GetState) -> Reply:
+        self.last_sent_ns = time.monotonic_ns()
+        send(self.sock, cmd)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self.sock.poll(remaining_ms, zmq.POLLIN):
+                raise PeerTimeout(
+                    f"the microscope did not answer {cmd.command} (seq {cmd.seq}) within "
+                    f"{self.timeout_s:g} s; is the acquisition node running and reachable?"
+                )
+            try:
+                msg = recv(self.sock)
+            except ProtocolError as exc:
+                log.warning("discarding malformed answer (%s): %s", exc.code, exc.reason)
+                continue
+            header = msg.header
+            if getattr(header, "seq", None) != cmd.seq:
+                log.debug("discarding late answer to seq %s", getattr(header, "seq", None))
+                continue
+            if isinstance(header, ErrorMessage):
+                raise CommandRejected(f"{cmd.command} refused: {header.reason}", code=header.code)
+            if isinstance(header, Reply):
+                return header

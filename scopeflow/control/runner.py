@@ -1,0 +1,165 @@
+"""Runs the autofocus state machine against a live pipeline.
+
+The runner owns the I/O: it moves the microscope to where the state machine asks, triggers a
+frame, waits for that frame's focus estimate from the inference node, and feeds the score back.
+It records every frame (with the simulator's ground truth when present, for scoring only) and the
+loop latency from each frame's acquisition to the WD command it caused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus
+from scopeflow.control.client import CommandRejected, MicroscopeClient
+from scopeflow.control.results import ResultSubscriber
+from scopeflow.errors import PeerTimeout
+from scopeflow.schemas.results import FocusEstimate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameRecord:
+    """One frame of an autofocus run."""
+
+    image_id: int
+    phase: str
+    wd_um: float
+    wd_target_um: float
+    score: float
+    signal: str
+    true_defocus_um: float | None
+    true_focus_wd_um: float | None
+
+
+@dataclass
+class AutofocusOutcome:
+    """Result of one autofocus run, JSON-serialisable with :meth:`to_dict`."""
+
+    job: str = "autofocus"
+    evaluator: str | None = None
+    stop_reason: str = "timeout"
+    message: str = ""
+    frames: int = 0
+    start_wd_um: float | None = None
+    final_wd_um: float | None = None
+    dof_um: float | None = None
+    initial_error_um: float | None = None
+    final_error_um: float | None = None
+    seconds: float = 0.0
+    loop_latency_ms: list[float] = field(default_factory=list)
+    records: list[FrameRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Timeouts of the runner."""
+
+    ready_timeout_s: float = 20.0
+    result_timeout_s: float = 5.0
+    search: AutofocusConfig = field(default_factory=AutofocusConfig)
+
+
+def run_autofocus(
+    client: MicroscopeClient, results: ResultSubscriber, config: RunnerConfig | None = None
+) -> AutofocusOutcome:
+    """Focus the microscope behind ``client``; never raises for peer failures (see stop_reason)."""
+    cfg = config or RunnerConfig()
+    out = AutofocusOutcome()
+    t0 = time.monotonic()
+    af: GoldenSectionAutofocus | None = None
+    try:
+        reply = _wait_ready(client, results, cfg.ready_timeout_s)
+        state = reply.state
+        dof = state.depth_of_field_um()
+        if dof is None:
+            raise CommandRejected(
+                "the microscope reports no beam semi-angle, so the depth of field is unknown",
+                code="device_error",
+            )
+        out.start_wd_um, out.dof_um = state.wd_target_um, dof
+        af = GoldenSectionAutofocus(state.wd_target_um, reply.limits, dof, cfg.search)
+        target, last_move_seq = state.wd_target_um, 0
+        last_est: FocusEstimate | None = None
+        while (wd := af.next_wd()) is not None:
+            if wd != target:
+                last_move_seq = client.set_wd(wd).seq
+                _latency(out, client, last_est)
+                target = wd
+            image_id = client.acquire().image_id
+            assert image_id is not None
+            est = results.wait_for(image_id, last_move_seq, cfg.result_timeout_s)
+            out.evaluator = est.evaluator
+            af.tell(est.state.wd_um, est.score, est.signal)
+            out.records.append(_record(est, af.probes[-1].phase))
+            last_est = est
+        out.stop_reason = af.stop_reason or "timeout"
+        out.final_wd_um = af.final_wd_um
+        if af.final_wd_um is not None and af.final_wd_um != target:
+            client.set_wd(af.final_wd_um)
+            _latency(out, client, last_est)
+        out.message = f"stopped: {out.stop_reason}"
+    except PeerTimeout as exc:
+        out.stop_reason, out.message = "timeout", exc.reason
+    except CommandRejected as exc:
+        out.stop_reason = "limit" if exc.code == "limit" else "device_error"
+        out.message = exc.reason
+    out.frames = len(out.records)
+    out.seconds = time.monotonic() - t0
+    _score_against_truth(out)
+    log.info("autofocus %s after %d frames: %s", out.stop_reason, out.frames, out.message)
+    return out
+
+
+def _wait_ready(client: MicroscopeClient, results: ResultSubscriber, timeout_s: float):
+    """Wait until the inference node's results reach us and it subscribes to the frames."""
+    deadline = time.monotonic() + timeout_s
+    results.wait_connected(timeout_s)
+    while True:
+        reply = client.get_state()
+        if (reply.frame_subscribers or 0) > 0:
+            return reply
+        if time.monotonic() > deadline:
+            raise PeerTimeout(
+                f"no subscriber on the frame stream within {timeout_s:g} s; "
+                "start an inference node connected to the acquisition node's frames endpoint"
+            )
+        time.sleep(0.05)
+
+
+def _latency(out: AutofocusOutcome, client: MicroscopeClient, est: FocusEstimate | None) -> None:
+    if est is not None:
+        out.loop_latency_ms.append((client.last_sent_ns - est.monotonic_ns) / 1e6)
+
+
+def _record(est: FocusEstimate, phase: str) -> FrameRecord:
+    truth = est.truth
+    return FrameRecord(
+        image_id=est.image_id,
+        phase=phase,
+        wd_um=est.state.wd_um,
+        wd_target_um=est.state.wd_target_um,
+        score=est.score,
+        signal=est.signal,
+        true_defocus_um=truth.defocus_um if truth else None,
+        true_focus_wd_um=truth.focus_wd_um if truth else None,
+    )
+
+
+def _score_against_truth(out: AutofocusOutcome) -> None:
+    """Initial/final |WD − true focus| from the frames' ground truth, when the source has it."""
+    recs = [r for r in out.records if r.true_focus_wd_um is not None]
+    if not recs:
+        return
+    out.initial_error_um = abs(recs[0].true_defocus_um or 0.0)
+    final_wd = out.final_wd_um if out.final_wd_um is not None else recs[-1].wd_target_um
+    # The truth of the newest frame taken at the final WD (the verification frame, or the start).
+    at_final = [r for r in recs if abs(r.wd_target_um - final_wd) < 1e-9]
+    ref = at_final[-1] if at_final else recs[-1]
+    out.final_error_um = abs(final_wd - (ref.true_focus_wd_um or 0.0))

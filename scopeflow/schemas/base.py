@@ -1,0 +1,39 @@
+"""Base model and versioning shared by every wire message.
+
+All headers are *closed*: unknown fields are errors, numbers must be finite, and strings are not
+coerced into numbers. The protocol version travels in every header as ``"MAJOR.MINOR"``; a reader
+accepts any minor of its own major and rejects other majors with a clear reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = "1.0"
+PROTOCOL_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
+
+VersionStr = Annotated[str, Field(pattern=r"^\d{1,3}\.\d{1,3}$", description="MAJOR.MINOR")]
+# Integers that fit a signed 64-bit field in any language.
+Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class ClosedModel(BaseModel):
+    """A strict, immutable model: no extra fields, no NaN/inf, no str→number coercion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class Header(ClosedModel):
+    """Fields every message header carries."""
+
+    protocol_version: VersionStr = PROTOCOL_VERSION
+
+
+def major_of(version: str) -> int | None:
+    """The major number of a ``MAJOR.MINOR`` string, or None when it is not of that form."""
+    head, sep, tail = version.partition(".")
+    if not (sep and head.isdigit() and tail.isdigit()):
+        return None
+    return int(head)

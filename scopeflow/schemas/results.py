@@ -1,0 +1,61 @@
+"""Results published by inference nodes, node status heartbeats, and error messages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from scopeflow.schemas.base import Header, Int64
+from scopeflow.schemas.series import SeriesUid
+from scopeflow.schemas.state import MicroscopeState, SimTruth
+
+Signal = Literal["ok", "blank", "saturated"]
+
+
+class FocusEstimate(Header):
+    """A focus-quality estimate for one frame. Higher ``score`` means sharper."""
+
+    series_unique_id: SeriesUid
+    image_id: Int64
+    command_seq: Int64 = Field(description="Copied from the frame: last command before it.")
+    evaluator: Annotated[str, Field(min_length=1, max_length=64)]
+    score: Annotated[float, Field(ge=0)]
+    signal: Signal = Field(description="'ok', or why the frame carries no usable focus signal.")
+    monotonic_ns: Int64 = Field(description="Frame's acquisition time (host monotonic), ns.")
+    computed_monotonic_ns: Int64 = Field(description="When the estimate was computed, ns.")
+    state: MicroscopeState = Field(description="Microscope state when the frame was taken.")
+    truth: SimTruth | None = Field(default=None, description="Copied from the frame (simulators).")
+
+
+class NodeStatus(Header):
+    """Heartbeat every node publishes about once per second on its output stream."""
+
+    node: Annotated[str, Field(min_length=1, max_length=64)]
+    role: Literal["acquire", "infer", "control"]
+    pid: Int64
+    uptime_s: Annotated[float, Field(ge=0)]
+    monotonic_ns: Int64
+    counters: dict[str, Int64]
+
+
+ErrorCode = Literal[
+    "bad_json",
+    "unknown_kind",
+    "unsupported_version",
+    "invalid_message",
+    "buffer_mismatch",
+    "unknown_command",
+    "limit",
+    "rate_limited",
+    "device_error",
+    "internal",
+]
+
+
+class ErrorMessage(Header):
+    """Answer to a message that could not be carried out."""
+
+    code: ErrorCode
+    reason: Annotated[str, Field(min_length=1, max_length=4096)]
+    seq: Int64 | None = Field(default=None, description="seq of the failed command, if known.")

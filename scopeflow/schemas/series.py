@@ -1,0 +1,80 @@
+"""Series start / image / series end headers, after DECTRIS Stream v2's message names.
+
+An image message is ``[b"image", header-json, pixel-buffer]``; the buffer is the C-ordered,
+little-endian array described by ``shape`` and ``dtype``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from scopeflow.schemas.base import Header, Int64
+from scopeflow.schemas.state import MicroscopeState, SimTruth
+
+# dtypes a frame may have on the wire; all little-endian.
+FrameDtype = Literal["uint8", "uint16", "uint32", "float32"]
+DTYPE_ITEMSIZE: dict[str, int] = {"uint8": 1, "uint16": 2, "uint32": 4, "float32": 4}
+MAX_DIM = 65536
+
+SeriesUid = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class SeriesStart(Header):
+    """Announces a series; sent once before its first image."""
+
+    series_id: Int64
+    series_unique_id: SeriesUid
+    source: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        description="Adapter that produces the series, e.g. 'simulated-sem'."
+    )
+    start_time_ns: Int64 = Field(description="Wall clock (UTC epoch) at series start, ns.")
+    state: MicroscopeState
+
+
+class ImageHeader(Header):
+    """Header of one frame; the pixels follow as the next message part."""
+
+    series_id: Int64
+    series_unique_id: SeriesUid
+    image_id: Int64 = Field(description="0-based, increments by one per acquired frame.")
+    shape: tuple[int, ...] = Field(description="[height, width] or [height, width, channels].")
+    dtype: FrameDtype
+    start_time_ns: Int64 = Field(description="Wall clock (UTC epoch) at exposure/scan start, ns.")
+    stop_time_ns: Int64 = Field(description="Wall clock (UTC epoch) at exposure/scan end, ns.")
+    monotonic_ns: Int64 = Field(description="Host monotonic clock at acquisition end, ns.")
+    command_seq: Int64 = Field(
+        description="seq of the last command carried out before this frame (0: none)."
+    )
+    state: MicroscopeState
+    truth: SimTruth | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_ok(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) not in (2, 3):
+            raise ValueError("shape must have 2 or 3 dimensions")
+        if any(not 1 <= d <= MAX_DIM for d in shape):
+            raise ValueError(f"every dimension must be in [1, {MAX_DIM}]")
+        if len(shape) == 3 and shape[2] > 4:
+            raise ValueError("at most 4 channels")
+        return shape
+
+    @property
+    def nbytes(self) -> int:
+        """Length the pixel buffer must have."""
+        n = DTYPE_ITEMSIZE[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class SeriesEnd(Header):
+    """Closes a series; ``images`` counts every image the series sent."""
+
+    series_id: Int64
+    series_unique_id: SeriesUid
+    images: Int64
+    stop_time_ns: Int64
+    reason: Literal["completed", "stopped", "error"] = "completed"

@@ -1,0 +1,180 @@
+"""Sending and receiving protocol messages with an explicit delivery policy.
+
+- :class:`LatestReceiver` (policy *latest*): drains its socket and hands over only the newest
+  data message, counting every frame it did not process (drained or dropped upstream, from gaps
+  in ``image_id``). ZMQ_CONFLATE is not used: it breaks multipart messages.
+- :class:`LosslessSender` / :class:`LosslessReceiver` (policy *lossless*): PUSH/PULL with a
+  bounded queue. A full queue blocks the sender up to a timeout (backpressure); past it the send
+  fails with :class:`~scopeflow.errors.OverrunError` and is counted — never a quiet loss. The
+  receiver counts gaps in ``image_id`` as lost frames.
+
+Pixel buffers travel zero-copy: :func:`send` hands numpy arrays to ZeroMQ without copying, so the
+caller must not modify an array after sending it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+from pydantic import BaseModel
+
+from scopeflow.errors import OverrunError, ProtocolError
+from scopeflow.metrics import NodeMetrics
+from scopeflow.schemas.codec import Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+# Socket options per policy. Small high-water marks keep a 'latest' consumer close to real time;
+# a lossless queue is as deep as the configured capacity.
+LATEST_HWM = 2
+DRAIN_LIMIT = 10_000
+
+
+def send(sock: zmq.Socket, header: BaseModel, buffers: Sequence[Any] = (), flags: int = 0) -> None:
+    """Encode ``header`` (+ buffers) and send it as one multipart message, zero-copy."""
+    sock.send_multipart(encode(header, buffers), flags=flags, copy=False)
+
+
+def recv(sock: zmq.Socket, flags: int = 0) -> Message:
+    """Receive and validate one message (raises ProtocolError, zmq.Again)."""
+    return decode(sock.recv_multipart(flags=flags, copy=False))
+
+
+class _GapCounter:
+    """Tracks image_id continuity per series; returns how many ids were skipped."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def gap(self, header: Any) -> int:
+        series = getattr(header, "series_unique_id", None)
+        image_id = getattr(header, "image_id", None)
+        if series is None or image_id is None:
+            return 0
+        last = self._last.get(series)
+        self._last[series] = image_id
+        if last is None or image_id <= last:
+            return 0
+        return image_id - last - 1
+
+
+class LatestReceiver:
+    """Policy *latest*: hand over the newest data message and count what was skipped.
+
+    Messages whose kind is not in ``data_kinds`` (status heartbeats, series start/end) are passed
+    to ``on_other`` in arrival order instead of being dropped. Malformed messages are rejected,
+    counted under ``messages_rejected{code}`` and logged; the receiver keeps going.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        metrics: NodeMetrics,
+        *,
+        data_kinds: Sequence[str] = ("image",),
+        on_other: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.metrics = metrics
+        self.data_kinds = tuple(data_kinds)
+        self.on_other = on_other
+        self._gaps = _GapCounter()
+
+    def poll(self, timeout_ms: int) -> Message | None:
+        """Wait up to ``timeout_ms`` for data; return the newest data message or None."""
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        newest: Message | None = None
+        for _ in range(DRAIN_LIMIT):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            msg = self._decode(parts)
+            if msg is None:
+                continue
+            if msg.kind in self.data_kinds:
+                self.metrics.inc("frames_received")
+                skipped = self._gaps.gap(msg.header)
+                if skipped:
+                    self.metrics.inc("frames_skipped", skipped)
+                if newest is not None:
+                    self.metrics.inc("frames_skipped")
+                newest = msg
+            elif self.on_other is not None:
+                self.on_other(msg)
+        return newest
+
+    def _decode(self, parts: list[Any]) -> Message | None:
+        try:
+            return decode(parts)
+        except ProtocolError as exc:
+            self.metrics.inc("messages_rejected", code=exc.code)
+            log.warning("rejected message (%s): %s", exc.code, exc.reason)
+            return None
+
+
+class LosslessSender:
+    """Policy *lossless*, sending side: bounded queue, backpressure, overruns raise and count."""
+
+    def __init__(
+        self, sock: zmq.Socket, metrics: NodeMetrics, *, capacity: int = 64, timeout_s: float = 1.0
+    ) -> None:
+        if sock.type != zmq.PUSH:
+            raise ValueError("a lossless sender needs a PUSH socket")
+        sock.setsockopt(zmq.SNDHWM, capacity)
+        self.sock = sock
+        self.metrics = metrics
+        self.timeout_ms = max(0, int(timeout_s * 1000))
+
+    def send(self, header: BaseModel, buffers: Sequence[Any] = ()) -> None:
+        """Send, waiting up to the timeout for queue space; raise OverrunError past it."""
+        if not self.sock.poll(self.timeout_ms, zmq.POLLOUT):
+            self._overrun(header)
+        try:
+            send(self.sock, header, buffers, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._overrun(header)
+
+    def _overrun(self, header: BaseModel) -> None:
+        self.metrics.inc("overruns")
+        what = f"image {getattr(header, 'image_id', '?')}"
+        raise OverrunError(
+            f"lossless stream full for {self.timeout_ms} ms: {what} not delivered; the consumer "
+            "is too slow or gone (raise capacity or timeout, or add workers)"
+        )
+
+
+class LosslessReceiver:
+    """Policy *lossless*, receiving side: in order, every message, gaps counted as lost."""
+
+    def __init__(self, sock: zmq.Socket, metrics: NodeMetrics, *, capacity: int = 64) -> None:
+        if sock.type != zmq.PULL:
+            raise ValueError("a lossless receiver needs a PULL socket")
+        sock.setsockopt(zmq.RCVHWM, capacity)
+        self.sock = sock
+        self.metrics = metrics
+        self._gaps = _GapCounter()
+
+    def poll(self, timeout_ms: int) -> Message | None:
+        """Next message in order, or None after ``timeout_ms``. Malformed ones are counted."""
+        while self.sock.poll(timeout_ms, zmq.POLLIN):
+            parts = self.sock.recv_multipart(copy=False)
+            try:
+                msg = decode(parts)
+            except ProtocolError as exc:
+                self.metrics.inc("messages_rejected", code=exc.code)
+                log.warning("rejected message (%s): %s", exc.code, exc.reason)
+                continue
+            if msg.kind == "image":
+                self.metrics.inc("frames_received")
+                lost = self._gaps.gap(msg.header)
+                if lost:
+                    self.metrics.inc("frames_lost", lost)
+                    log.error("lossless stream lost %d frame(s) before image %d",
+                              lost, msg.header.image_id)
+            return msg
+        return None
