@@ -71,7 +71,8 @@ def test_command_and_reply_round_trip(state, wd, x, y, seq):
     for cmd in (SetWD(seq=seq, wd_um=wd), MoveStage(seq=seq, x_um=x, y_um=y),
                 Acquire(seq=seq), GetState(seq=seq)):
         assert decode(encode(cmd)).header == cmd
-    reply = Reply(seq=seq, command="acquire", state=state, limits=limits, image_id=3)
+    reply = Reply(seq=seq, command="acquire", state=state, limits=limits, command_seq=2,
+                  image_id=3, series_unique_id="acq-1")
     assert decode(encode(reply)).header == reply
 
 
@@ -170,3 +171,38 @@ def test_frame_buffer_refuses_types_the_wire_does_not_carry():
     out = frame_buffer(big_endian)
     assert out.dtype.byteorder in ("<", "=")
     np.testing.assert_array_equal(out, big_endian)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"protocol_version":"1.0","protocol_version":"1.0","seq":1,"command":"get_state"}',
+        '\ufeff{"protocol_version":"1.0","seq":1,"command":"get_state"}'.encode(),
+        '{"protocol_version":"1.0","seq":1,"command":"get_state"}'.encode("utf-16"),
+    ],
+    ids=["duplicate-key", "bom", "utf-16"],
+)
+def test_headers_must_be_plain_utf8_json_without_duplicate_keys(raw):
+    with pytest.raises(ProtocolError) as info:
+        decode([b"command", raw])
+    assert info.value.code == "bad_json"
+
+
+@pytest.mark.parametrize("version", ["².0", "1", "1.0.0", "", "01.2345"])
+def test_odd_version_strings_are_rejected_not_crashing(version):
+    with pytest.raises(ProtocolError) as info:
+        decode([b"command", json.dumps(
+            {"protocol_version": version, "seq": 1, "command": "get_state"}).encode()])
+    assert info.value.code == "unsupported_version"
+
+
+def test_error_reasons_are_cut_to_the_wire_limit():
+    err = ErrorMessage.about("unknown_command", "x" * 10_000, seq=None)
+    assert len(err.reason) <= 4096
+    assert ErrorMessage.about("overrun", "y").code == "internal"  # not a wire error code
+
+
+def test_image_times_must_be_ordered():
+    parts = _image_parts(start_time_ns=30, stop_time_ns=20)
+    with pytest.raises(ProtocolError, match="stop_time_ns"):
+        decode(parts)

@@ -1,8 +1,9 @@
 """Carries out validated commands against a ``Microscope`` and builds the replies.
 
 Transport-free: the acquisition node feeds it decoded commands and sends what it returns. Limits
-are enforced by the microscope's validating front (``MicroscopeBase``); this layer adds a rate
-limit and turns every failure into a typed error with a reason.
+are enforced here, before the microscope is touched (and again by ``MicroscopeBase`` for adapters
+built on it); a rate limit guards against runaway clients; every failure becomes a typed error
+with a reason, and nothing an adapter raises can take the node down.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from scopeflow.acquisition.microscope import Frame, Microscope
+from scopeflow.acquisition.microscope import Frame, Microscope, check_stage_move, check_wd_move
 from scopeflow.errors import DeviceError, RateLimitError, ScopeflowError
 from scopeflow.schemas.commands import Acquire, Command, GetState, MoveStage, Reply, SetWD
 
@@ -19,17 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class TokenBucket:
-    """At most ``rate_per_s`` events per second on average, bursts up to ``rate_per_s``."""
+    """At most ``rate_per_s`` events per second on average, bursts up to max(1, rate)."""
 
     def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("the rate must be positive")
         self.rate = rate_per_s
+        self.capacity = max(1.0, rate_per_s)
         self.clock = clock
-        self._tokens = rate_per_s
+        self._tokens = self.capacity
         self._last = clock()
 
     def take(self) -> bool:
         now = self.clock()
-        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens < 1.0:
             return False
@@ -38,22 +42,27 @@ class TokenBucket:
 
 
 class CommandServer:
-    """Executes commands; ``publish_frame`` sends an acquired frame and returns its image_id."""
+    """Executes commands; ``publish_frame`` sends an acquired frame and returns its image_id.
+
+    ``command_seq`` counts the state-changing commands (``set_wd``, ``move_stage``) carried out;
+    frames are stamped with it so consumers can tell frames taken before a move from those after.
+    """
 
     def __init__(
         self,
         microscope: Microscope,
         publish_frame: Callable[[Frame], int],
         *,
+        series_unique_id: str,
         max_commands_per_s: float = 1000.0,
         frame_subscribers: Callable[[], int] = lambda: 0,
     ) -> None:
         self.microscope = microscope
         self.publish_frame = publish_frame
+        self.series_unique_id = series_unique_id
         self.frame_subscribers = frame_subscribers
         self._bucket = TokenBucket(max_commands_per_s)
-        # seq of the last state-changing command carried out; frames carry it as command_seq.
-        self.last_move_seq = 0
+        self.command_seq = 0
 
     def execute(self, cmd: Command) -> Reply:
         """Carry out ``cmd``; raise a ScopeflowError (with its wire code) when it cannot be."""
@@ -64,25 +73,30 @@ class CommandServer:
         image_id: int | None = None
         try:
             if isinstance(cmd, SetWD):
+                check_wd_move(self.microscope.limits(), self.microscope.state().wd_target_um,
+                              cmd.wd_um)
                 self.microscope.set_wd(cmd.wd_um, wait=cmd.wait)
-                self.last_move_seq = cmd.seq
+                self.command_seq += 1
             elif isinstance(cmd, MoveStage):
+                check_stage_move(self.microscope.limits(), cmd.x_um, cmd.y_um)
                 self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait)
-                self.last_move_seq = cmd.seq
+                self.command_seq += 1
             elif isinstance(cmd, Acquire):
                 image_id = self.publish_frame(self.microscope.acquire())
             elif not isinstance(cmd, GetState):  # pragma: no cover - the schema is closed
                 raise DeviceError(f"command {cmd.command!r} has no handler")
+            return Reply(
+                seq=cmd.seq,
+                command=cmd.command,
+                state=self.microscope.state(),
+                limits=self.microscope.limits(),
+                command_seq=self.command_seq,
+                image_id=image_id,
+                series_unique_id=self.series_unique_id if image_id is not None else None,
+                frame_subscribers=self.frame_subscribers(),
+            )
         except ScopeflowError:
             raise
         except Exception as exc:  # a device fault must not kill the node
             log.exception("microscope failed on %s", cmd.command)
             raise DeviceError(f"{cmd.command} failed in the microscope: {exc}") from exc
-        return Reply(
-            seq=cmd.seq,
-            command=cmd.command,
-            state=self.microscope.state(),
-            limits=self.microscope.limits(),
-            image_id=image_id,
-            frame_subscribers=self.frame_subscribers(),
-        )

@@ -71,35 +71,14 @@ class MicroscopeBase(ABC):
         return self._do_acquire()
 
     def set_wd(self, wd_um: float, *, wait: bool = True) -> MicroscopeState:
-        limits = self.limits()
-        _require_finite("wd_um", wd_um)
-        if not limits.wd_min_um <= wd_um <= limits.wd_max_um:
-            raise LimitError(
-                f"WD {wd_um:.3f} µm is outside the limits "
-                f"[{limits.wd_min_um:.3f}, {limits.wd_max_um:.3f}] µm"
-            )
-        step = abs(wd_um - self.state().wd_target_um)
-        if limits.max_wd_step_um is not None and step > limits.max_wd_step_um:
-            raise LimitError(
-                f"WD step of {step:.3f} µm exceeds the maximum step of "
-                f"{limits.max_wd_step_um:.3f} µm; split the move"
-            )
+        check_wd_move(self.limits(), self.state().wd_target_um, wd_um)
         self._do_set_wd(float(wd_um))
         if wait:
             self._do_wait_settled()
         return self.state()
 
     def move_stage(self, x_um: float, y_um: float, *, wait: bool = True) -> MicroscopeState:
-        limits = self.limits()
-        _require_finite("x_um", x_um)
-        _require_finite("y_um", y_um)
-        if not (limits.stage_x_min_um <= x_um <= limits.stage_x_max_um
-                and limits.stage_y_min_um <= y_um <= limits.stage_y_max_um):
-            raise LimitError(
-                f"stage position ({x_um:.3f}, {y_um:.3f}) µm is outside the limits "
-                f"x [{limits.stage_x_min_um}, {limits.stage_x_max_um}], "
-                f"y [{limits.stage_y_min_um}, {limits.stage_y_max_um}] µm"
-            )
+        check_stage_move(self.limits(), x_um, y_um)
         self._do_move_stage(float(x_um), float(y_um))
         if wait:
             self._do_wait_settled()
@@ -126,6 +105,36 @@ class MicroscopeBase(ABC):
 
     def _do_wait_settled(self) -> None:
         """Block until actuators have settled; adapters without settle time need not override."""
+
+
+def check_wd_move(limits: Limits, current_target_um: float, wd_um: float) -> None:
+    """Raise LimitError unless moving the focus from ``current_target_um`` to ``wd_um`` is
+    allowed: a finite value, inside the WD limits, no larger than the maximum step."""
+    _require_finite("wd_um", wd_um)
+    if not limits.wd_min_um <= wd_um <= limits.wd_max_um:
+        raise LimitError(
+            f"WD {wd_um:.3f} µm is outside the limits "
+            f"[{limits.wd_min_um:.3f}, {limits.wd_max_um:.3f}] µm"
+        )
+    step = abs(wd_um - current_target_um)
+    if limits.max_wd_step_um is not None and step > limits.max_wd_step_um:
+        raise LimitError(
+            f"WD step of {step:.3f} µm exceeds the maximum step of "
+            f"{limits.max_wd_step_um:.3f} µm; split the move"
+        )
+
+
+def check_stage_move(limits: Limits, x_um: float, y_um: float) -> None:
+    """Raise LimitError unless (x_um, y_um) is finite and inside the stage limits."""
+    _require_finite("x_um", x_um)
+    _require_finite("y_um", y_um)
+    if not (limits.stage_x_min_um <= x_um <= limits.stage_x_max_um
+            and limits.stage_y_min_um <= y_um <= limits.stage_y_max_um):
+        raise LimitError(
+            f"stage position ({x_um:.3f}, {y_um:.3f}) µm is outside the limits "
+            f"x [{limits.stage_x_min_um}, {limits.stage_x_max_um}], "
+            f"y [{limits.stage_y_min_um}, {limits.stage_y_max_um}] µm"
+        )
 
 
 def _require_finite(name: str, value: float) -> None:

@@ -74,6 +74,7 @@ class AcquireNode:
         self.server = CommandServer(
             microscope,
             self._publish,
+            series_unique_id=self.series_unique_id,
             max_commands_per_s=config.max_commands_per_s,
             frame_subscribers=lambda: self._subscribers,
         )
@@ -154,7 +155,6 @@ class AcquireNode:
     # -- frames -----------------------------------------------------------------------------------
     def _publish(self, frame: Frame) -> int:
         image_id = self._next_image_id
-        self._next_image_id += 1
         pixels = frame_buffer(frame.pixels)
         header = ImageHeader(
             series_id=self.config.series_id,
@@ -165,11 +165,12 @@ class AcquireNode:
             start_time_ns=frame.start_time_ns,
             stop_time_ns=frame.stop_time_ns,
             monotonic_ns=frame.monotonic_ns,
-            command_seq=self.server.last_move_seq,
+            command_seq=self.server.command_seq,
             state=frame.state,
             truth=frame.truth,
         )
         self._send_all(header, pixels)
+        self._next_image_id += 1  # only once sent: image_ids have no gaps from failed frames
         self.rt.metrics.inc("frames_sent")
         return image_id
 
@@ -189,6 +190,9 @@ class AcquireNode:
                 event = self.frames.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            # Count subscriptions that receive images (topic a prefix of b"image").
+            if not b"image".startswith(event[1:]):
+                continue
             if event[:1] == b"\x01":
                 self._subscribers += 1
             elif event[:1] == b"\x00":
@@ -202,7 +206,11 @@ class AcquireNode:
             except zmq.Again:
                 return
             envelope, body = _split_envelope(parts)
-            answer = self._answer(body)
+            try:
+                answer = self._answer(body)
+            except Exception as exc:  # never let one message take the node down
+                log.exception("internal error answering a command")
+                answer = ErrorMessage.about("internal", f"internal error: {exc}", _peek_seq(body))
             self.commands.send_multipart([*envelope, *encode(answer)])
 
     def _answer(self, body: list[Any]) -> Reply | ErrorMessage:
@@ -217,14 +225,14 @@ class AcquireNode:
         except ProtocolError as exc:
             metrics.inc("messages_rejected", code=exc.code)
             log.warning("rejected command message (%s): %s", exc.code, exc.reason)
-            return ErrorMessage(code=exc.code, reason=exc.reason, seq=_peek_seq(body))
+            return ErrorMessage.about(exc.code, exc.reason, _peek_seq(body))
         cmd = msg.header
         try:
             reply = self.server.execute(cmd)
         except ScopeflowError as exc:
             metrics.inc("commands_rejected", code=exc.code)
             log.warning("refused %s seq=%d (%s): %s", cmd.command, cmd.seq, exc.code, exc.reason)
-            return ErrorMessage(code=exc.code, reason=exc.reason, seq=cmd.seq)
+            return ErrorMessage.about(exc.code, exc.reason, cmd.seq)
         metrics.inc("commands_ok", command=cmd.command)
         return reply
 
@@ -243,4 +251,4 @@ def _peek_seq(body: list[Any]) -> int | None:
         seq = json.loads(bytes(body[1])).get("seq")
     except Exception:
         return None
-    return seq if isinstance(seq, int) and 0 <= seq < 2**63 else None
+    return seq if type(seq) is int and 0 <= seq < 2**63 else None

@@ -76,6 +76,9 @@ class MicroscopeClient:
                 log.warning("discarding malformed answer (%s): %s", exc.code, exc.reason)
                 continue
             header = msg.header
+            if isinstance(header, ErrorMessage) and header.seq is None:
+                # The server could not even read our seq: the error is about this request.
+                raise CommandRejected(f"{cmd.command} refused: {header.reason}", code=header.code)
             if getattr(header, "seq", None) != cmd.seq:
                 log.debug("discarding late answer to seq %s", getattr(header, "seq", None))
                 continue

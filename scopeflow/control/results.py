@@ -53,11 +53,14 @@ class ResultSubscriber:
                 )
             self.receiver.poll(50)
 
-    def wait_for(self, image_id: int, min_command_seq: int, timeout_s: float) -> FocusEstimate:
-        """The estimate of frame ``image_id`` (or a newer one), ignoring stale results.
+    def wait_for(
+        self, image_id: int, min_command_seq: int, timeout_s: float, series: str | None = None
+    ) -> FocusEstimate:
+        """The estimate of frame ``image_id`` of ``series`` (or a newer frame), ignoring stale ones.
 
         A result is stale when its frame was taken before the last state-changing command
-        (``command_seq < min_command_seq``); it is counted and skipped.
+        (``command_seq < min_command_seq``); it is counted and skipped. Results of another
+        series (a restarted acquisition node) are skipped too.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -71,6 +74,8 @@ class ResultSubscriber:
             if msg is None:
                 continue
             est: FocusEstimate = msg.header
+            if series is not None and est.series_unique_id != series:
+                continue
             if est.command_seq < min_command_seq:
                 self.metrics.inc("stale_results_ignored")
                 continue

@@ -85,16 +85,17 @@ def run_autofocus(
             )
         out.start_wd_um, out.dof_um = state.wd_target_um, dof
         af = GoldenSectionAutofocus(state.wd_target_um, reply.limits, dof, cfg.search)
-        target, last_move_seq = state.wd_target_um, 0
+        target, moved_seq = state.wd_target_um, reply.command_seq
         last_est: FocusEstimate | None = None
         while (wd := af.next_wd()) is not None:
             if wd != target:
-                last_move_seq = client.set_wd(wd).seq
+                moved_seq = client.set_wd(wd).command_seq
                 _latency(out, client, last_est)
                 target = wd
-            image_id = client.acquire().image_id
-            assert image_id is not None
-            est = results.wait_for(image_id, last_move_seq, cfg.result_timeout_s)
+            shot = client.acquire()
+            assert shot.image_id is not None
+            est = results.wait_for(shot.image_id, moved_seq, cfg.result_timeout_s,
+                                   series=shot.series_unique_id)
             out.evaluator = est.evaluator
             af.tell(est.state.wd_um, est.score, est.signal)
             out.records.append(_record(est, af.probes[-1].phase))

@@ -7,6 +7,7 @@ accepts any minor of its own major and rejects other majors with a clear reason.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 PROTOCOL_VERSION = "1.0"
 PROTOCOL_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
+_VERSION_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
 VersionStr = Annotated[str, Field(pattern=r"^\d{1,3}\.\d{1,3}$", description="MAJOR.MINOR")]
 # Integers that fit a signed 64-bit field in any language.
 Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+SeriesUid = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class ClosedModel(BaseModel):
@@ -33,7 +36,5 @@ class Header(ClosedModel):
 
 def major_of(version: str) -> int | None:
     """The major number of a ``MAJOR.MINOR`` string, or None when it is not of that form."""
-    head, sep, tail = version.partition(".")
-    if not (sep and head.isdigit() and tail.isdigit()):
-        return None
-    return int(head)
+    match = _VERSION_RE.fullmatch(version)
+    return int(match.group(1)) if match else None

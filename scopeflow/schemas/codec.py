@@ -105,9 +105,9 @@ def decode(parts: Sequence[Any]) -> Message:
 
 def _validate_header(adapter: Any, raw: bytes, kind: str) -> Any:
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"header is not valid JSON: {exc}", code="bad_json") from None
+        raise ProtocolError(f"header is not valid UTF-8 JSON: {exc}", code="bad_json") from None
     if not isinstance(obj, dict):
         raise ProtocolError("header must be a JSON object", code="bad_json")
     version = obj.get("protocol_version")
@@ -128,6 +128,15 @@ def _validate_header(adapter: Any, raw: bytes, kind: str) -> Any:
         raise _from_validation(exc, kind) from None
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r}")
+    return obj
+
+
 def _from_validation(exc: ValidationError, kind: str) -> ProtocolError:
     errors = exc.errors(include_url=False)
     if kind == "command" and any(
@@ -135,8 +144,10 @@ def _from_validation(exc: ValidationError, kind: str) -> ProtocolError:
     ):
         got = next((e.get("input") for e in errors), None)
         tag = got.get("command") if isinstance(got, dict) else None
+        shown_tag = repr(tag)[:80]
         return ProtocolError(
-            f"unknown command {tag!r}; known: {', '.join(COMMAND_NAMES)}", code="unknown_command"
+            f"unknown command {shown_tag}; known: {', '.join(COMMAND_NAMES)}",
+            code="unknown_command",
         )
     shown = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<header>'}: {e['msg']}" for e in errors[:5]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from scopeflow.schemas.base import Header, Int64
+from scopeflow.schemas.base import Header, Int64, SeriesUid
 from scopeflow.schemas.state import FocusUm, Limits, MicroscopeState, StageUm
 
 Seq = Annotated[int, Field(ge=1, le=2**63 - 1)]
@@ -57,7 +57,14 @@ class Reply(Header):
     command: Literal["set_wd", "move_stage", "acquire", "get_state"]
     state: MicroscopeState
     limits: Limits
+    command_seq: Int64 = Field(
+        description="Server's count of state-changing commands carried out so far; frames "
+        "taken after this reply carry a command_seq at least this high."
+    )
     image_id: Int64 | None = Field(default=None, description="For acquire: the frame's image_id.")
+    series_unique_id: SeriesUid | None = Field(
+        default=None, description="For acquire: the series the frame belongs to."
+    )
     frame_subscribers: Int64 | None = Field(
         default=None, description="Subscribers on the node's frame stream (readiness check)."
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
-from scopeflow.schemas.base import Header, Int64
-from scopeflow.schemas.series import SeriesUid
+from scopeflow.schemas.base import Header, Int64, SeriesUid
 from scopeflow.schemas.state import MicroscopeState, SimTruth
 
 Signal = Literal["ok", "blank", "saturated"]
@@ -53,9 +52,21 @@ ErrorCode = Literal[
 ]
 
 
+MAX_REASON = 4096
+
+
 class ErrorMessage(Header):
     """Answer to a message that could not be carried out."""
 
+    @classmethod
+    def about(cls, code: ErrorCode, reason: str, seq: int | None = None) -> ErrorMessage:
+        """An error message whose reason is cut to the allowed length (reasons quote input)."""
+        if len(reason) > MAX_REASON:
+            reason = reason[: MAX_REASON - 1] + "…"
+        if code not in get_args(ErrorCode):
+            code = "internal"
+        return cls(code=code, reason=reason or code, seq=seq)
+
     code: ErrorCode
-    reason: Annotated[str, Field(min_length=1, max_length=4096)]
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON)]
     seq: Int64 | None = Field(default=None, description="seq of the failed command, if known.")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from scopeflow.schemas.base import Header, Int64
+from scopeflow.schemas.base import Header, Int64, SeriesUid
 from scopeflow.schemas.state import MicroscopeState, SimTruth
 
 # dtypes a frame may have on the wire; all little-endian.
@@ -18,7 +18,6 @@ FrameDtype = Literal["uint8", "uint16", "uint32", "float32"]
 DTYPE_ITEMSIZE: dict[str, int] = {"uint8": 1, "uint16": 2, "uint32": 4, "float32": 4}
 MAX_DIM = 65536
 
-SeriesUid = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class SeriesStart(Header):
@@ -60,6 +59,12 @@ class ImageHeader(Header):
         if len(shape) == 3 and shape[2] > 4:
             raise ValueError("at most 4 channels")
         return shape
+
+    @model_validator(mode="after")
+    def _times_ordered(self) -> ImageHeader:
+        if self.stop_time_ns < self.start_time_ns:
+            raise ValueError("stop_time_ns must not precede start_time_ns")
+        return self
 
     @property
     def nbytes(self) -> int:

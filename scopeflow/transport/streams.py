@@ -151,13 +151,18 @@ class LosslessSender:
 class LosslessReceiver:
     """Policy *lossless*, receiving side: in order, every message, gaps counted as lost."""
 
-    def __init__(self, sock: zmq.Socket, metrics: NodeMetrics, *, capacity: int = 64) -> None:
+    def __init__(
+        self, sock: zmq.Socket, metrics: NodeMetrics, *, capacity: int = 64,
+        count_gaps: bool = True,
+    ) -> None:
+        """``count_gaps=False`` for one of N workers sharing a stream round-robin, where gaps
+        are the other workers' frames, not losses."""
         if sock.type != zmq.PULL:
             raise ValueError("a lossless receiver needs a PULL socket")
         sock.setsockopt(zmq.RCVHWM, capacity)
         self.sock = sock
         self.metrics = metrics
-        self._gaps = _GapCounter()
+        self._gaps = _GapCounter() if count_gaps else None
 
     def poll(self, timeout_ms: int) -> Message | None:
         """Next message in order, or None after ``timeout_ms``. Malformed ones are counted."""
@@ -171,7 +176,7 @@ class LosslessReceiver:
                 continue
             if msg.kind == "image":
                 self.metrics.inc("frames_received")
-                lost = self._gaps.gap(msg.header)
+                lost = self._gaps.gap(msg.header) if self._gaps is not None else 0
                 if lost:
                     self.metrics.inc("frames_lost", lost)
                     log.error("lossless stream lost %d frame(s) before image %d",

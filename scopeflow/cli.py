@@ -1,0 +1,208 @@
+"""The ``scopeflow`` command line: nodes, the demo, the doctor and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from scopeflow import __version__
+
+DEFAULT_FRAMES = "tcp://127.0.0.1:5550"
+DEFAULT_COMMANDS = "tcp://127.0.0.1:5551"
+DEFAULT_RESULTS = "tcp://127.0.0.1:5552"
+
+
+def _run_until_signalled(node) -> int:
+    """Run a node in this process until SIGINT/SIGTERM, then shut it down cleanly."""
+
+    def _stop(signum, _frame):
+        logging.getLogger("scopeflow").info("signal %d: stopping %s", signum, node.rt.name)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    node.run()
+    return 0
+
+
+def _curve_server(args):
+    from scopeflow.transport.endpoints import CurveServerKeys
+
+    if bool(args.curve_secret) != bool(args.curve_clients):
+        raise SystemExit("--curve-secret and --curve-clients go together")
+    if not args.curve_secret:
+        return None
+    return CurveServerKeys(Path(args.curve_secret), Path(args.curve_clients))
+
+
+def _curve_client(args):
+    from scopeflow.transport.endpoints import CurveClientKeys
+
+    if bool(args.curve_secret) != bool(args.curve_server_public):
+        raise SystemExit("--curve-secret and --curve-server-public go together")
+    if not args.curve_secret:
+        return None
+    return CurveClientKeys(Path(args.curve_secret), Path(args.curve_server_public))
+
+
+def _cmd_node_acquire(args) -> int:
+    from scopeflow.acquisition.factory import simulated_sem_from_args
+    from scopeflow.acquisition.node import AcquireConfig, AcquireNode
+
+    microscope = simulated_sem_from_args(args)
+    config = AcquireConfig(
+        frames_endpoint=args.frames, commands_endpoint=args.commands,
+        lossless_endpoint=args.lossless, mode=args.mode, frame_rate_hz=args.rate,
+        curve=_curve_server(args), name=args.name,
+    )
+    node = AcquireNode(microscope, config, metrics_port=args.metrics_port)
+    logging.getLogger("scopeflow").info(
+        "acquire node ready: frames %s, commands %s%s", node.frames_endpoint,
+        node.commands_endpoint, f", lossless {node.lossless_endpoint}" if args.lossless else "")
+    return _run_until_signalled(node)
+
+
+def _cmd_node_infer(args) -> int:
+    from scopeflow.inference.node import InferConfig, InferNode
+
+    node = InferNode(
+        InferConfig(frames_endpoint=args.frames, results_endpoint=args.results,
+                    evaluator=args.evaluator, name=args.name),
+        metrics_port=args.metrics_port,
+    )
+    logging.getLogger("scopeflow").info(
+        "infer node ready: frames %s → results %s (%s)", args.frames, node.results_endpoint,
+        args.evaluator)
+    return _run_until_signalled(node)
+
+
+def _cmd_node_control(args) -> int:
+    from scopeflow.control.node import ControlConfig, run_control
+
+    outcome = run_control(ControlConfig(
+        commands_endpoint=args.commands, results_endpoint=args.results,
+        search_range_dof=args.search_range_dof, tolerance_dof=args.tolerance_dof,
+        max_frames=args.max_frames, timeout_s=args.timeout_s, curve=_curve_client(args),
+    ))
+    text = json.dumps(outcome.to_dict(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from scopeflow.demo import run_demo
+
+    return run_demo(out_dir=args.out, seed=args.seed, evaluator=args.evaluator)
+
+
+def _cmd_doctor(args) -> int:
+    from scopeflow import doctor
+
+    return doctor.main(as_json=args.json)
+
+
+def _cmd_bench_transport(args) -> int:
+    from scopeflow.bench.report import run_transport_bench
+
+    return run_transport_bench(json_path=args.json, quick=args.quick)
+
+
+def _add_sim_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulated SEM")
+    g.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    g.add_argument("--family", default="nanoparticles", help="specimen family")
+    g.add_argument("--frame-size", type=int, default=512, help="square frame side, px")
+    g.add_argument("--pixel-size-nm", type=float, default=10.0)
+    g.add_argument("--semiangle-mrad", type=float, default=3.0, help="beam convergence α")
+    g.add_argument("--dose", type=float, default=50.0, help="electrons per pixel")
+    g.add_argument("--start-defocus-dof", type=float, default=0.0,
+                   help="initial WD − focus, in depth-of-field units")
+    g.add_argument("--astigmatism-um", type=float, default=0.0)
+    g.add_argument("--focus-drift-um-per-s", type=float, default=0.0)
+    g.add_argument("--settle-s", type=float, default=0.005, help="WD actuator settle time")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scopeflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"scopeflow {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run one pipeline node in this process")
+    nodes = node.add_subparsers(dest="role", required=True)
+
+    acq = nodes.add_parser("acquire", help="a (simulated) microscope: frames out, commands in")
+    acq.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (bind)")
+    acq.add_argument("--commands", default=DEFAULT_COMMANDS,
+                     help="command endpoint (bind; loopback unless CURVE keys are given)")
+    acq.add_argument("--lossless", default=None, help="optional lossless PUSH endpoint (bind)")
+    acq.add_argument("--mode", choices=["triggered", "continuous"], default="triggered")
+    acq.add_argument("--rate", type=float, default=10.0, help="frames/s in continuous mode")
+    acq.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
+    acq.add_argument("--curve-secret", default=None, help="server secret key file")
+    acq.add_argument("--curve-clients", default=None, help="folder of authorised client keys")
+    acq.add_argument("--name", default="acquire")
+    _add_sim_options(acq)
+    acq.set_defaults(func=_cmd_node_acquire)
+
+    inf = nodes.add_parser("infer", help="frames in, focus estimates out")
+    inf.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (connect)")
+    inf.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (bind)")
+    inf.add_argument("--evaluator", default="normalized_variance",
+                     choices=["normalized_variance", "tenengrad", "brenner"])
+    inf.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
+    inf.add_argument("--name", default="infer")
+    inf.set_defaults(func=_cmd_node_infer)
+
+    ctl = nodes.add_parser("control", help="run autofocus once against a running pipeline")
+    ctl.add_argument("--commands", default=DEFAULT_COMMANDS, help="command endpoint (connect)")
+    ctl.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (connect)")
+    ctl.add_argument("--out", default=None, help="write the outcome JSON here (default stdout)")
+    ctl.add_argument("--search-range-dof", type=float, default=30.0)
+    ctl.add_argument("--tolerance-dof", type=float, default=0.5)
+    ctl.add_argument("--max-frames", type=int, default=40)
+    ctl.add_argument("--timeout-s", type=float, default=5.0,
+                     help="give up when a peer is silent this long")
+    ctl.add_argument("--curve-secret", default=None, help="client secret key file")
+    ctl.add_argument("--curve-server-public", default=None, help="server public key file")
+    ctl.set_defaults(func=_cmd_node_control)
+
+    demo = sub.add_parser("demo", help="autofocus end to end on a simulated SEM")
+    demo.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--evaluator", default="normalized_variance",
+                      choices=["normalized_variance", "tenengrad", "brenner"])
+    demo.set_defaults(func=_cmd_demo)
+
+    doc = sub.add_parser("doctor", help="versions, backends, CPU/GPU")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=_cmd_doctor)
+
+    bench = sub.add_parser("bench", help="benchmarks that print tables and write JSON")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    bt = benches.add_parser("transport", help="frame throughput and closed-loop latency")
+    bt.add_argument("--json", type=Path, default=None, help="write results here")
+    bt.add_argument("--quick", action="store_true", help="small sizes, few frames (smoke run)")
+    bt.set_defaults(func=_cmd_bench_transport)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The control node: connects to a command server and a results stream, runs a job, reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import zmq
+
+from scopeflow.control.autofocus import AutofocusConfig
+from scopeflow.control.client import MicroscopeClient
+from scopeflow.control.results import ResultSubscriber
+from scopeflow.control.runner import AutofocusOutcome, RunnerConfig, run_autofocus
+from scopeflow.metrics import NodeMetrics
+from scopeflow.transport.endpoints import CurveClientKeys
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Endpoints and autofocus parameters of a control node."""
+
+    commands_endpoint: str
+    results_endpoint: str
+    search_range_dof: float = 30.0
+    tolerance_dof: float = 0.5
+    max_frames: int = 40
+    timeout_s: float = 5.0
+    ready_timeout_s: float = 20.0
+    curve: CurveClientKeys | None = None
+
+
+def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> AutofocusOutcome:
+    """Run one autofocus job and return its outcome; sockets are closed on return."""
+    own = ctx is None
+    ctx = ctx or zmq.Context()
+    metrics = NodeMetrics("control")
+    client = MicroscopeClient(ctx, config.commands_endpoint, timeout_s=config.timeout_s,
+                              curve=config.curve)
+    results = ResultSubscriber(ctx, config.results_endpoint, metrics)
+    try:
+        return run_autofocus(client, results, RunnerConfig(
+            ready_timeout_s=config.ready_timeout_s,
+            result_timeout_s=config.timeout_s,
+            search=AutofocusConfig(search_range_dof=config.search_range_dof,
+                                   tolerance_dof=config.tolerance_dof,
+                                   max_frames=config.max_frames),
+        ))
+    finally:
+        client.close()
+        results.close()
+        if own:
+            ctx.term()
