@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
-from procs import frame_pixels, header_for, publish_frames, push_frames
 
 from scopeflow.errors import EndpointError, OverrunError
 from scopeflow.metrics import NodeMetrics
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LatestReceiver, LosslessReceiver, LosslessSender, send
+
+from children import frame_pixels, header_for, publish_frames, push_frames
 
 SPAWN = mp.get_context("spawn")
 N_FRAMES = 30

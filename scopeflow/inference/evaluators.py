@@ -15,9 +15,11 @@ from scopeflow.schemas.results import Signal
 
 # 'saturated': at least this fraction of pixels at the top of the range.
 SATURATED_FRACTION = 0.5
-# 'blank': no spatial structure beyond pixel noise. For white noise var(I) equals half the variance
-# of neighbour differences; any image content, even far out of focus, raises var(I) above that.
-BLANK_STRUCTURE_RATIO = 1.02
+# 'blank': the 1st-99th percentile spread is below this fraction of full scale — a flat frame
+# (beam blanked, detector off, nothing under the beam) holding read noise at most. Shot noise
+# alone spreads any frame with electrons in it wider than this at the doses we support; a frame
+# whose *structure* is too faint to focus on is caught by the controller instead (no_signal).
+BLANK_SPREAD = 0.005
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,10 @@ def signal_check(frame: np.ndarray) -> Signal:
         full_scale = float(np.iinfo(frame.dtype).max)
     else:
         full_scale = float(max(np.abs(frame).max(), 1e-12))
-    if frame.ndim == 3:
-        frame = frame.mean(axis=2)
-    if float(np.mean(frame[::4, ::4] >= full_scale)) >= SATURATED_FRACTION:
+    sample = frame[::2, ::2]  # a quarter of the pixels is plenty for these statistics
+    if float(np.mean(sample >= full_scale)) >= SATURATED_FRACTION:
         return "saturated"
-    img = np.asarray(frame, dtype=np.float32)
-    total = float(img.var())
-    if total == 0.0:
-        return "blank"
-    diff = img[:, 1:] - img[:, :-1]
-    noise = 0.5 * float(diff.var())
-    if total < BLANK_STRUCTURE_RATIO * noise:
+    lo, hi = np.percentile(sample, (1, 99))
+    if hi - lo <= BLANK_SPREAD * full_scale:
         return "blank"
     return "ok"

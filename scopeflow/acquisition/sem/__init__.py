@@ -1,0 +1,23 @@
+"""Simulated scanning electron microscope: procedural specimens, probe optics, detector, dynamics.
+
+See ``docs/simulators.md`` ("Simulated SEM") for the model, its parameters and its limits.
+"""
+
+from __future__ import annotations
+
+from scopeflow.acquisition.sem.simulator import SEMConfig, SimulatedSEM
+from scopeflow.acquisition.sem.specimen import (
+    SPECIMEN_FAMILIES,
+    Specimen,
+    make_specimen,
+    specimen_from_texture,
+)
+
+__all__ = [
+    "SPECIMEN_FAMILIES",
+    "SEMConfig",
+    "SimulatedSEM",
+    "Specimen",
+    "make_specimen",
+    "specimen_from_texture",
+]
