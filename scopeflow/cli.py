@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from scopeflow import __version__
+from scopeflow.errors import ScopeflowError
 
 DEFAULT_FRAMES = "tcp://127.0.0.1:5550"
 DEFAULT_COMMANDS = "tcp://127.0.0.1:5551"
@@ -201,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, stream=sys.stderr,
         format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ScopeflowError as exc:  # a user-facing problem: its reason, not a traceback
+        print(f"scopeflow: error ({exc.code}): {exc.reason}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad option values caught by config validation
+        print(f"scopeflow: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""The command line as a user runs it: doctor, node processes, the transport benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from scopeflow.cli import build_parser
+
+SF = [sys.executable, "-m", "scopeflow"]
+
+
+def test_doctor_reports_versions_backends_and_hardware():
+    res = subprocess.run([*SF, "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)}
+    for name in ("python", "pyzmq", "numpy", "backend onnxruntime", "backend torch",
+                 "backend tensorrt", "cpu", "gpu"):
+        assert name in checks
+    assert checks["backend onnxruntime"]["ok"]
+    assert "CPUExecutionProvider" in checks["backend onnxruntime"]["detail"]
+    # No GPU on these machines: TensorRT must say why it is not usable.
+    if not checks["gpu"]["ok"]:
+        assert not checks["backend tensorrt"]["ok"]
+        assert checks["backend tensorrt"]["detail"]
+
+
+def test_bench_transport_quick_writes_the_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run([*SF, "--log-level", "WARNING", "bench", "transport", "--quick",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "GB/s" in res.stdout and "loop latency" in res.stdout
+    data = json.loads(out.read_text())
+    rows = data["transport"]
+    assert {r["endpoint"] for r in rows} == {"inproc", "ipc", "tcp"}
+    for r in rows:
+        assert r["dtype"] == "uint16" and len(r["frame_shape"]) == 2
+        for key in ("frames_per_s", "gb_per_s", "pickle_gb_per_s", "memcpy_gb_per_s"):
+            assert r[key] > 0
+        # GB/s is frames/s × frame bytes.
+        nbytes = r["frame_shape"][0] * r["frame_shape"][1] * 2
+        assert abs(r["gb_per_s"] - r["frames_per_s"] * nbytes / 1e9) < 1e-6 * r["gb_per_s"]
+    lat = data["loop_latency_ms"]
+    assert lat["n"] >= 40 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+def test_nodes_refuse_a_public_command_endpoint_without_curve():
+    res = subprocess.run([*SF, "node", "acquire", "--commands", "tcp://0.0.0.0:5999",
+                          "--frames", "tcp://127.0.0.1:*", "--frame-size", "64"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "CURVE" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    for argv in (["node", "acquire"], ["node", "infer"], ["node", "control"], ["demo"],
+                 ["doctor"], ["bench", "transport"]):
+        args = parser.parse_args(argv)
+        assert callable(args.func)
