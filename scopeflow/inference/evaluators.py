@@ -41,8 +41,14 @@ def get_evaluator(name: str) -> Evaluator:
         raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(METRICS)}") from None
 
 
-def signal_check(frame: np.ndarray) -> Signal:
-    """Whether ``frame`` carries a usable focus signal: 'ok', 'blank' or 'saturated'."""
+def signal_check(frame: np.ndarray, dose_e_per_px: float | None = None) -> Signal:
+    """Whether ``frame`` carries a usable focus signal: 'ok', 'blank' or 'saturated'.
+
+    'blank' when the microscope reports a dose of zero (beam blanked) or the frame is flat
+    (detector off, nothing under the beam); 'saturated' when half the pixels sit at full scale.
+    """
+    if dose_e_per_px == 0:
+        return "blank"
     if np.issubdtype(frame.dtype, np.integer):
         full_scale = float(np.iinfo(frame.dtype).max)
     else:

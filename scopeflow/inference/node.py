@@ -75,7 +75,7 @@ class InferNode:
         """The focus estimate of one image message."""
         header = msg.header
         pixels = msg.array()
-        signal = signal_check(pixels)
+        signal = signal_check(pixels, header.state.dose_e_per_px)
         score = self.evaluator(pixels) if signal == "ok" else 0.0
         return FocusEstimate(
             series_unique_id=header.series_unique_id,
