@@ -11,6 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 import zmq
+import zmq.auth
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
 from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
@@ -22,6 +23,7 @@ from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.metrics import NodeMetrics
 from scopeflow.schemas.codec import decode
 from scopeflow.schemas.results import FocusEstimate
+from scopeflow.transport.endpoints import CurveClientKeys, CurveServerKeys
 from scopeflow.transport.streams import LosslessReceiver, send
 
 from children import header_for
@@ -354,3 +356,30 @@ def test_series_end_is_sent_on_shutdown(ipc_dir):
     sub.close()
     ctx.term()
     assert end.kind == "series_end" and end.header.images == 2
+
+
+def test_public_command_endpoint_with_curve_serves_only_key_holders(tmp_path, ipc_dir):
+    for d in ("server", "clients", "private"):
+        (tmp_path / d).mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(tmp_path / "server", "server")
+    _, client_secret = zmq.auth.create_certificates(tmp_path / "clients", "control")
+    _, stranger_secret = zmq.auth.create_certificates(tmp_path / "private", "stranger")
+    ctx = zmq.Context()
+    node = AcquireNode(small_sem(), AcquireConfig(
+        frames_endpoint=f"ipc://{ipc_dir}/f", commands_endpoint="tcp://0.0.0.0:*",
+        curve=CurveServerKeys(server_secret, tmp_path / "clients")), ctx=ctx)
+    endpoint = "tcp://127.0.0.1:" + node.commands_endpoint.rsplit(":", 1)[1]
+    try:
+        with running(node):
+            trusted = MicroscopeClient(ctx, endpoint, timeout_s=5,
+                                       curve=CurveClientKeys(client_secret, server_public))
+            assert trusted.set_wd(5003.0).state.wd_um == pytest.approx(5003.0)
+            trusted.close()
+            for curve in (CurveClientKeys(stranger_secret, server_public), None):
+                outsider = MicroscopeClient(ctx, endpoint, timeout_s=0.5, curve=curve)
+                with pytest.raises(PeerTimeout):
+                    outsider.set_wd(5010.0)
+                outsider.close()
+            assert node.microscope.state().wd_um == pytest.approx(5003.0)
+    finally:
+        ctx.term()

@@ -40,6 +40,9 @@ class MicroscopeClient:
         self.timeout_s = timeout_s
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # A DEALER blocks on send while no connection is up (e.g. a CURVE handshake refused);
+        # bound that wait so a silent server can never hang the controller.
+        self.sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
         endpoints.connect(self.sock, endpoint, curve=curve)
         self._seq = itertools.count(1)
         self.last_sent_ns = 0  # host monotonic time the last command left this client
@@ -61,7 +64,14 @@ class MicroscopeClient:
 
     def _request(self, cmd: SetWD | MoveStage | Acquire | GetState) -> Reply:
         self.last_sent_ns = time.monotonic_ns()
-        send(self.sock, cmd)
+        try:
+            send(self.sock, cmd)
+        except zmq.Again:
+            raise PeerTimeout(
+                f"could not send {cmd.command} (seq {cmd.seq}) within {self.timeout_s:g} s: no "
+                "connection to the command server (wrong endpoint, server down, or CURVE keys "
+                "refused)"
+            ) from None
         deadline = time.monotonic() + self.timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
