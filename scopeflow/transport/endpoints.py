@@ -107,11 +107,7 @@ def bind(
             "CURVE keys; bind to 127.0.0.1 or configure --curve-secret/--curve-clients"
         )
     if curve is not None:
-        public, secret = zmq.auth.load_certificate(curve.secret_file)
-        if secret is None:
-            raise EndpointError(f"{curve.secret_file} holds no secret key")
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
+        sock.curve_publickey, sock.curve_secretkey = _keypair(curve.secret_file)
         sock.curve_server = True
     sock.bind(str(ep))
     return sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.scheme == "tcp" else str(ep)
@@ -121,14 +117,17 @@ def connect(sock: zmq.Socket, endpoint: str, *, curve: CurveClientKeys | None = 
     """Connect ``sock`` to ``endpoint``, as a CURVE client when keys are given."""
     ep = parse_endpoint(endpoint)
     if curve is not None:
-        public, secret = zmq.auth.load_certificate(curve.secret_file)
-        server_public, _ = zmq.auth.load_certificate(curve.server_public_file)
-        if secret is None:
-            raise EndpointError(f"{curve.secret_file} holds no secret key")
-        sock.curve_publickey = public
-        sock.curve_secretkey = secret
-        sock.curve_serverkey = server_public
+        sock.curve_publickey, sock.curve_secretkey = _keypair(curve.secret_file)
+        sock.curve_serverkey, _ = zmq.auth.load_certificate(curve.server_public_file)
     sock.connect(str(ep))
+
+
+def _keypair(secret_file: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``*.key_secret`` file made by ``zmq.auth.create_certificates``."""
+    public, secret = zmq.auth.load_certificate(secret_file)
+    if secret is None:
+        raise EndpointError(f"{secret_file} holds no secret key (use the .key_secret file)")
+    return public, secret
 
 
 def start_authenticator(ctx: zmq.Context, curve: CurveServerKeys):
