@@ -1,7 +1,7 @@
 """The one exception hierarchy of scopeflow.
 
 Every error a caller may want to handle derives from :class:`ScopeflowError`. Errors that cross
-the wire carry a stable ``code`` (see ``docs/protocol.md``, "Error replies") and a human-readable
+the wire carry a stable ``code`` (see ``docs/protocol.md`` §7.2) and a human-readable
 ``reason`` that names the cause and, where there is one, the fix.
 """
 

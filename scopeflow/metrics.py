@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 # name -> (help text, label names)
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "frames_sent": ("Frames published by an acquisition node", ()),
+    "acquire_failures": ("Frames the microscope failed to acquire in continuous mode", ()),
     "frames_received": ("Frames received by a consumer", ()),
     "frames_skipped": ("Frames a 'latest' consumer skipped to stay on the newest", ()),
     "frames_lost": ("Gaps in image_id seen on a lossless stream (an error)", ()),

@@ -74,6 +74,8 @@ BAD_COMMANDS = [
     ([b"image", ('{' + V + '}').encode()], "invalid_message"),
     ([b"gibberish", b"{}"], "unknown_kind"),
     ([b"command"], "invalid_message"),
+    ([b"command", b'{"protocol_version":"1.0","seq":8,"x":' + b"[" * 3000 + b"]" * 3000 + b"}"],
+     "bad_json"),
 ]
 
 
@@ -98,7 +100,7 @@ def test_every_bad_command_is_answered_counted_and_the_node_keeps_serving(ipc_di
         # The same counters, scraped from the node's Prometheus endpoint.
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         text = text.decode()
-        assert 'scopeflow_messages_rejected_total{code="bad_json"} 1.0' in text
+        assert 'scopeflow_messages_rejected_total{code="bad_json"} 2.0' in text
         assert 'scopeflow_commands_rejected_total{code="limit"} 2.0' in text
 
 
@@ -188,10 +190,12 @@ def test_inference_node_rejects_bad_frames_and_keeps_serving(ipc_dir):
             time.sleep(0.3)  # let the node's subscription reach our PUB
             for parts in bad:
                 pub.send_multipart(parts)
+            pub.send_multipart([b"image", b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}",
+                                good.tobytes()])
             send(pub, header_for(7, (64, 64)), [good])
             est = sub.wait_for(7, 0, timeout_s=10)
             assert est.signal == "ok" and est.score > 0
-            assert node.metrics.value("messages_rejected") == len(bad)
+            assert node.metrics.value("messages_rejected") == len(bad) + 1
             for code in ("bad_json", "unsupported_version", "buffer_mismatch",
                          "invalid_message"):
                 assert node.metrics.value("messages_rejected", code=code) >= 1
@@ -383,3 +387,55 @@ def test_public_command_endpoint_with_curve_serves_only_key_holders(tmp_path, ip
             assert node.microscope.state().wd_um == pytest.approx(5003.0)
     finally:
         ctx.term()
+
+
+class FaultySEM(SimulatedSEM):
+    """A simulated SEM with injected faults: WD moves fail, every other frame fails."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.acquisitions = 0
+
+    def _do_set_wd(self, wd_um: float) -> None:
+        raise RuntimeError("lens supply tripped")
+
+    def _do_acquire(self):
+        self.acquisitions += 1
+        if self.acquisitions % 2 == 0:
+            raise RuntimeError("scan generator timeout")
+        return super()._do_acquire()
+
+
+def test_device_faults_are_answered_and_still_advance_command_seq(ipc_dir):
+    sem = FaultySEM(SEMConfig(frame_shape=(64, 64), settle_s=0.0))
+    with pipeline(ipc_dir, sem, with_infer=False) as p:
+        client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)
+        try:
+            before = client.get_state()
+            assert before.command_seq == 0
+            assert before.series_unique_id == p.acquire.series_unique_id
+            with pytest.raises(CommandRejected, match="lens supply tripped") as info:
+                client.set_wd(5001.0)
+            assert info.value.code == "device_error"
+            # The device was asked to move: frames from now on must not pass for older ones.
+            assert client.get_state().command_seq == 1
+            assert client.acquire().image_id == 0
+            with pytest.raises(CommandRejected, match="scan generator"):
+                client.acquire()
+            assert client.acquire().image_id == 1  # the failed frame used up no image_id
+        finally:
+            client.close()
+        assert p.acquire.metrics.value("commands_rejected", code="device_error") == 2
+
+
+def test_continuous_stream_survives_device_faults(ipc_dir):
+    sem = FaultySEM(SEMConfig(frame_shape=(64, 64), settle_s=0.0))
+    with pipeline(ipc_dir, sem, mode="continuous", frame_rate_hz=200.0) as p:
+        sub = ResultSubscriber(p.ctx, p.results, NodeMetrics("watcher"))
+        try:
+            sub.wait_connected(10)
+            est = sub.wait_for(20, 0, timeout_s=20)
+        finally:
+            sub.close()
+        assert est.image_id >= 20
+        assert p.acquire.metrics.value("acquire_failures") >= 20

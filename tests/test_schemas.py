@@ -206,3 +206,11 @@ def test_image_times_must_be_ordered():
     parts = _image_parts(start_time_ns=30, stop_time_ns=20)
     with pytest.raises(ProtocolError, match="stop_time_ns"):
         decode(parts)
+
+
+def test_deeply_nested_headers_are_rejected_not_crashing():
+    deep = b'{"protocol_version":"1.0","seq":1,"command":"get_state","x":' + b"[" * 5000 \
+        + b"]" * 5000 + b"}"
+    with pytest.raises(ProtocolError) as info:
+        decode([b"command", deep])
+    assert info.value.code == "bad_json"

@@ -75,12 +75,10 @@ class CommandServer:
             if isinstance(cmd, SetWD):
                 check_wd_move(self.microscope.limits(), self.microscope.state().wd_target_um,
                               cmd.wd_um)
-                self.microscope.set_wd(cmd.wd_um, wait=cmd.wait)
-                self.command_seq += 1
+                self._move(lambda: self.microscope.set_wd(cmd.wd_um, wait=cmd.wait))
             elif isinstance(cmd, MoveStage):
                 check_stage_move(self.microscope.limits(), cmd.x_um, cmd.y_um)
-                self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait)
-                self.command_seq += 1
+                self._move(lambda: self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait))
             elif isinstance(cmd, Acquire):
                 image_id = self.publish_frame(self.microscope.acquire())
             elif not isinstance(cmd, GetState):  # pragma: no cover - the schema is closed
@@ -92,7 +90,7 @@ class CommandServer:
                 limits=self.microscope.limits(),
                 command_seq=self.command_seq,
                 image_id=image_id,
-                series_unique_id=self.series_unique_id if image_id is not None else None,
+                series_unique_id=self.series_unique_id,
                 frame_subscribers=self.frame_subscribers(),
             )
         except ScopeflowError:
@@ -100,3 +98,12 @@ class CommandServer:
         except Exception as exc:  # a device fault must not kill the node
             log.exception("microscope failed on %s", cmd.command)
             raise DeviceError(f"{cmd.command} failed in the microscope: {exc}") from exc
+
+    def _move(self, move: Callable[[], object]) -> None:
+        """Run a state-changing call. Once the device has been asked to move, frames after it
+        must not pass for frames before it, so the count advances even when the move fails
+        (limits were checked before, so a failure here is the device's)."""
+        try:
+            move()
+        finally:
+            self.command_seq += 1

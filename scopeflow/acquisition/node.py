@@ -15,7 +15,6 @@ at a fixed rate, like a camera, with commands served in between).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -28,7 +27,7 @@ from scopeflow.acquisition.command_server import CommandServer
 from scopeflow.acquisition.microscope import Frame, Microscope
 from scopeflow.errors import OverrunError, ProtocolError, ScopeflowError
 from scopeflow.runtime import POLL_MS, NodeRuntime
-from scopeflow.schemas.codec import decode, encode, frame_buffer
+from scopeflow.schemas.codec import decode, encode, frame_buffer, parse_header_json
 from scopeflow.schemas.commands import Reply
 from scopeflow.schemas.results import ErrorMessage
 from scopeflow.schemas.series import ImageHeader, SeriesEnd, SeriesStart
@@ -133,7 +132,7 @@ class AcquireNode:
                 if self.commands in events:
                     self._serve_commands()
                 if period is not None and time.monotonic() >= next_frame:
-                    self._publish(self.microscope.acquire())
+                    self._acquire_continuous()
                     # Keep the cadence; if we fell behind, restart it rather than burst.
                     next_frame = max(next_frame + period, time.monotonic() - period)
                 beat = self.rt.heartbeat_due()
@@ -153,6 +152,15 @@ class AcquireNode:
             self.rt.close()
 
     # -- frames -----------------------------------------------------------------------------------
+    def _acquire_continuous(self) -> None:
+        """One frame of the continuous stream; a device fault is logged and counted, and the
+        stream goes on (as in triggered mode, where it is answered with device_error)."""
+        try:
+            self._publish(self.microscope.acquire())
+        except Exception:
+            self.rt.metrics.inc("acquire_failures")
+            log.exception("acquisition failed; the stream continues")
+
     def _publish(self, frame: Frame) -> int:
         image_id = self._next_image_id
         pixels = frame_buffer(frame.pixels)
@@ -223,16 +231,18 @@ class AcquireNode:
                     code="unknown_kind",
                 )
         except ProtocolError as exc:
-            metrics.inc("messages_rejected", code=exc.code)
-            log.warning("rejected command message (%s): %s", exc.code, exc.reason)
-            return ErrorMessage.about(exc.code, exc.reason, _peek_seq(body))
+            error = ErrorMessage.about(exc.code, exc.reason, _peek_seq(body))
+            metrics.inc("messages_rejected", code=error.code)
+            log.warning("rejected command message (%s): %s", error.code, error.reason)
+            return error
         cmd = msg.header
         try:
             reply = self.server.execute(cmd)
         except ScopeflowError as exc:
-            metrics.inc("commands_rejected", code=exc.code)
-            log.warning("refused %s seq=%d (%s): %s", cmd.command, cmd.seq, exc.code, exc.reason)
-            return ErrorMessage.about(exc.code, exc.reason, cmd.seq)
+            error = ErrorMessage.about(exc.code, exc.reason, cmd.seq)
+            metrics.inc("commands_rejected", code=error.code)
+            log.warning("refused %s seq=%d (%s): %s", cmd.command, cmd.seq, error.code, exc.reason)
+            return error
         metrics.inc("commands_ok", command=cmd.command)
         return reply
 
@@ -246,9 +256,10 @@ def _split_envelope(parts: list[Any]) -> tuple[list[Any], list[Any]]:
 
 
 def _peek_seq(body: list[Any]) -> int | None:
-    """Best-effort seq of a rejected command, so the client can match the error."""
+    """The seq of a rejected command when its header is valid JSON with a valid seq, so the
+    client can match the error; None otherwise."""
     try:
-        seq = json.loads(bytes(body[1])).get("seq")
-    except Exception:
+        seq = parse_header_json(bytes(body[1])).get("seq")
+    except (ProtocolError, IndexError, TypeError):
         return None
-    return seq if type(seq) is int and 0 <= seq < 2**63 else None
+    return seq if type(seq) is int and 1 <= seq < 2**63 else None

@@ -85,14 +85,14 @@ def run_autofocus(
             )
         out.start_wd_um, out.dof_um = state.wd_target_um, dof
         af = GoldenSectionAutofocus(state.wd_target_um, reply.limits, dof, cfg.search)
-        target, moved_seq = state.wd_target_um, reply.command_seq
+        target, moved_seq, series = state.wd_target_um, reply.command_seq, reply.series_unique_id
         last_est: FocusEstimate | None = None
         while (wd := af.next_wd()) is not None:
             if wd != target:
-                moved_seq = client.set_wd(wd).command_seq
+                moved_seq = _same_series(client.set_wd(wd), series).command_seq
                 _latency(out, client, last_est)
                 target = wd
-            shot = client.acquire()
+            shot = _same_series(client.acquire(), series)
             assert shot.image_id is not None
             est = results.wait_for(shot.image_id, moved_seq, cfg.result_timeout_s,
                                    series=shot.series_unique_id)
@@ -132,6 +132,16 @@ def _wait_ready(client: MicroscopeClient, results: ResultSubscriber, timeout_s: 
                 "start an inference node connected to the acquisition node's frames endpoint"
             )
         time.sleep(0.05)
+
+
+def _same_series(reply, series: str | None):
+    """The reply, unless the acquisition node restarted (a new series) during the run: then
+    its positions and counters are not the ones this run started from."""
+    if series is not None and reply.series_unique_id not in (None, series):
+        raise CommandRejected(
+            f"the acquisition node restarted during autofocus (series {series} became "
+            f"{reply.series_unique_id}); start again", code="device_error")
+    return reply
 
 
 def _latency(out: AutofocusOutcome, client: MicroscopeClient, est: FocusEstimate | None) -> None:

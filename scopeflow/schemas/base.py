@@ -16,7 +16,7 @@ PROTOCOL_VERSION = "1.0"
 PROTOCOL_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 _VERSION_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
-VersionStr = Annotated[str, Field(pattern=r"^\d{1,3}\.\d{1,3}$", description="MAJOR.MINOR")]
+VersionStr = Annotated[str, Field(pattern=r"^[0-9]{1,3}\.[0-9]{1,3}$", description="MAJOR.MINOR")]
 # Integers that fit a signed 64-bit field in any language.
 Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 SeriesUid = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]

@@ -103,13 +103,21 @@ def decode(parts: Sequence[Any]) -> Message:
     return Message(kind, header, buffers)
 
 
-def _validate_header(adapter: Any, raw: bytes, kind: str) -> Any:
+def parse_header_json(raw: bytes) -> dict[str, Any]:
+    """The header as a dict: strict UTF-8 JSON object without duplicate keys, else ProtocolError."""
     try:
         obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"header is not valid UTF-8 JSON: {exc}", code="bad_json") from None
+    except RecursionError:
+        raise ProtocolError("header JSON is nested too deeply", code="bad_json") from None
     if not isinstance(obj, dict):
         raise ProtocolError("header must be a JSON object", code="bad_json")
+    return obj
+
+
+def _validate_header(adapter: Any, raw: bytes, kind: str) -> Any:
+    obj = parse_header_json(raw)
     version = obj.get("protocol_version")
     if not isinstance(version, str) or major_of(version) is None:
         raise ProtocolError(
@@ -126,6 +134,8 @@ def _validate_header(adapter: Any, raw: bytes, kind: str) -> Any:
         return adapter.validate_json(raw)
     except ValidationError as exc:
         raise _from_validation(exc, kind) from None
+    except (ValueError, RecursionError) as exc:  # the validator's own parser gave up
+        raise ProtocolError(f"invalid {kind} header: {exc}", code="invalid_message") from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -63,7 +63,9 @@ class Reply(Header):
     )
     image_id: Int64 | None = Field(default=None, description="For acquire: the frame's image_id.")
     series_unique_id: SeriesUid | None = Field(
-        default=None, description="For acquire: the series the frame belongs to."
+        default=None,
+        description="The server's current series; command_seq counts within it. For acquire, "
+        "the series of the published frame.",
     )
     frame_subscribers: Int64 | None = Field(
         default=None, description="Subscribers on the node's frame stream (readiness check)."

@@ -17,7 +17,7 @@ class FocusEstimate(Header):
 
     series_unique_id: SeriesUid
     image_id: Int64
-    command_seq: Int64 = Field(description="Copied from the frame: last command before it.")
+    command_seq: Int64 = Field(description="Copied from the frame (protocol.md §5.3).")
     evaluator: Annotated[str, Field(min_length=1, max_length=64)]
     score: Annotated[float, Field(ge=0)]
     signal: Signal = Field(description="'ok', or why the frame carries no usable focus signal.")

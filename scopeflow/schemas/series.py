@@ -44,7 +44,8 @@ class ImageHeader(Header):
     stop_time_ns: Int64 = Field(description="Wall clock (UTC epoch) at exposure/scan end, ns.")
     monotonic_ns: Int64 = Field(description="Host monotonic clock at acquisition end, ns.")
     command_seq: Int64 = Field(
-        description="seq of the last command carried out before this frame (0: none)."
+        description="The server's count of state-changing commands (set_wd, move_stage) "
+        "carried out before this frame; see docs/protocol.md §5.3."
     )
     state: MicroscopeState
     truth: SimTruth | None = None

@@ -43,6 +43,21 @@ def recv(sock: zmq.Socket, flags: int = 0) -> Message:
     return decode(sock.recv_multipart(flags=flags, copy=False))
 
 
+def _decode_or_count(parts: list[Any], metrics: NodeMetrics) -> Message | None:
+    """Decode, or count and log the rejection and return None: one bad message never stops a
+    consumer, whatever it holds."""
+    try:
+        return decode(parts)
+    except ProtocolError as exc:
+        code, reason = exc.code, exc.reason
+    except Exception as exc:  # a decoder fault must not take the node down either
+        code, reason = "internal", f"decoder failed: {exc!r}"
+        log.exception("decoder failed on a message")
+    metrics.inc("messages_rejected", code=code)
+    log.warning("rejected message (%s): %s", code, reason)
+    return None
+
+
 class _GapCounter:
     """Tracks image_id continuity per series; returns how many ids were skipped."""
 
@@ -93,7 +108,7 @@ class LatestReceiver:
                 parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            msg = self._decode(parts)
+            msg = _decode_or_count(parts, self.metrics)
             if msg is None:
                 continue
             if msg.kind in self.data_kinds:
@@ -107,14 +122,6 @@ class LatestReceiver:
             elif self.on_other is not None:
                 self.on_other(msg)
         return newest
-
-    def _decode(self, parts: list[Any]) -> Message | None:
-        try:
-            return decode(parts)
-        except ProtocolError as exc:
-            self.metrics.inc("messages_rejected", code=exc.code)
-            log.warning("rejected message (%s): %s", exc.code, exc.reason)
-            return None
 
 
 class LosslessSender:
@@ -167,12 +174,8 @@ class LosslessReceiver:
     def poll(self, timeout_ms: int) -> Message | None:
         """Next message in order, or None after ``timeout_ms``. Malformed ones are counted."""
         while self.sock.poll(timeout_ms, zmq.POLLIN):
-            parts = self.sock.recv_multipart(copy=False)
-            try:
-                msg = decode(parts)
-            except ProtocolError as exc:
-                self.metrics.inc("messages_rejected", code=exc.code)
-                log.warning("rejected message (%s): %s", exc.code, exc.reason)
+            msg = _decode_or_count(self.sock.recv_multipart(copy=False), self.metrics)
+            if msg is None:
                 continue
             if msg.kind == "image":
                 self.metrics.inc("frames_received")
