@@ -70,6 +70,7 @@ class AcquireNode:
         self.series_unique_id = f"{config.name}-{uuid.uuid4().hex[:12]}"
         self._next_image_id = 0
         self._subscribers = 0
+        self._failing = 0  # consecutive failed frames in continuous mode
         self.server = CommandServer(
             microscope,
             self._publish,
@@ -159,7 +160,13 @@ class AcquireNode:
             self._publish(self.microscope.acquire())
         except Exception:
             self.rt.metrics.inc("acquire_failures")
-            log.exception("acquisition failed; the stream continues")
+            if self._failing == 0:  # the first of a run with its traceback, not every frame
+                log.exception("acquisition failed; the stream continues")
+            self._failing += 1
+            return
+        if self._failing:
+            log.warning("acquisition recovered after %d failed frame(s)", self._failing)
+            self._failing = 0
 
     def _publish(self, frame: Frame) -> int:
         image_id = self._next_image_id
