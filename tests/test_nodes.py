@@ -18,7 +18,7 @@ from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.control.client import CommandRejected, MicroscopeClient
 from scopeflow.control.node import ControlConfig, run_control
 from scopeflow.control.results import ResultSubscriber
-from scopeflow.errors import PeerTimeout
+from scopeflow.errors import LimitError, PeerTimeout
 from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.metrics import NodeMetrics
 from scopeflow.schemas.codec import decode
@@ -439,3 +439,26 @@ def test_continuous_stream_survives_device_faults(ipc_dir):
             sub.close()
         assert est.image_id >= 20
         assert p.acquire.metrics.value("acquire_failures") >= 20
+
+
+class StrictLensSEM(SimulatedSEM):
+    """An adapter whose own WD limit is stricter than the limits it reports."""
+
+    def _do_set_wd(self, wd_um: float) -> None:
+        if wd_um > 5005.0:
+            raise LimitError("lens current limit reached")
+        super()._do_set_wd(wd_um)
+
+
+def test_an_adapter_limit_refusal_does_not_advance_command_seq(ipc_dir):
+    with pipeline(ipc_dir, StrictLensSEM(SEMConfig(frame_shape=(64, 64), settle_s=0.0)),
+                  with_infer=False) as p:
+        client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)
+        try:
+            assert client.set_wd(5004.0).command_seq == 1
+            with pytest.raises(CommandRejected) as info:
+                client.set_wd(5006.0)
+            assert info.value.code == "limit"
+            assert client.get_state().command_seq == 1
+        finally:
+            client.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from scopeflow.acquisition.microscope import Frame, Microscope, check_stage_move, check_wd_move
-from scopeflow.errors import DeviceError, RateLimitError, ScopeflowError
+from scopeflow.errors import DeviceError, LimitError, RateLimitError, ScopeflowError
 from scopeflow.schemas.commands import Acquire, Command, GetState, MoveStage, Reply, SetWD
 
 log = logging.getLogger(__name__)
@@ -105,5 +105,9 @@ class CommandServer:
         (limits were checked before, so a failure here is the device's)."""
         try:
             move()
-        finally:
+        except LimitError:  # refused by the adapter before anything moved
+            raise
+        except BaseException:
             self.command_seq += 1
+            raise
+        self.command_seq += 1

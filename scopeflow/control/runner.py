@@ -103,7 +103,7 @@ def run_autofocus(
         out.stop_reason = af.stop_reason or "timeout"
         out.final_wd_um = af.final_wd_um
         if af.final_wd_um is not None and af.final_wd_um != target:
-            client.set_wd(af.final_wd_um)
+            _same_series(client.set_wd(af.final_wd_um), series)
             _latency(out, client, last_est)
         out.message = f"stopped: {out.stop_reason}"
     except PeerTimeout as exc:
@@ -134,10 +134,10 @@ def _wait_ready(client: MicroscopeClient, results: ResultSubscriber, timeout_s: 
         time.sleep(0.05)
 
 
-def _same_series(reply, series: str | None):
+def _same_series(reply, series: str):
     """The reply, unless the acquisition node restarted (a new series) during the run: then
     its positions and counters are not the ones this run started from."""
-    if series is not None and reply.series_unique_id not in (None, series):
+    if reply.series_unique_id != series:
         raise CommandRejected(
             f"the acquisition node restarted during autofocus (series {series} became "
             f"{reply.series_unique_id}); start again", code="device_error")

@@ -62,8 +62,7 @@ class Reply(Header):
         "taken after this reply carry a command_seq at least this high."
     )
     image_id: Int64 | None = Field(default=None, description="For acquire: the frame's image_id.")
-    series_unique_id: SeriesUid | None = Field(
-        default=None,
+    series_unique_id: SeriesUid = Field(
         description="The server's current series; command_seq counts within it. For acquire, "
         "the series of the published frame.",
     )
