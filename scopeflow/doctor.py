@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import json
@@ -89,18 +90,14 @@ def _gpu_names() -> list[str]:
 
 def _hardware() -> list[Check]:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # not Linux: keep the platform's name
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    except OSError:
-        pass
     checks = [Check("cpu", True, f"{cpu}, {os.cpu_count()} logical cores")]
-    try:
+    with contextlib.suppress(ValueError, OSError):  # sysconf names are not on every system
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         checks.append(Check("memory", True, f"{pages * size / 2**30:.1f} GiB"))
-    except (ValueError, OSError):
-        pass
     gpus = _gpu_names()
     checks.append(Check("gpu", bool(gpus), ", ".join(gpus) if gpus else "none found "
                         "(nvidia-smi absent or no device); CPU backends are used"))
