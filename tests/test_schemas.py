@@ -35,6 +35,7 @@ states = st.builds(
     exposure_s=st.none() | positive,
     dose_e_per_px=st.none() | positive,
     beam_semiangle_mrad=st.none() | st.floats(min_value=0.1, max_value=100),
+    numerical_aperture=st.none() | st.floats(min_value=0.01, max_value=1.7),
 )
 truths = st.none() | st.builds(SimTruth, focus_wd_um=finite, defocus_um=finite, dof_um=positive)
 shapes = st.lists(st.integers(1, 40), min_size=2, max_size=2).map(tuple) | st.tuples(

@@ -34,17 +34,32 @@ class MicroscopeState(ClosedModel):
     exposure_s: Annotated[float, Field(gt=0, le=1e5)] | None = None
     dose_e_per_px: Annotated[float, Field(ge=0, le=1e9)] | None = None
     beam_semiangle_mrad: Annotated[float, Field(gt=0, le=1e3)] | None = None
+    numerical_aperture: Annotated[float, Field(gt=0, le=1.7)] | None = Field(
+        default=None, description="Objective NA (light microscopes)."
+    )
 
     def depth_of_field_um(self) -> float | None:
-        """Depth of field per side, ≈ pixel size / α (DESIGN §5); None without a beam angle."""
-        if self.beam_semiangle_mrad is None:
-            return None
-        return depth_of_field_um(self.pixel_size_nm, self.beam_semiangle_mrad)
+        """Depth of field per side: pixel size / α for electron beams (DESIGN §5), half the
+        wave-optical + geometric depth for light microscopes; None when neither is known."""
+        if self.beam_semiangle_mrad is not None:
+            return depth_of_field_um(self.pixel_size_nm, self.beam_semiangle_mrad)
+        if self.numerical_aperture is not None:
+            return optical_depth_of_field_um(self.pixel_size_nm, self.numerical_aperture)
+        return None
 
 
 def depth_of_field_um(pixel_size_nm: float, beam_semiangle_mrad: float) -> float:
     """Depth of field per side: the defocus at which the blur disk (2α|Δz|) spans two pixels."""
     return (pixel_size_nm * 1e-3) / (beam_semiangle_mrad * 1e-3)
+
+
+def optical_depth_of_field_um(
+    pixel_size_nm: float, numerical_aperture: float, wavelength_nm: float = 550.0
+) -> float:
+    """Half the total depth of field of a light microscope in air, λ/NA² + e/NA (Inoué), where
+    e is the pixel size referred to the sample; green light by default."""
+    total_um = (wavelength_nm / numerical_aperture**2 + pixel_size_nm / numerical_aperture) * 1e-3
+    return 0.5 * total_um
 
 
 class Limits(ClosedModel):
