@@ -1,0 +1,1 @@
+"""Simulated datasets on disk: images, COCO annotations, metadata and a contact sheet."""
