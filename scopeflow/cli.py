@@ -51,13 +51,14 @@ def _curve_client(args):
 
 
 def _cmd_node_acquire(args) -> int:
-    from scopeflow.acquisition.factory import simulated_sem_from_args
+    from scopeflow.acquisition.factory import microscope_from_args
     from scopeflow.acquisition.node import AcquireConfig, AcquireNode
 
-    microscope = simulated_sem_from_args(args)
+    microscope = microscope_from_args(args)
     config = AcquireConfig(
         frames_endpoint=args.frames, commands_endpoint=args.commands,
-        lossless_endpoint=args.lossless, mode=args.mode, frame_rate_hz=args.rate,
+        lossless_endpoint=args.lossless, mode=args.mode,
+        frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
         curve=_curve_server(args), name=args.name,
     )
     node = AcquireNode(microscope, config, metrics_port=args.metrics_port)
@@ -132,8 +133,18 @@ def _cmd_bench_transport(args) -> int:
     return run_transport_bench(json_path=args.json, quick=args.quick)
 
 
+def _cmd_bench_simulate(args) -> int:
+    from scopeflow.bench.report import run_simulate_bench
+
+    return run_simulate_bench(json_path=args.json, repeats=args.repeats)
+
+
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("simulated SEM")
+    g = p.add_argument_group("simulated microscope")
+    g.add_argument("--sim", choices=["sem", "optical", "insitu"], default="sem",
+                   help="sem: SEM for autofocus; optical: flake-chip microscope; "
+                        "insitu: TEM camera streaming on its own clock")
+    g.add_argument("--fps", type=float, default=10.0, help="insitu camera frame rate")
     g.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     g.add_argument("--family", default="nanoparticles", help="specimen family")
     g.add_argument("--frame-size", type=int, default=512, help="square frame side, px")
@@ -163,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="command endpoint (bind; loopback unless CURVE keys are given)")
     acq.add_argument("--lossless", default=None, help="optional lossless PUSH endpoint (bind)")
     acq.add_argument("--mode", choices=["triggered", "continuous"], default="triggered")
-    acq.add_argument("--rate", type=float, default=10.0, help="frames/s in continuous mode")
+    acq.add_argument("--rate", type=float, default=None,
+                     help="frames/s in continuous mode (default: --fps for insitu, else 10)")
     acq.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
     acq.add_argument("--curve-secret", default=None, help="server secret key file")
     acq.add_argument("--curve-clients", default=None, help="folder of authorised client keys")
@@ -222,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", type=Path, default=None, help="write results here")
     bt.add_argument("--quick", action="store_true", help="small sizes, few frames (smoke run)")
     bt.set_defaults(func=_cmd_bench_transport)
+    bs = benches.add_parser("simulate", help="milliseconds per frame of each simulator")
+    bs.add_argument("--json", type=Path, default=None, help="write results here")
+    bs.add_argument("--repeats", type=int, default=20, help="timed frames per case")
+    bs.set_defaults(func=_cmd_bench_simulate)
     return parser
 
 

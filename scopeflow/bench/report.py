@@ -41,6 +41,33 @@ def run_transport_bench(json_path: Path | None = None, quick: bool = False,
     return 0
 
 
+def run_simulate_bench(json_path: Path | None = None, repeats: int = 20,
+                       progress=print) -> int:
+    """Milliseconds per frame of each simulator, with the naive noise baseline."""
+    from scopeflow.bench import simulate
+
+    progress("simulators, ms per frame (median of repeated acquire() after warm-up):")
+    rows = simulate.run(repeats=repeats, progress=progress)
+    head = (f"{'case':<26} {'median ms':>10} {'p90 ms':>8} {'frames/s':>9} {'target':>7} "
+            f"{'np.poisson ms':>14}")
+    progress("")
+    progress(head)
+    progress("-" * len(head))
+    for r in rows:
+        target = "—" if r["target_ms"] is None else f"≤{r['target_ms']:g}"
+        progress(f"{r['case']:<26} {r['ms_median']:>10.1f} {r['ms_p90']:>8.1f} "
+                 f"{r['frames_per_s']:>9.1f} {target:>7} {r['numpy_poisson_ms']:>14.1f}")
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({
+            "simulate": rows, "repeats": repeats,
+            "machine": {"cpu_count": __import__("os").cpu_count(),
+                        "platform": platform.platform(), "python": platform.python_version()},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+        progress(f"wrote {json_path}")
+    return 0
+
+
 def _print_table(rows, latency: dict, progress) -> None:
     head = (f"{'endpoint':<8} {'frame':>11} {'frames/s':>10} {'GB/s':>7} {'pickle':>7} "
             f"{'memcpy':>7} {'×pickle':>8}")

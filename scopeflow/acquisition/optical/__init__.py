@@ -1,0 +1,54 @@
+"""Simulated optical microscope over an exfoliated-flake chip: thin-film colour physics, chip
+layout, camera, stage and focus drive, and an annotated dataset source.
+
+See ``docs/simulators.md`` ("Simulated optical flake chip") for the model, its parameters and its
+limits.
+"""
+
+from __future__ import annotations
+
+from scopeflow.acquisition.optical.camera import Camera, CameraConfig
+from scopeflow.acquisition.optical.chip import Chip, ChipConfig, ChipObject, Region
+from scopeflow.acquisition.optical.microscope import (
+    FlakeChipSource,
+    OpticalConfig,
+    SimulatedOpticalMicroscope,
+    blur_spec,
+)
+from scopeflow.acquisition.optical.thinfilm import (
+    GRAPHENE,
+    HBN,
+    MATERIALS,
+    RESIDUE,
+    ContrastTable,
+    Material,
+    SpectralModel,
+    blake_reflectance,
+    contrast_rgb,
+    reflectance_rgb,
+    stack_reflectance,
+)
+
+__all__ = [
+    "GRAPHENE",
+    "HBN",
+    "MATERIALS",
+    "RESIDUE",
+    "Camera",
+    "CameraConfig",
+    "Chip",
+    "ChipConfig",
+    "ChipObject",
+    "ContrastTable",
+    "FlakeChipSource",
+    "Material",
+    "OpticalConfig",
+    "Region",
+    "SimulatedOpticalMicroscope",
+    "SpectralModel",
+    "blake_reflectance",
+    "blur_spec",
+    "contrast_rgb",
+    "reflectance_rgb",
+    "stack_reflectance",
+]

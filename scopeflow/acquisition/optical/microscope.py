@@ -1,0 +1,694 @@
+"""A simulated reflected-light microscope over an exfoliated-flake chip, and a dataset source.
+
+Frame formation, in order: the bare-substrate reflectance of every pixel (oxide thickness map →
+:class:`ContrastTable`, sampled on a coarse grid and interpolated; times the illumination falloff
+and the electrons per unit reflectance); each flake, residue patch or dirt particle multiplies
+it by 1 + its contrast; out of focus each object's contrast map is blurred by the point-spread
+function at that object's own defocus (the focus surface is tilted and bowed, so Δz varies over
+the chip); then the camera counts, adds noise and digitises (:mod:`.camera`).
+
+The PSF is a uniform defocus disk of diameter 2·NA·|Δz| (the geometric blur circle, in the
+paraxial form the SEM simulator uses too) convolved with a Gaussian of σ = 0.21·λ/NA (the
+diffraction-limited spot, Zhang et al., Appl. Opt. 46, 1819 (2007)) and the pixel's box
+(σ² += 1/12 px²): near focus the diffraction spot dominates, far from it the disk. Blurring
+the contrast map and multiplying by the substrate signal equals blurring the image up to the
+substrate's change across one blur width (oxide gradient and vignetting: < 10⁻³).
+
+Dynamics run on an injectable clock: XY stage and Z drive approach their targets as first-order
+lags over their move time (settle time, plus distance / speed for the stage) and have backlash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from scopeflow.acquisition.microscope import Frame, MicroscopeBase
+from scopeflow.acquisition.optical.camera import Camera, CameraConfig
+from scopeflow.acquisition.optical.chip import Chip, ChipConfig, ChipObject, DrawnRegion
+from scopeflow.acquisition.optical.thinfilm import (
+    MATERIALS,
+    WAVELENGTHS_NM,
+    ContrastTable,
+    SpectralModel,
+    Substrate,
+)
+from scopeflow.acquisition.sem.optics import BlurSpec, KernelCache, convolve
+from scopeflow.acquisition.truth import AnnotatedImage, ObjectTruth
+from scopeflow.errors import DeviceError, LimitError
+from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, optical_depth_of_field_um
+
+# An actuator is within e⁻⁵ (0.7 %) of its step after its move time, then declared settled.
+_SETTLE_TIME_CONSTANTS = 5.0
+#: σ of the Gaussian fit to the widefield diffraction PSF, in units of λ/NA (Zhang et al. 2007).
+DIFFRACTION_SIGMA_PER_LAMBDA_NA = 0.21
+PSF_WAVELENGTH_NM = 550.0  # one PSF for all channels (green); chromatic blur is not modelled
+_MAX_BLUR_PX = 512.0  # a wider disk only averages the field: capped to keep kernels small
+_COARSE_MAX_FACTOR = 8
+_BACKGROUND_STEP_PX = 32  # the smooth background is computed on this grid and interpolated
+
+
+def blur_spec(defocus_um: float, numerical_aperture: float, pixel_um: float,
+              wavelength_nm: float = PSF_WAVELENGTH_NM) -> BlurSpec:
+    """The PSF at ``defocus_um`` in pixels of ``pixel_um`` (referred to the sample): a disk of
+    diameter 2·NA·|Δz| convolved with a Gaussian of σ² = (0.21 λ/NA)² + 1/12 px²."""
+    diameter_px = 2.0 * numerical_aperture * abs(defocus_um) / pixel_um
+    sigma_px = math.sqrt((DIFFRACTION_SIGMA_PER_LAMBDA_NA * wavelength_nm * 1e-3
+                          / numerical_aperture / pixel_um) ** 2 + 1.0 / 12.0)
+    return BlurSpec(diameter_px, diameter_px, 0.0, sigma_px).capped(_MAX_BLUR_PX)
+
+
+@dataclass(frozen=True)
+class OpticalConfig:
+    """Configuration of :class:`SimulatedOpticalMicroscope`; units in the names.
+
+    Parts: ``chip`` (:class:`ChipConfig`), ``spectrum`` (:class:`SpectralModel`: illuminant
+    and camera bands), ``camera`` (:class:`CameraConfig`). ``seed`` fixes the chip and the
+    noise. ``ideal`` turns off noise, blur, vignetting, white balance and the black level.
+    Objective: ``magnification``, ``numerical_aperture``. Focus: ``focus_z_um`` (Z that
+    focuses the chip centre), tilt of the focus surface ``focus_tilt_x_um_per_mm`` /
+    ``focus_tilt_y_um_per_mm`` and its bow ``focus_bow_um`` (centre to corner), ``start_z_um``
+    (None: in focus at the start position). Actuators: ``z_settle_s``, ``z_backlash_um``,
+    ``stage_settle_s``, ``stage_speed_um_per_s``, ``stage_backlash_um``. Limits:
+    ``z_min_um``/``z_max_um``, ``max_z_step_um``, ``stage_min_um``/``stage_max_um`` (None: the
+    chip ± ``stage_margin_um``). ``off_chip_reflectance``: the holder seen beyond the chip edge.
+    ``pace_frames``: sleep the exposure time per frame.
+    """
+
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    spectrum: SpectralModel = field(default_factory=SpectralModel)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    seed: int = 0
+    ideal: bool = False
+    magnification: float = 20.0
+    numerical_aperture: float = 0.40
+    focus_z_um: float = 2500.0
+    focus_tilt_x_um_per_mm: float = 2.0
+    focus_tilt_y_um_per_mm: float = -1.0
+    focus_bow_um: float = 3.0
+    start_z_um: float | None = None
+    start_x_um: float = 0.0
+    start_y_um: float = 0.0
+    z_settle_s: float = 0.05
+    z_backlash_um: float = 0.3
+    stage_settle_s: float = 0.1
+    stage_speed_um_per_s: float = 10_000.0
+    stage_backlash_um: float = 2.0
+    z_min_um: float = 0.0
+    z_max_um: float = 5000.0
+    max_z_step_um: float | None = None
+    stage_min_um: float | None = None
+    stage_max_um: float | None = None
+    stage_margin_um: float = 500.0
+    off_chip_reflectance: float = 0.04
+    pace_frames: bool = False
+    name: str = "sim-optical"
+
+    def __post_init__(self) -> None:
+        for name in ("magnification", "stage_speed_um_per_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        if not 0.01 <= self.numerical_aperture <= 0.95:
+            raise ValueError("numerical_aperture must lie within 0.01–0.95 (a dry objective)")
+        for name in ("z_settle_s", "z_backlash_um", "stage_settle_s", "stage_backlash_um",
+                     "stage_margin_um", "off_chip_reflectance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+        limits = self.limits()
+        start_z = self.start_z_um if self.start_z_um is not None else self.focus_z_at(
+            self.start_x_um, self.start_y_um)
+        if not limits.wd_min_um <= start_z <= limits.wd_max_um:
+            raise ValueError(f"the start Z {start_z} µm lies outside [{self.z_min_um}, "
+                             f"{self.z_max_um}] µm")
+        if not (limits.stage_x_min_um <= self.start_x_um <= limits.stage_x_max_um
+                and limits.stage_y_min_um <= self.start_y_um <= limits.stage_y_max_um):
+            raise ValueError("the start stage position lies outside the stage limits")
+
+    @property
+    def pixel_um(self) -> float:
+        """Camera pixel referred to the sample, µm."""
+        return self.camera.pixel_um / self.magnification
+
+    def focus_z_at(self, x_um: float, y_um: float) -> float:
+        """Z that focuses chip point (x, y): tilt plane plus a bow growing to the corners."""
+        half_diag2 = (self.chip.size_x_um ** 2 + self.chip.size_y_um ** 2) / 4
+        return (self.focus_z_um + (self.focus_tilt_x_um_per_mm * x_um
+                                   + self.focus_tilt_y_um_per_mm * y_um) * 1e-3
+                + self.focus_bow_um * (x_um * x_um + y_um * y_um) / half_diag2)
+
+    def limits(self) -> Limits:
+        lo_x = -self.chip.size_x_um / 2 - self.stage_margin_um
+        lo_y = -self.chip.size_y_um / 2 - self.stage_margin_um
+        return Limits(
+            wd_min_um=float(self.z_min_um), wd_max_um=float(self.z_max_um),
+            stage_x_min_um=float(lo_x if self.stage_min_um is None else self.stage_min_um),
+            stage_x_max_um=float(-lo_x if self.stage_max_um is None else self.stage_max_um),
+            stage_y_min_um=float(lo_y if self.stage_min_um is None else self.stage_min_um),
+            stage_y_max_um=float(-lo_y if self.stage_max_um is None else self.stage_max_um),
+            max_wd_step_um=self.max_z_step_um)
+
+
+@dataclass
+class _Axis:
+    """One actuator: a first-order approach to the goal over the move time; backlash on
+    reversals (exact when approached from below, ``backlash_um`` high from above)."""
+
+    settle_s: float
+    backlash_um: float
+    speed_um_per_s: float | None
+    start_um: float
+    goal_um: float
+    target_um: float
+    commanded_at: float
+    duration_s: float = 0.0
+
+    @property
+    def settled_at(self) -> float:
+        return self.commanded_at + self.duration_s
+
+    def position(self, t: float) -> tuple[float, bool]:
+        """(actual position, settled) at time t."""
+        if t >= self.settled_at:
+            return self.goal_um, True
+        decay = math.exp(-_SETTLE_TIME_CONSTANTS * (t - self.commanded_at) / self.duration_s)
+        return self.goal_um + (self.start_um - self.goal_um) * decay, False
+
+    def command(self, target_um: float, t: float) -> None:
+        self.start_um, _ = self.position(t)
+        self.goal_um = min(max(self.goal_um, target_um), target_um + self.backlash_um)
+        self.target_um = target_um
+        self.commanded_at = t
+        travel = abs(self.goal_um - self.start_um)
+        self.duration_s = self.settle_s + (travel / self.speed_um_per_s
+                                           if self.speed_um_per_s else 0.0)
+
+
+@dataclass
+class _Tile:
+    """A rendered tile before the camera: mean electrons, objects and per-region truth."""
+
+    electrons: np.ndarray
+    regions: list[DrawnRegion]
+    labels: np.ndarray  # frame part of the label canvas
+    contrast: dict[int, np.ndarray]  # label → expected contrast (R, G, B)
+    oxide_nm: dict[int, float]  # object id → oxide under it
+    defocus_um: dict[int, float]  # object id → defocus at it
+    centre_um: tuple[float, float]
+    z_um: float
+
+
+class SimulatedOpticalMicroscope(MicroscopeBase):
+    """A simulated motorised reflected-light microscope with a colour camera over a flake chip.
+
+    ``wd_um`` of the protocol is the Z (focus drive) position, µm. ``clock`` (s) and ``sleep``
+    drive the actuators and may be fakes in tests; ``chip`` overrides the one the config
+    describes (to share one between instances).
+    """
+
+    def __init__(self, config: OpticalConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 chip: Chip | None = None) -> None:
+        self._config = config if config is not None else OpticalConfig()
+        cfg = self._config
+        self.name = cfg.name
+        self._clock = clock
+        self._sleep = sleep
+        self._chip = chip if chip is not None else Chip(cfg.chip, cfg.seed)
+        lo, hi = self._chip.config.oxide_range_nm()
+        self._table = ContrastTable(cfg.spectrum, max(0.0, lo - 1.0), hi + 1.0)
+        self._limits = cfg.limits()
+        self._kernels = KernelCache()
+        self._rng = np.random.default_rng([cfg.seed, 0x0C7A])  # apart from the chip's streams
+        self._camera = self._make_camera(cfg.camera.exposure_s)
+        t0 = clock()
+        start_z = cfg.start_z_um if cfg.start_z_um is not None else cfg.focus_z_at(
+            cfg.start_x_um, cfg.start_y_um)
+        self._z = _Axis(cfg.z_settle_s, cfg.z_backlash_um, None, start_z, start_z, start_z, t0)
+        self._x = _Axis(cfg.stage_settle_s, cfg.stage_backlash_um, cfg.stage_speed_um_per_s,
+                        cfg.start_x_um, cfg.start_x_um, cfg.start_x_um, t0)
+        self._y = _Axis(cfg.stage_settle_s, cfg.stage_backlash_um, cfg.stage_speed_um_per_s,
+                        cfg.start_y_um, cfg.start_y_um, cfg.start_y_um, t0)
+
+    def _make_camera(self, exposure_s: float) -> Camera:
+        cfg = self._config
+        camera_cfg = dataclasses.replace(cfg.camera, exposure_s=exposure_s)
+        reference = self._table.background_rgb(self._chip.oxide_nm(0.0, 0.0))
+        return Camera(camera_cfg, cfg.spectrum.raw_response(), reference, ideal=cfg.ideal)
+
+    # -- extra controls and truth ---------------------------------------------------------------
+    @property
+    def config(self) -> OpticalConfig:
+        return self._config
+
+    @property
+    def chip(self) -> Chip:
+        return self._chip
+
+    @property
+    def camera(self) -> Camera:
+        """The camera with its resolved gain, white balance and black level."""
+        return self._camera
+
+    @property
+    def contrast_table(self) -> ContrastTable:
+        return self._table
+
+    def set_exposure_s(self, exposure_s: float) -> None:
+        """Change the exposure; an automatic gain keeps the brightness (and the noise grows)."""
+        if not (isinstance(exposure_s, (int, float)) and math.isfinite(exposure_s)
+                and 1e-6 <= exposure_s <= 10.0):
+            raise LimitError(f"exposure {exposure_s!r} s is outside [1e-6, 10] s")
+        self._camera = self._make_camera(float(exposure_s))
+
+    def true_focus_z_um(self) -> float:
+        """Z that would focus the tile centre now (ground truth, for scoring only)."""
+        x, y = self._actual_xy(self._clock())
+        return self._config.focus_z_at(x, y)
+
+    def expected_contrast_rgb(self, material: str, thickness_nm: float,
+                              oxide_nm: float) -> np.ndarray:
+        """The contrast R_film / R_substrate − 1 (R, G, B) the model predicts."""
+        return self._table.contrast_rgb(MATERIALS[material], thickness_nm, oxide_nm)
+
+    def acquire_with_clean(self) -> tuple[Frame, np.ndarray]:
+        """A frame and its noise-free expectation in DN (float32, rows × cols × 3)."""
+        frame, tile = self._acquire()
+        return frame, self._camera.expected_dn(tile.electrons)
+
+    def acquire_with_truth(self) -> tuple[Frame, AnnotatedImage]:
+        """A frame and the ground truth of the tile under the camera: every visible object
+        with its mask and attributes (see :class:`FlakeChipSource`)."""
+        frame, tile = self._acquire()
+        return frame, AnnotatedImage(frame.pixels, self._objects_truth(tile),
+                                     self._tile_attributes(frame, tile))
+
+    # -- Microscope hooks -----------------------------------------------------------------------
+    def state(self) -> MicroscopeState:
+        return self._state_at(self._clock())
+
+    def limits(self) -> Limits:
+        return self._limits
+
+    def _do_acquire(self) -> Frame:
+        frame, _ = self._acquire()
+        return frame
+
+    def _do_set_wd(self, wd_um: float) -> None:
+        self._z.command(wd_um, self._clock())
+
+    def _do_move_stage(self, x_um: float, y_um: float) -> None:
+        t = self._clock()
+        self._x.command(x_um, t)
+        self._y.command(y_um, t)
+
+    def _do_wait_settled(self) -> None:
+        for _ in range(1000):
+            remaining = max(a.settled_at for a in (self._x, self._y, self._z)) - self._clock()
+            if remaining <= 0:
+                return
+            self._sleep(remaining)
+        raise DeviceError("the actuators never settled: the clock does not advance while "
+                          "sleeping; inject a sleep() that advances the injected clock")
+
+    # -- physics ----------------------------------------------------------------------------------
+    def _actual_xy(self, t: float) -> tuple[float, float]:
+        return self._x.position(t)[0], self._y.position(t)[0]
+
+    def _state_at(self, t: float) -> MicroscopeState:
+        cfg = self._config
+        z, z_settled = self._z.position(t)
+        xy_settled = self._x.position(t)[1] and self._y.position(t)[1]
+        return MicroscopeState(
+            wd_um=float(z), wd_target_um=float(self._z.target_um),
+            settled=bool(z_settled and xy_settled),
+            stage_x_um=float(self._x.target_um), stage_y_um=float(self._y.target_um),
+            magnification=float(cfg.magnification), pixel_size_nm=cfg.pixel_um * 1e3,
+            exposure_s=float(self._camera.config.exposure_s),
+            numerical_aperture=float(cfg.numerical_aperture))
+
+    def _acquire(self) -> tuple[Frame, _Tile]:
+        cfg = self._config
+        start_ns = time.time_ns()
+        t = self._clock()
+        state = self._state_at(t)
+        cx, cy = self._actual_xy(t)
+        tile = self._render(cx, cy, state.wd_um)
+        pixels = self._camera.read_out(tile.electrons, self._rng)
+        if cfg.pace_frames:
+            self._sleep(self._camera.config.exposure_s)
+        focus = cfg.focus_z_at(cx, cy)
+        truth = SimTruth(focus_wd_um=float(focus), defocus_um=float(state.wd_um - focus),
+                         dof_um=optical_depth_of_field_um(cfg.pixel_um * 1e3,
+                                                          cfg.numerical_aperture))
+        frame = Frame(pixels=pixels, state=state, start_time_ns=start_ns,
+                      stop_time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns(), truth=truth)
+        return frame, tile
+
+    def _render(self, cx: float, cy: float, z: float) -> _Tile:
+        cfg = self._config
+        rows, cols = cfg.camera.shape
+        p = cfg.pixel_um
+        margin = 0
+        if not cfg.ideal:  # room for blur to reach in from objects just outside the field
+            half_x, half_y = (cols / 2 + 8) * p, (rows / 2 + 8) * p
+            worst = max(abs(z - cfg.focus_z_at(cx + sx * half_x, cy + sy * half_y))
+                        for sx in (-1, 0, 1) for sy in (-1, 0, 1))
+            spec = blur_spec(1.1 * worst + 1.0, cfg.numerical_aperture, p)
+            margin = math.ceil(spec.along_px / 2 + 4 * spec.sigma_px) + 2
+        layout = self._chip.layout(cx, cy, (rows, cols), p, margin)
+        background = self._background(cx, cy)
+        electrons = background.copy()
+        contrast: dict[int, np.ndarray] = {}
+        oxide: dict[int, float] = {}
+        defocus: dict[int, float] = {}
+        by_object: dict[int, list[DrawnRegion]] = {}
+        for drawn in layout.regions:
+            obj = drawn.obj
+            if obj.object_id not in oxide:
+                oxide[obj.object_id] = float(self._chip.oxide_nm(*obj.centre_um))
+                defocus[obj.object_id] = z - cfg.focus_z_at(*obj.centre_um)
+            contrast[drawn.label] = self._region_contrast(drawn, oxide[obj.object_id])
+            by_object.setdefault(obj.object_id, []).append(drawn)
+        m = layout.margin_px
+        for regions in by_object.values():
+            if cfg.ideal:
+                self._paint_sharp(electrons, layout.labels, regions, contrast, m)
+            else:
+                spec = blur_spec(defocus[regions[0].obj.object_id], cfg.numerical_aperture, p)
+                self._paint_blurred(electrons, background, layout.labels, regions, contrast,
+                                    m, spec)
+        frame_labels = layout.labels[m:m + rows, m:m + cols]
+        return _Tile(electrons, layout.regions, frame_labels, contrast, oxide, defocus,
+                     (cx, cy), z)
+
+    def _region_contrast(self, drawn: DrawnRegion, oxide_nm: float) -> np.ndarray:
+        region = drawn.region
+        if region.factor_rgb is not None:  # dirt: an absorber, not a film
+            return np.asarray(region.factor_rgb, float) - 1.0
+        return self._table.contrast_rgb(MATERIALS[region.material], region.thickness_nm,
+                                        oxide_nm)
+
+    def _background(self, cx: float, cy: float) -> np.ndarray:
+        """Mean electrons of the bare chip (rows, cols, 3) float32.
+
+        Computed on a grid every 32 px that reaches one step beyond the frame on every side,
+        then interpolated bilinearly (cv2.resize maps grid sample u to pixel (u + ½)·32 − ½).
+        """
+        cfg = self._config
+        rows, cols = cfg.camera.shape
+        s = _BACKGROUND_STEP_PX
+        n_r, n_c = math.ceil(rows / s) + 2, math.ceil(cols / s) + 2
+        r_px = (np.arange(n_r) + 0.5) * s - 0.5 - s  # frame pixel of each grid sample
+        c_px = (np.arange(n_c) + 0.5) * s - 0.5 - s
+        p = cfg.pixel_um
+        x = cx + (c_px - (cols - 1) / 2) * p
+        y = cy + (r_px - (rows - 1) / 2) * p
+        oxide = self._chip.oxide_nm(x[None, :], y[:, None])
+        lo, hi = self._table.oxide_nm[0], self._table.oxide_nm[-1]
+        reflectance = self._table.background_rgb(np.clip(oxide, lo, hi))
+        grid = (reflectance * self._camera.vignetting(r_px[:, None], c_px[None, :])[..., None]
+                * self._camera.e_per_reflectance).astype(np.float32)
+        full = cv2.resize(grid, (n_c * s, n_r * s), interpolation=cv2.INTER_LINEAR)
+        out = full[s:s + rows, s:s + cols]  # a view: the caller copies it once
+        self._paint_off_chip(out, cx, cy)
+        return out
+
+    def _paint_off_chip(self, out: np.ndarray, cx: float, cy: float) -> None:
+        """Beyond the chip edge the (dark) holder shows; the edge itself is not blurred."""
+        cfg = self._config
+        rows, cols = cfg.camera.shape
+        p = cfg.pixel_um
+        x0, y0, x1, y1 = self._chip.bounds_um
+        c_lo = math.ceil((x0 - cx) / p + (cols - 1) / 2)  # first column on the chip
+        c_hi = math.floor((x1 - cx) / p + (cols - 1) / 2) + 1
+        r_lo = math.ceil((y0 - cy) / p + (rows - 1) / 2)
+        r_hi = math.floor((y1 - cy) / p + (rows - 1) / 2) + 1
+        if c_lo <= 0 and r_lo <= 0 and c_hi >= cols and r_hi >= rows:
+            return
+        inside = np.zeros((rows, cols), bool)
+        inside[max(r_lo, 0):max(min(r_hi, rows), 0), max(c_lo, 0):max(min(c_hi, cols), 0)] = True
+        rr, cc = np.nonzero(~inside)
+        vignetting = self._camera.vignetting(rr, cc)[:, None]
+        out[rr, cc] = (cfg.off_chip_reflectance * vignetting
+                       * self._camera.e_per_reflectance).astype(np.float32)
+
+    @staticmethod
+    def _paint_sharp(electrons: np.ndarray, labels: np.ndarray, regions: list[DrawnRegion],
+                     contrast: dict[int, np.ndarray], m: int) -> None:
+        rows, cols = electrons.shape[:2]
+        for drawn in regions:
+            r0, r1, c0, c1 = drawn.bbox
+            fr0, fr1 = max(r0 - m, 0), min(r1 - m, rows)
+            fc0, fc1 = max(c0 - m, 0), min(c1 - m, cols)
+            if fr1 <= fr0 or fc1 <= fc0:
+                continue
+            mask = labels[fr0 + m:fr1 + m, fc0 + m:fc1 + m] == drawn.label
+            view = electrons[fr0:fr1, fc0:fc1]
+            view[mask] *= (1.0 + contrast[drawn.label]).astype(np.float32)
+
+    def _paint_blurred(self, electrons: np.ndarray, background: np.ndarray, labels: np.ndarray,
+                       regions: list[DrawnRegion], contrast: dict[int, np.ndarray], m: int,
+                       spec: BlurSpec) -> None:
+        """Add background × (PSF ⊛ contrast map) of one object over its padded bounding box."""
+        rows, cols = electrons.shape[:2]
+        pad = math.ceil(spec.along_px / 2 + 4 * spec.sigma_px) + 2
+        r0 = max(min(d.bbox[0] for d in regions) - pad, 0)
+        r1 = min(max(d.bbox[1] for d in regions) + pad, labels.shape[0])
+        c0 = max(min(d.bbox[2] for d in regions) - pad, 0)
+        c1 = min(max(d.bbox[3] for d in regions) + pad, labels.shape[1])
+        fr0, fr1 = max(r0 - m, 0), min(r1 - m, rows)
+        fc0, fc1 = max(c0 - m, 0), min(c1 - m, cols)
+        if fr1 <= fr0 or fc1 <= fc0:
+            return
+        patch = labels[r0:r1, c0:c1]
+        delta = np.zeros(patch.shape + (3,), np.float32)
+        for drawn in regions:
+            delta[patch == drawn.label] = contrast[drawn.label]
+        blurred = self._blur(delta, spec)
+        part = blurred[fr0 + m - r0:fr1 + m - r0, fc0 + m - c0:fc1 + m - c0]
+        electrons[fr0:fr1, fc0:fc1] += background[fr0:fr1, fc0:fc1] * part
+
+    def _blur(self, image: np.ndarray, spec: BlurSpec) -> np.ndarray:
+        """Convolve with the PSF; wide disks on a grid 2–8× coarser (second moments kept)."""
+        factor = spec.coarse_factor(_COARSE_MAX_FACTOR)
+        if factor == 1:
+            return convolve(image, self._kernels.get(spec))
+        h, w = image.shape[:2]
+        big_h, big_w = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
+        padded = np.zeros((big_h, big_w, 3), np.float32)
+        padded[:h, :w] = image
+        small = cv2.resize(padded, (big_w // factor, big_h // factor),
+                           interpolation=cv2.INTER_AREA)
+        small = convolve(small, self._kernels.get(spec.on_grid(factor)))
+        return cv2.resize(small, (big_w, big_h), interpolation=cv2.INTER_LINEAR)[:h, :w]
+
+    # -- truth ----------------------------------------------------------------------------------
+    def _objects_truth(self, tile: _Tile) -> list[ObjectTruth]:
+        objects = []
+        for drawn in tile.regions:
+            mask = tile.labels == drawn.label
+            area = int(np.count_nonzero(mask))
+            if area == 0:
+                continue
+            obj, region = drawn.obj, drawn.region
+            objects.append(ObjectTruth(
+                category=region.material, mask=mask,
+                attributes=self._object_attributes(obj, drawn, tile, area, mask)))
+        return objects
+
+    def _object_attributes(self, obj: ChipObject, drawn: DrawnRegion, tile: _Tile, area: int,
+                           mask: np.ndarray) -> dict[str, Any]:
+        region = drawn.region
+        kind = obj.kind if region is obj.regions[0] else "terrace"
+        edge = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        return {
+            "material": region.material,
+            "kind": kind,
+            "layers": int(region.layers),
+            "thickness_nm": float(region.thickness_nm),
+            "expected_contrast_rgb": [float(c) for c in tile.contrast[drawn.label]],
+            "object_id": int(obj.object_id),
+            "flake_id": int(obj.object_id),
+            "oxide_nm": tile.oxide_nm[obj.object_id],
+            "defocus_um": float(tile.defocus_um[obj.object_id]),
+            "centre_um": [obj.centre_um[0], obj.centre_um[1]],
+            "area_px": area,
+            "truncated": edge,
+        }
+
+    def _tile_attributes(self, frame: Frame, tile: _Tile) -> dict[str, Any]:
+        cfg = self._config
+        assert frame.truth is not None
+        return {
+            "stage_x_um": frame.state.stage_x_um,
+            "stage_y_um": frame.state.stage_y_um,
+            "actual_x_um": float(tile.centre_um[0]),
+            "actual_y_um": float(tile.centre_um[1]),
+            "z_um": float(tile.z_um),
+            "focus_z_um": frame.truth.focus_wd_um,
+            "defocus_um": frame.truth.defocus_um,
+            "dof_um": frame.truth.dof_um,
+            "oxide_nm": float(self._chip.oxide_nm(*tile.centre_um)),
+            "pixel_size_nm": cfg.pixel_um * 1e3,
+            "magnification": cfg.magnification,
+            "numerical_aperture": cfg.numerical_aperture,
+            "exposure_s": self._camera.config.exposure_s,
+            "bit_depth": cfg.camera.bit_depth,
+            "ideal": cfg.ideal,
+        }
+
+
+class _ManualClock:
+    """A clock that moves only when slept on: dataset tiles take no wall time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.0)
+
+
+class FlakeChipSource:
+    """Annotated chip tiles that contain flakes, for detector training and tests.
+
+    Each image is a tile centred near a randomly chosen flake (offset up to 30 % of the field),
+    focused at the true focus plus, unless ``ideal``, a uniform defocus within
+    ± ``defocus_dof`` depths of field. Objects: every visible flake region (terraces apart),
+    residue patch and dirt particle, with masks of the visible part and attributes (material,
+    kind, layers, thickness_nm, expected_contrast_rgb [R, G, B], object_id, flake_id, oxide_nm,
+    defocus_um, centre_um, area_px, truncated). Deterministic under ``seed``, which replaces
+    ``config.seed``.
+    """
+
+    name = "flakes"
+
+    def __init__(self, config: OpticalConfig | None = None, seed: int = 0,
+                 ideal: bool = False, defocus_dof: float = 1.0) -> None:
+        base = config if config is not None else OpticalConfig()
+        self.config = dataclasses.replace(base, seed=int(seed), ideal=bool(ideal))
+        self.seed = int(seed)
+        self.defocus_dof = float(defocus_dof)
+        clock = _ManualClock()
+        #: The microscope the metadata describes; ``images`` runs a fresh one on the same chip.
+        self.microscope = SimulatedOpticalMicroscope(self.config, clock=clock, sleep=clock.sleep)
+
+    def metadata(self) -> dict[str, Any]:
+        """Every physical parameter used, JSON-serialisable (units in the keys)."""
+        cfg = self.config
+        sim = self.microscope
+        camera = sim.camera
+        lam = np.array([450.0, 550.0, 650.0])
+        n_ox, n_si = Substrate().indices(lam)
+
+        def index_samples(values: np.ndarray) -> dict[str, list[float]]:
+            return {f"{int(w)}nm": [float(v.real), float(-v.imag)] for w, v in zip(
+                lam, values, strict=True)}
+
+        oxide_0 = float(sim.chip.oxide_nm(0.0, 0.0))
+        reference = {}
+        for name in ("graphene", "hBN"):
+            material = MATERIALS[name]
+            reference[name] = {str(n): [float(c) for c in sim.expected_contrast_rgb(
+                name, material.thickness_nm(n), oxide_0)] for n in (1, 2, 3)}
+        return {
+            "source": self.name,
+            "seed": self.seed,
+            "ideal": cfg.ideal,
+            "defocus_dof": self.defocus_dof,
+            "chip": dataclasses.asdict(cfg.chip),
+            "oxide_range_nm": list(cfg.chip.oxide_range_nm()),
+            "spectrum": {
+                **dataclasses.asdict(cfg.spectrum),
+                "wavelengths_nm": [float(WAVELENGTHS_NM[0]), float(WAVELENGTHS_NM[-1]),
+                                   float(WAVELENGTHS_NM[1] - WAVELENGTHS_NM[0])],
+                "channel_order": "RGB",
+                "raw_response_rgb": [float(v) for v in cfg.spectrum.raw_response()],
+            },
+            "indices_n_k": {
+                "SiO2": index_samples(n_ox), "Si": index_samples(n_si),
+                **{name: index_samples(m.index(lam)) for name, m in MATERIALS.items()},
+            },
+            "index_sources": {
+                "SiO2": "Malitson, JOSA 55, 1205 (1965), Sellmeier",
+                "Si": "Green, Sol. Energ. Mat. Sol. Cells 92, 1305 (2008), tabulated",
+                **{name: m.source for name, m in MATERIALS.items()},
+            },
+            "layer_thickness_nm": {name: m.layer_nm for name, m in MATERIALS.items()
+                                   if name != "residue"},
+            "contrast_rgb_at_chip_centre": {"oxide_nm": oxide_0, **reference},
+            "optics": {
+                "magnification": cfg.magnification,
+                "numerical_aperture": cfg.numerical_aperture,
+                "pixel_size_nm": cfg.pixel_um * 1e3,
+                "dof_um": optical_depth_of_field_um(cfg.pixel_um * 1e3, cfg.numerical_aperture),
+                "psf": "disk of diameter 2·NA·|Δz| ⊛ Gaussian σ = 0.21·λ/NA (λ = 550 nm) ⊛ pixel",
+                "focus_z_um": cfg.focus_z_um,
+                "focus_tilt_x_um_per_mm": cfg.focus_tilt_x_um_per_mm,
+                "focus_tilt_y_um_per_mm": cfg.focus_tilt_y_um_per_mm,
+                "focus_bow_um": cfg.focus_bow_um,
+                "off_chip_reflectance": cfg.off_chip_reflectance,
+            },
+            "camera": {
+                **dataclasses.asdict(cfg.camera),
+                "gain_dn_per_e_resolved": camera.gain_dn_per_e,
+                "white_balance_rgb_resolved": [float(g) for g in camera.white_balance],
+                "black_level_dn_resolved": camera.black_level_dn,
+            },
+            "actuators": {
+                "z_settle_s": cfg.z_settle_s, "z_backlash_um": cfg.z_backlash_um,
+                "stage_settle_s": cfg.stage_settle_s,
+                "stage_speed_um_per_s": cfg.stage_speed_um_per_s,
+                "stage_backlash_um": cfg.stage_backlash_um,
+            },
+        }
+
+    def images(self, n: int) -> Iterator[AnnotatedImage]:
+        """``n`` annotated tiles, each containing at least one flake; the same ``n`` tiles on
+        every call (a fresh microscope each time, sharing the chip)."""
+        cfg = self.config
+        clock = _ManualClock()
+        sim = SimulatedOpticalMicroscope(cfg, clock=clock, sleep=clock.sleep,
+                                         chip=self.microscope.chip)
+        rng = np.random.default_rng([self.seed, 0xDA7A])
+        limits = sim.limits()
+        rows, cols = cfg.camera.shape
+        fov_x, fov_y = cols * cfg.pixel_um, rows * cfg.pixel_um
+        dof = optical_depth_of_field_um(cfg.pixel_um * 1e3, cfg.numerical_aperture)
+        made = attempts = 0
+        while made < n:
+            attempts += 1
+            if attempts > 1000 * n:
+                raise ValueError(f"found only {made} of {n} tiles with flakes: the chip has too "
+                                 "few flakes; raise ChipConfig.flakes_per_mm2")
+            flakes = [o for o in sim.chip.cell(int(rng.integers(sim.chip.cells_x)),
+                                               int(rng.integers(sim.chip.cells_y)))
+                      if o.kind == "flake"]
+            if not flakes:
+                continue
+            obj = flakes[int(rng.integers(len(flakes)))]
+            x = float(np.clip(obj.centre_um[0] + rng.uniform(-0.3, 0.3) * fov_x,
+                              limits.stage_x_min_um, limits.stage_x_max_um))
+            y = float(np.clip(obj.centre_um[1] + rng.uniform(-0.3, 0.3) * fov_y,
+                              limits.stage_y_min_um, limits.stage_y_max_um))
+            sim.move_stage(x, y)
+            # Backlash moves the field a little: focus where the stage actually is.
+            dz = 0.0 if cfg.ideal else float(rng.uniform(-1.0, 1.0)) * self.defocus_dof * dof
+            z = float(np.clip(sim.true_focus_z_um() + dz, limits.wd_min_um, limits.wd_max_um))
+            sim.set_wd(z)
+            _, annotated = sim.acquire_with_truth()
+            if any(o.attributes["kind"] in ("flake", "terrace") for o in annotated.objects):
+                made += 1
+                yield annotated
