@@ -114,3 +114,42 @@ def test_simulate_cli_writes_a_dataset(tmp_path):
     for name in ("annotations.json", "metadata.json", "contact_sheet.png"):
         assert (out / name).exists()
     assert len(list((out / "images").glob("*.tif"))) == 2
+
+
+def _ring(mask: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    import cv2
+
+    k = lambda r: cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))  # noqa: E731
+    m = mask.astype(np.uint8)
+    return cv2.dilate(m, k(outer)).astype(bool) & ~cv2.dilate(m, k(inner)).astype(bool)
+
+
+def test_ideal_flake_dataset_on_disk_shows_the_predicted_contrast(tmp_path):
+    """The acceptance check of issue 3, end to end: images and masks read back from disk."""
+    import cv2
+
+    from scopeflow.datasets.sources import dataset_source
+
+    write_dataset(dataset_source("flakes", seed=1, ideal=True), 4, tmp_path,
+                  progress=lambda _: None)
+    doc = json.loads((tmp_path / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    checked = {"graphene": 0, "hBN": 0}
+    for entry in doc["images"]:
+        image = load_image(tmp_path / entry["file_name"]).astype(np.float64)
+        anns = [a for a in doc["annotations"] if a["image_id"] == entry["id"]]
+        anything = np.zeros(image.shape[:2], bool)
+        for a in anns:
+            anything |= decode_mask(a)
+        for a in anns:
+            mask = decode_mask(a)
+            core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            background = _ring(mask, 4, 25) & ~anything
+            if names[a["category_id"]] not in checked or min(core.sum(), background.sum()) < 200:
+                continue  # flakes with room to measure
+            if a.get("truncated") or a.get("kind") != "flake":
+                continue
+            measured = image[core].mean(axis=0) / image[background].mean(axis=0) - 1
+            assert measured == pytest.approx(a["expected_contrast_rgb"], abs=0.01), a["id"]
+            checked[names[a["category_id"]]] += 1
+    assert checked["graphene"] >= 3 and checked["hBN"] >= 1, checked

@@ -18,9 +18,12 @@ PALETTE = [(0, 255, 255), (255, 0, 255), (0, 200, 0), (255, 128, 0), (0, 0, 255)
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
-    """8-bit BGR for display: 16-bit images stretched between their 0.5 and 99.5 percentiles."""
+    """8-bit BGR for display. Colour images keep their colours (16-bit scaled linearly);
+    grey 16-bit images are stretched between their 0.5 and 99.5 percentiles."""
     img = image.astype(np.float32)
-    if image.dtype != np.uint8:
+    if image.dtype != np.uint8 and img.ndim == 3:
+        img *= 255.0 / float(np.iinfo(image.dtype).max)
+    elif image.dtype != np.uint8:
         lo, hi = np.percentile(img, (0.5, 99.5))
         img = (img - lo) * (255.0 / max(hi - lo, 1e-6))
     img = np.clip(img, 0, 255).astype(np.uint8)

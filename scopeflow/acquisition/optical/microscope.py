@@ -578,6 +578,8 @@ class FlakeChipSource:
     def __init__(self, config: OpticalConfig | None = None, seed: int = 0,
                  ideal: bool = False, defocus_dof: float = 1.0) -> None:
         base = config if config is not None else OpticalConfig()
+        if ideal and config is None:  # 16 bits, so quantisation does not blur contrast checks
+            base = dataclasses.replace(base, camera=dataclasses.replace(base.camera, bit_depth=16))
         self.config = dataclasses.replace(base, seed=int(seed), ideal=bool(ideal))
         self.seed = int(seed)
         self.defocus_dof = float(defocus_dof)
