@@ -30,6 +30,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	mkdir -p runs
 	$(SF) bench transport --json runs/bench-transport.json
+	$(SF) bench simulate --json runs/bench-simulate.json
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check scopeflow tests

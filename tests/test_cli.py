@@ -60,3 +60,16 @@ def test_every_subcommand_has_help():
                  ["doctor"], ["bench", "transport"]):
         args = parser.parse_args(argv)
         assert callable(args.func)
+
+
+def test_bench_simulate_writes_a_row_per_simulator(tmp_path):
+    out = tmp_path / "sim.json"
+    res = subprocess.run([*SF, "bench", "simulate", "--repeats", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["case"]: r for r in json.loads(out.read_text())["simulate"]}
+    assert {"chip tile 1920×1200 RGB", "insitu 1024²", "insitu 2048²"} <= set(rows)
+    assert any(name.startswith("sem 1024²") for name in rows)
+    for r in rows.values():
+        assert r["ms_median"] > 0 and r["numpy_poisson_ms"] > 0
+        assert r["frames_per_s"] == 1e3 / r["ms_median"]
