@@ -153,3 +153,21 @@ def test_ideal_flake_dataset_on_disk_shows_the_predicted_contrast(tmp_path):
             assert measured == pytest.approx(a["expected_contrast_rgb"], abs=0.01), a["id"]
             checked[names[a["category_id"]]] += 1
     assert checked["graphene"] >= 3 and checked["hBN"] >= 1, checked
+
+
+@pytest.mark.parametrize(("kind", "n"), [("flakes", 2), ("insitu", 3)])
+def test_datasets_are_deterministic_under_a_seed(tmp_path, kind, n):
+    from scopeflow.datasets.sources import dataset_source
+
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        write_dataset(dataset_source(kind, seed=seed, ideal=False), n, tmp_path / name,
+                      progress=lambda _: None)
+    docs = {name: json.loads((tmp_path / name / "annotations.json").read_text())
+            for name in "abc"}
+    assert docs["a"] == docs["b"]
+    assert docs["a"] != docs["c"]
+    for entry in docs["a"]["images"]:
+        np.testing.assert_array_equal(load_image(tmp_path / "a" / entry["file_name"]),
+                                      load_image(tmp_path / "b" / entry["file_name"]))
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["seed"] == 5 and meta["source"] == kind
