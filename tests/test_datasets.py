@@ -171,3 +171,18 @@ def test_datasets_are_deterministic_under_a_seed(tmp_path, kind, n):
                                       load_image(tmp_path / "b" / entry["file_name"]))
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert meta["seed"] == 5 and meta["source"] == kind
+
+
+def test_same_seed_gives_identical_files_across_processes(tmp_path):
+    # Separate processes: catches library state that differs on first use (it did once).
+    for name in ("a", "b"):
+        res = subprocess.run([sys.executable, "-m", "scopeflow", "simulate", "sem", "--n", "6",
+                              "--seed", "4", "--ideal", "--out", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    files = sorted((tmp_path / "a" / "images").iterdir())
+    assert len(files) == 6
+    for f in files:
+        assert f.read_bytes() == (tmp_path / "b" / "images" / f.name).read_bytes(), f.name
+    assert (tmp_path / "a" / "annotations.json").read_text() == (
+        tmp_path / "b" / "annotations.json").read_text()
