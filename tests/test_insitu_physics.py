@@ -32,21 +32,11 @@ from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.truth import AnnotatedImage, DatasetSource
 from scopeflow.errors import DeviceError, LimitError
 
+from fakes import FakeClock
+
 WATER_NM, SINX_NM, LAMBDA_WATER_NM, LAMBDA_SINX_NM = 150.0, 100.0, 185.0, 144.0
 COCO_KEYS = {"id", "image_id", "category_id", "segmentation", "bbox", "area", "iscrowd"}
 
-
-class FakeClock:
-    """A clock that only moves when told to (or when the camera sleeps)."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def beer_lambert(dose: float, t_particle_nm: float = 0.0, lambda_particle_nm: float = 40.0,

@@ -41,22 +41,10 @@ from scopeflow.acquisition.truth import DatasetSource
 from scopeflow.errors import LimitError
 from scopeflow.schemas.state import optical_depth_of_field_um
 
+from fakes import FakeClock
+
 R, G, B = 0, 1, 2  # channel order of every RGB array here
 
-
-class FakeClock:
-    """A clock that only moves when told to (or when the simulator sleeps)."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-        self.slept = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        self.t += seconds
 
 
 def make_sim(config: OpticalConfig) -> tuple[SimulatedOpticalMicroscope, FakeClock]:

@@ -18,20 +18,7 @@ from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM, make_specimen
 from scopeflow.errors import DeviceError, LimitError
 
-
-class FakeClock:
-    """A clock that only moves when told to (or when the simulator sleeps)."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-        self.slept = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        self.t += seconds
+from fakes import FakeClock
 
 
 def make_sim(config: SEMConfig, specimen=None) -> tuple[SimulatedSEM, FakeClock]:
