@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from scopeflow.schemas.commands import COMMAND_ADAPTER, Acquire, GetState, MoveStage, Reply, SetWD
-from scopeflow.schemas.results import ErrorMessage, FocusEstimate, NodeStatus
-from scopeflow.schemas.series import ImageHeader, SeriesEnd, SeriesStart
+from scopeflow.schemas.results import DetectionsResult, ErrorMessage, FocusEstimate, NodeStatus
+from scopeflow.schemas.series import DenoisedHeader, ImageHeader, SeriesEnd, SeriesStart
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ KINDS: dict[str, MessageKind] = {
         MessageKind("reply", TypeAdapter(Reply), 0, "commands"),
         MessageKind("error", TypeAdapter(ErrorMessage), 0, "commands"),
         MessageKind("focus", TypeAdapter(FocusEstimate), 0, "results"),
+        MessageKind("detections", TypeAdapter(DetectionsResult), 0, "results"),
+        MessageKind("denoised", TypeAdapter(DenoisedHeader), 1, "results"),
         MessageKind("status", TypeAdapter(NodeStatus), 0, "any"),
     )
 }
@@ -51,5 +53,7 @@ KIND_OF_MODEL: dict[type, str] = {
     Reply: "reply",
     ErrorMessage: "error",
     FocusEstimate: "focus",
+    DetectionsResult: "detections",
+    DenoisedHeader: "denoised",
     NodeStatus: "status",
 }

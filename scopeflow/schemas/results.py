@@ -6,7 +6,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
-from scopeflow.schemas.base import Header, Int64, SeriesUid
+from scopeflow.schemas.base import ClosedModel, Header, Int64, SeriesUid
 from scopeflow.schemas.state import MicroscopeState, SimTruth
 
 Signal = Literal["ok", "blank", "saturated"]
@@ -25,6 +25,46 @@ class FocusEstimate(Header):
     computed_monotonic_ns: Int64 = Field(description="When the estimate was computed, ns.")
     state: MicroscopeState = Field(description="Microscope state when the frame was taken.")
     truth: SimTruth | None = Field(default=None, description="Copied from the frame (simulators).")
+    quality_level: Annotated[int, Field(ge=0, le=9)] | None = Field(
+        default=None, description="AENet focus quality, 0 (far out) … 9 (in focus). Since 1.1."
+    )
+    abs_defocus_dof: Annotated[float, Field(ge=0, le=1e4)] | None = Field(
+        default=None, description="Estimated |Δz| in depth-of-field units (AENet). Since 1.1."
+    )
+
+
+class RleMask(ClosedModel):
+    """A binary mask in COCO's compressed RLE (column-major runs, as pycocotools writes)."""
+
+    size: tuple[Annotated[int, Field(ge=1, le=65536)], Annotated[int, Field(ge=1, le=65536)]]
+    counts: Annotated[str, Field(min_length=1, max_length=10_000_000)]
+
+
+class Detection(ClosedModel):
+    """One detected object, in pixel coordinates of the frame."""
+
+    category: Annotated[str, Field(min_length=1, max_length=64)]
+    score: Annotated[float, Field(ge=0, le=1)]
+    bbox_xywh_px: tuple[float, float, float, float]
+    centroid_xy_px: tuple[float, float]
+    area_px: Annotated[float, Field(ge=0)]
+    mask: RleMask | None = None
+    attributes: dict[str, float | int | str] = Field(
+        default_factory=dict, description="e.g. material, layers (flakes)."
+    )
+
+
+class DetectionsResult(Header):
+    """Objects a detector found in one frame. Since 1.1."""
+
+    series_unique_id: SeriesUid
+    image_id: Int64
+    command_seq: Int64
+    model: Annotated[str, Field(min_length=1, max_length=64)]
+    monotonic_ns: Int64
+    computed_monotonic_ns: Int64
+    state: MicroscopeState
+    detections: Annotated[list[Detection], Field(max_length=100_000)]
 
 
 class NodeStatus(Header):

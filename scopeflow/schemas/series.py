@@ -84,3 +84,10 @@ class SeriesEnd(Header):
     images: Int64
     stop_time_ns: Int64
     reason: Literal["completed", "stopped", "error"] = "completed"
+
+
+class DenoisedHeader(ImageHeader):
+    """A denoised frame: the source frame's header (its ids, times and state) plus the model
+    that produced it; the buffer holds the denoised pixels. Since 1.1."""
+
+    model: Annotated[str, Field(min_length=1, max_length=64)]

@@ -1,0 +1,1 @@
+"""Training and export of the learned models (needs torch: ``pip install -e '.[train]'``)."""
