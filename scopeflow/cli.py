@@ -73,12 +73,12 @@ def _cmd_node_infer(args) -> int:
 
     node = InferNode(
         InferConfig(frames_endpoint=args.frames, results_endpoint=args.results,
-                    evaluator=args.evaluator, name=args.name),
+                    model=args.model, backend=args.backend, name=args.name),
         metrics_port=args.metrics_port,
     )
     logging.getLogger("scopeflow").info(
         "infer node ready: frames %s → results %s (%s)", args.frames, node.results_endpoint,
-        args.evaluator)
+        f"{args.model} on {args.backend}")
     return _run_until_signalled(node)
 
 
@@ -119,6 +119,38 @@ def _cmd_simulate(args) -> int:
           f" ({', '.join(summary['categories']) or 'no objects'}) in {summary['seconds']:.1f} s")
     print(f"  {out}/annotations.json, metadata.json, contact_sheet.png")
     return 0
+
+
+def _cmd_train(args) -> int:
+    import importlib
+
+    out = args.out or Path("runs") / f"train-{args.model}-seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = importlib.import_module(f"scopeflow.training.{args.model}")
+    print(f"scopeflow train {args.model} (seed {args.seed}{', quick' if args.quick else ''})"
+          f" → {out}/")
+    metrics = trainer.train(out, seed=args.seed, quick=args.quick)
+    print(f"  wrote {out / (args.model + '.pt')}, loss_curve.png, metrics.json")
+    print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in metrics.items() if not isinstance(v, (dict, list))))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from scopeflow.inference.models.registry import WEIGHTS_DIR
+    from scopeflow.training.export import export_onnx
+
+    weights = args.weights or WEIGHTS_DIR / f"{args.model}.pt"
+    out = args.out or weights.with_suffix(".onnx")
+    diff = export_onnx(args.model, weights, out)
+    print(f"exported {weights} → {out}; max |ONNX − torch| = {diff:.2e} on the example inputs")
+    return 0
+
+
+def _cmd_bench_models(args) -> int:
+    from scopeflow.bench.report import run_models_bench
+
+    return run_models_bench(json_path=args.json, quick=args.quick)
 
 
 def _cmd_doctor(args) -> int:
@@ -186,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     inf = nodes.add_parser("infer", help="frames in, focus estimates out")
     inf.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (connect)")
     inf.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (bind)")
-    inf.add_argument("--evaluator", default="normalized_variance",
-                     choices=["normalized_variance", "tenengrad", "brenner"])
+    inf.add_argument("--model", "--evaluator", dest="model", default="normalized_variance",
+                     choices=["normalized_variance", "tenengrad", "brenner", "aenet", "denoiser",
+                              "flake_detector", "particle_detector"],
+                     help="classical focus metric or shipped model (--evaluator: alias)")
+    inf.add_argument("--backend", default="auto",
+                     choices=["auto", "onnxruntime", "torch", "tensorrt"],
+                     help="auto: tensorrt on an NVIDIA GPU, else onnxruntime")
     inf.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
     inf.add_argument("--name", default="infer")
     inf.set_defaults(func=_cmd_node_infer)
@@ -224,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image files (default: TIFF for 16-bit, PNG for 8-bit)")
     sim.set_defaults(func=_cmd_simulate)
 
+    models = ["aenet", "acnet", "denoiser", "flake_detector", "particle_detector"]
+    tr = sub.add_parser("train", help="train a model from the simulators (CPU, seeded)")
+    tr.add_argument("model", choices=models)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", type=Path, default=None, help="default runs/train-MODEL-seedS")
+    tr.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    tr.set_defaults(func=_cmd_train)
+
+    ex = sub.add_parser("export", help="export a model's weights to ONNX (checked vs torch)")
+    ex.add_argument("model", choices=models)
+    ex.add_argument("--weights", type=Path, default=None,
+                    help="state dict (default: the shipped MODEL.pt)")
+    ex.add_argument("--out", type=Path, default=None, help="ONNX file (default: beside weights)")
+    ex.set_defaults(func=_cmd_export)
+
     doc = sub.add_parser("doctor", help="versions, backends, CPU/GPU")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=_cmd_doctor)
@@ -238,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", type=Path, default=None, help="write results here")
     bs.add_argument("--repeats", type=int, default=20, help="timed frames per case")
     bs.set_defaults(func=_cmd_bench_simulate)
+    bm = benches.add_parser("models", help="held-out metrics of every model vs baselines")
+    bm.add_argument("--json", type=Path, default=None, help="write results here")
+    bm.add_argument("--quick", action="store_true", help="few frames (smoke run)")
+    bm.set_defaults(func=_cmd_bench_models)
     return parser
 
 

@@ -46,34 +46,17 @@ def _packages() -> list[Check]:
 
 
 def _backends() -> list[Check]:
-    out = []
-    try:
-        ort = importlib.import_module("onnxruntime")
-        out.append(Check("backend onnxruntime", True,
-                         f"{ort.__version__}, providers {ort.get_available_providers()}"))
-    except ImportError as exc:
-        out.append(Check("backend onnxruntime", False, f"not importable ({exc})"))
-    try:
-        torch = importlib.import_module("torch")
-        cuda = torch.cuda.is_available()
-        out.append(Check("backend torch", True,
-                         f"{torch.__version__}, CUDA {'available' if cuda else 'not available'}"))
-    except ImportError:
-        out.append(Check("backend torch", False, "not installed: pip install -e '.[train]'"))
-    out.append(_tensorrt())
-    return out
+    from scopeflow.inference.backends import backend_status
+    from scopeflow.inference.models.registry import MODEL_NAMES, shipped_models
 
-
-def _tensorrt() -> Check:
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError:
-        return Check("backend tensorrt", False, "not installed: pip install -e '.[gpu]' on a "
-                                                "machine with an NVIDIA GPU")
-    gpu = _gpu_names()
-    if not gpu:
-        return Check("backend tensorrt", False, f"{trt.__version__} installed, but no NVIDIA GPU")
-    return Check("backend tensorrt", True, f"{trt.__version__} on {', '.join(gpu)}")
+    checks = [Check(f"backend {name}", ok, why) for name, (ok, why) in backend_status().items()]
+    shipped = shipped_models()
+    missing = [m for m in MODEL_NAMES if m not in shipped]
+    detail = ", ".join(shipped) or "none"
+    if missing:
+        detail += f" (not shipped: {', '.join(missing)})"
+    checks.append(Check("models", not missing, detail))
+    return checks
 
 
 def _gpu_names() -> list[str]:

@@ -20,6 +20,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "commands_ok": ("Commands carried out", ("command",)),
     "commands_rejected": ("Commands refused", ("code",)),
     "results_published": ("Results published by an inference node", ()),
+    "frames_failed": ("Frames a model could not process (shape, channels, values)", ("model",)),
     "stale_results_ignored": ("Results for frames taken before the last command", ()),
 }
 

@@ -50,7 +50,7 @@ def pipeline(
         frames_endpoint=frames, commands_endpoint=commands, **acquire_options),
         ctx=ctx, metrics_port=metrics_port)
     inf = InferNode(InferConfig(frames_endpoint=frames, results_endpoint=results,
-                                evaluator=evaluator), ctx=ctx) if with_infer else None
+                                model=evaluator), ctx=ctx) if with_infer else None
     try:
         with running(acq):
             if inf is None:

@@ -68,6 +68,72 @@ def run_simulate_bench(json_path: Path | None = None, repeats: int = 20,
     return 0
 
 
+def run_models_bench(json_path: Path | None = None, quick: bool = False,
+                     progress=print) -> int:
+    """Held-out metrics of every shipped model beside its baselines, and backend parity."""
+    import importlib
+
+    result: dict = {"quick": quick}
+    for section in ("models_focus", "models_denoise", "models_detect"):
+        progress(f"{section.replace('models_', '')}:")
+        result.update(importlib.import_module(f"scopeflow.bench.{section}").run(
+            quick=quick, progress=progress))
+    progress("backends:")
+    from scopeflow.bench import models_backends
+
+    result["backends"] = models_backends.run(quick=quick, progress=progress)
+    result["machine"] = {"cpu_count": __import__("os").cpu_count(),
+                         "platform": platform.platform(), "python": platform.python_version()}
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _print_models(result, progress)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2, default=float))
+        progress(f"wrote {json_path}")
+    return 0
+
+
+def _print_models(r: dict, progress) -> None:
+    """The headline figures, each beside its target."""
+
+    def line(label: str, value, target: str) -> None:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        progress(f"  {label:<48} {shown:>10}   {target}")
+
+    progress("")
+    a = r.get("aenet", {})
+    for key, target in (("within_one_level", "≥ 0.95"), ("heldout_within_one_level", "≥ 0.95"),
+                        ("spearman_abs_dz", "≥ 0.95"),
+                        ("max_score_change_under_gain_offset", "≤ 1")):
+        if key in a:
+            line(f"aenet {key}", a[key], target)
+    d = r.get("denoiser", {})
+    for modality in ("sem", "insitu"):
+        psnr = d.get(modality, {}).get("psnr", {})
+        for method, value in psnr.items():
+            line(f"denoiser {modality} PSNR {method}", value, "")
+    if "frames_per_s_512" in d:
+        line("denoiser frames/s at 512² (ONNX Runtime)", d["frames_per_s_512"], "≥ 25")
+    f = r.get("flake_detector", {})
+    g1 = f.get("graphene_1L", {})
+    for key, target in (("precision", "≥ 0.95"), ("recall", "≥ 0.97")):
+        if key in g1:
+            line(f"flakes graphene 1L {key}", g1[key], target)
+    for key, target in (("layer_accuracy", "≥ 0.9"), ("megapixels_per_s", "≥ 8"),
+                        ("f1", "> baseline")):
+        if key in f:
+            line(f"flakes {key}", f[key], target)
+    if "baseline" in f and "f1" in f["baseline"]:
+        line("flakes baseline (contrast-gmm) f1", f["baseline"]["f1"], "")
+    p = r.get("particle_detector", {})
+    if "f1_iou50" in p:
+        line("particles f1 @ IoU 0.5", p["f1_iou50"], "≥ 0.95")
+        line("particles baseline (otsu) f1", p.get("baseline", {}).get("f1_iou50"), "")
+    for row in r.get("backends", []):
+        line(f"{row['model']} ONNX Runtime speed-up vs torch", row["onnxruntime_speedup"], "≥ 1.5")
+        line(f"{row['model']} max |ONNX − torch|", row["max_abs_diff"], "≤ 1e-4")
+
+
 def _print_table(rows, latency: dict, progress) -> None:
     head = (f"{'endpoint':<8} {'frame':>11} {'frames/s':>10} {'GB/s':>7} {'pickle':>7} "
             f"{'memcpy':>7} {'×pickle':>8}")

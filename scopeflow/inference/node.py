@@ -1,22 +1,21 @@
-"""The inference node: frames in (policy *latest*), focus estimates out.
+"""The inference node: frames in (policy *latest*), results out, from any model on any backend.
 
 Sockets: *frames* SUB, connected to an acquisition node's frame stream (subscribes to ``image``);
-*results* PUB, bound; publishes ``focus`` and ``status``. A malformed frame is rejected and
-counted; the node keeps serving.
+*results* PUB, bound; publishes ``focus`` (classical metrics, AENet), ``denoised`` (denoiser),
+``detections`` (detectors) and ``status``. A malformed message is rejected and counted; a frame
+the model cannot take (wrong channels, non-finite pixels…) is counted as ``frames_failed`` with
+its reason logged; either way the node keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import zmq
 
-from scopeflow.inference.evaluators import Evaluator, get_evaluator, signal_check
+from scopeflow.inference.processors import Processor, make_processor
 from scopeflow.runtime import POLL_MS, NodeRuntime
-from scopeflow.schemas.codec import Message
-from scopeflow.schemas.results import FocusEstimate
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LATEST_HWM, LatestReceiver, send
 
@@ -25,22 +24,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Endpoints and evaluator of an inference node."""
+    """Endpoints, model and backend of an inference node."""
 
     frames_endpoint: str = "tcp://127.0.0.1:5550"
     results_endpoint: str = "tcp://127.0.0.1:5552"
-    evaluator: str = "normalized_variance"
+    model: str = "normalized_variance"
+    backend: str = "auto"
     name: str = "infer"
 
 
 class InferNode:
-    """Evaluates the newest frame and publishes its focus estimate, until :meth:`stop`."""
+    """Runs its model on the newest frame and publishes the results, until :meth:`stop`."""
 
     def __init__(
         self, config: InferConfig, ctx: zmq.Context | None = None, metrics_port: int | None = None
     ) -> None:
         self.config = config
-        self.evaluator: Evaluator = get_evaluator(config.evaluator)
+        self.processor: Processor = make_processor(config.model, config.backend)
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
         self.frames = self.rt.socket(zmq.SUB)
         self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)
@@ -63,29 +63,21 @@ class InferNode:
             while not self.rt.stopping:
                 msg = self.receiver.poll(POLL_MS)
                 if msg is not None:
-                    send(self.results, self.evaluate(msg))
-                    self.rt.metrics.inc("results_published")
+                    self._handle(msg)
                 beat = self.rt.heartbeat_due()
                 if beat is not None:
                     send(self.results, beat)
         finally:
             self.rt.close()
 
-    def evaluate(self, msg: Message) -> FocusEstimate:
-        """The focus estimate of one image message."""
-        header = msg.header
-        pixels = msg.array()
-        signal = signal_check(pixels, header.state.dose_e_per_px)
-        score = self.evaluator(pixels) if signal == "ok" else 0.0
-        return FocusEstimate(
-            series_unique_id=header.series_unique_id,
-            image_id=header.image_id,
-            command_seq=header.command_seq,
-            evaluator=self.evaluator.name,
-            score=score,
-            signal=signal,
-            monotonic_ns=header.monotonic_ns,
-            computed_monotonic_ns=time.monotonic_ns(),
-            state=header.state,
-            truth=header.truth,
-        )
+    def _handle(self, msg) -> None:
+        try:
+            results = self.processor.process(msg)
+        except ValueError as exc:  # this frame does not suit the model; the next one may
+            self.rt.metrics.inc("frames_failed", model=self.processor.name)
+            log.warning("%s could not process image %d: %s", self.processor.name,
+                        msg.header.image_id, exc)
+            return
+        for header, buffers in results:
+            send(self.results, header, buffers)
+            self.rt.metrics.inc("results_published")

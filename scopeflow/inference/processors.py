@@ -1,0 +1,132 @@
+"""What an inference node does with a frame, per model: the result messages it publishes.
+
+A processor maps one decoded ``image`` message to result messages (header + buffers):
+``focus`` for focus evaluators (classical metrics, AENet), ``denoised`` for the denoiser,
+``detections`` for the detectors. Learned models run on a backend session (ONNX Runtime by
+default); the numpy-level runners live beside each model definition.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from scopeflow.inference import backends
+from scopeflow.inference.evaluators import get_evaluator, signal_check
+from scopeflow.inference.sharpness import METRICS
+from scopeflow.schemas.codec import Message
+from scopeflow.schemas.results import DetectionsResult, FocusEstimate
+from scopeflow.schemas.series import DenoisedHeader, ImageHeader
+
+Result = tuple[BaseModel, tuple[np.ndarray, ...]]
+LEARNED = ("aenet", "denoiser", "flake_detector", "particle_detector")
+
+
+class Processor(Protocol):
+    """Turns an image message into result messages; raises ValueError for unusable frames."""
+
+    name: str
+
+    def process(self, msg: Message) -> list[Result]: ...
+
+
+def _focus(header: ImageHeader, evaluator: str, score: float, signal: str,
+           **extra: Any) -> FocusEstimate:
+    return FocusEstimate(
+        series_unique_id=header.series_unique_id, image_id=header.image_id,
+        command_seq=header.command_seq, evaluator=evaluator, score=score, signal=signal,
+        monotonic_ns=header.monotonic_ns, computed_monotonic_ns=time.monotonic_ns(),
+        state=header.state, truth=header.truth, **extra)
+
+
+class ClassicalFocus:
+    """A classical sharpness metric (the baseline)."""
+
+    def __init__(self, metric: str) -> None:
+        self.name = metric
+        self._evaluate = get_evaluator(metric)
+
+    def process(self, msg: Message) -> list[Result]:
+        pixels = msg.array()
+        signal = signal_check(pixels, msg.header.state.dose_e_per_px)
+        score = self._evaluate(pixels) if signal == "ok" else 0.0
+        return [(_focus(msg.header, self.name, score, signal), ())]
+
+
+class AENetFocus:
+    """AENet: focus quality 0–9 and |Δz| in depth-of-field units."""
+
+    name = "aenet"
+
+    def __init__(self, backend: str) -> None:
+        from scopeflow.inference.models.aenet import AENet
+
+        self._net = AENet(backends.load("aenet", backend))
+
+    def process(self, msg: Message) -> list[Result]:
+        pixels = msg.array()
+        signal = signal_check(pixels, msg.header.state.dose_e_per_px)
+        if signal != "ok":
+            return [(_focus(msg.header, self.name, 0.0, signal), ())]
+        res = self._net.evaluate(pixels)
+        return [(_focus(msg.header, self.name, float(res.score), signal,
+                        quality_level=int(res.level),
+                        abs_defocus_dof=float(res.abs_defocus_dof)), ())]
+
+
+class Denoise:
+    """The denoiser: publishes the denoised frame (float32, the input's DN scale)."""
+
+    name = "denoiser"
+
+    def __init__(self, backend: str) -> None:
+        from scopeflow.inference.models.denoiser import Denoiser
+
+        self._net = Denoiser(backends.load("denoiser", backend))
+
+    def process(self, msg: Message) -> list[Result]:
+        out = np.ascontiguousarray(self._net.denoise(msg.array()), dtype=np.float32)
+        fields = msg.header.model_dump(exclude={"shape", "dtype", "protocol_version"})
+        header = DenoisedHeader(**fields, shape=out.shape, dtype="float32", model=self.name)
+        return [(header, (out,))]
+
+
+class Detect:
+    """A detector: publishes the objects found in the frame."""
+
+    def __init__(self, model: str, backend: str) -> None:
+        self.name = model
+        session = backends.load(model, backend)
+        if model == "flake_detector":
+            from scopeflow.inference.models.flake_detector import FlakeDetector
+
+            self._net = FlakeDetector(session)
+        else:
+            from scopeflow.inference.models.particle_detector import ParticleDetector
+
+            self._net = ParticleDetector(session)
+
+    def process(self, msg: Message) -> list[Result]:
+        h = msg.header
+        found = self._net.detect(msg.array())
+        return [(DetectionsResult(
+            series_unique_id=h.series_unique_id, image_id=h.image_id, command_seq=h.command_seq,
+            model=self.name, monotonic_ns=h.monotonic_ns,
+            computed_monotonic_ns=time.monotonic_ns(), state=h.state, detections=found), ())]
+
+
+def make_processor(model: str, backend: str = "auto") -> Processor:
+    """The processor serving ``model`` (a classical metric name or a shipped model)."""
+    if model in METRICS:
+        return ClassicalFocus(model)
+    if model == "aenet":
+        return AENetFocus(backend)
+    if model == "denoiser":
+        return Denoise(backend)
+    if model in ("flake_detector", "particle_detector"):
+        return Detect(model, backend)
+    known = ", ".join([*METRICS, *LEARNED])
+    raise ValueError(f"unknown model {model!r}; the inference node serves: {known}")
