@@ -1,10 +1,13 @@
 """Tiled inference with overlap for frames larger than a model's training size, without seams.
 
-The frame is cut into overlapping tiles; each tile's output is weighted by a window that is one
-in its interior and falls smoothly (raised cosine) to near zero across the overlap, and the
-weighted sum is divided by the summed weights. Where tiles overlap, the outputs blend
-continuously, so no seam survives; every pixel is covered by at least one tile's interior
-weight, so the result does not depend on tile edges.
+The frame is cut into tiles that overlap their neighbours by at least ``2 × overlap`` pixels.
+Each tile's output is weighted by a window that is 1 in its interior, 0 over the outer half of
+the overlap on every side that has a neighbour (where the network sees the tile's artificial
+edge) and rises with a raised cosine in between; sides on the frame border keep full weight.
+The weighted outputs are summed and divided by the summed weights. Where tiles meet, each
+tile's edge zone lies inside its neighbour's full-weight interior, so for a network whose
+receptive field is under ``overlap / 2`` the result equals the untiled one, and in general the
+outputs blend continuously: no seam survives.
 """
 
 from __future__ import annotations
@@ -24,22 +27,33 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
     return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode), (ph, pw)
 
 
-def _window(size: int, overlap: int) -> np.ndarray:
-    """1 in the middle, a raised-cosine ramp over ``overlap`` pixels at each end (never 0)."""
+def _ramp(overlap: int) -> np.ndarray:
+    """0 over the outer half of the overlap, then a raised cosine up to 1."""
+    half = overlap // 2
+    rise = overlap - half
+    up = 0.5 - 0.5 * np.cos(np.pi * (np.arange(rise) + 0.5) / rise)
+    return np.concatenate([np.zeros(half), up]).astype(np.float32)
+
+
+def _window(size: int, overlap: int, before: bool, after: bool) -> np.ndarray:
+    """Per-axis weight of a tile; ramps only on sides that have a neighbouring tile."""
     w = np.ones(size, np.float32)
     if overlap > 0:
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
-        w[:overlap] = ramp
-        w[size - overlap:] = ramp[::-1]
+        ramp = _ramp(overlap)
+        if before:
+            w[:overlap] = ramp
+        if after:
+            w[size - overlap:] = ramp[::-1]
     return w
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced tile starts covering ``length``, neighbours overlapping by ≥ 2·overlap."""
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)  # the last tile ends at the border
-    return starts
+    n = int(np.ceil((length - 2 * overlap) / (tile - 2 * overlap)))
+    n = max(n, 2)
+    return [round(v) for v in np.linspace(0, length - tile, n)]
 
 
 def tiled(
@@ -57,29 +71,28 @@ def tiled(
     """
     if image.ndim != 3:
         raise ValueError(f"expected (C, H, W), got shape {image.shape}")
-    if not 0 <= 2 * overlap < tile:
-        raise ValueError("overlap must be less than half the tile")
+    if not 0 <= 4 * overlap <= tile:
+        raise ValueError("overlap must be at most a quarter of the tile")
     padded, (ph, pw) = pad_to_multiple(image, multiple)
     _, h, w = padded.shape
     if h <= tile and w <= tile:
         out = fn(padded)
         return out[:, : h - ph, : w - pw]
     t = tile - tile % multiple
-    step = t - 2 * overlap
     acc: np.ndarray | None = None
     weight = np.zeros((h, w), np.float32)
-    ys, xs = _starts(h, t, step), _starts(w, t, step)
-    for y in ys:
-        for x in xs:
+    ys, xs = _starts(h, t, overlap), _starts(w, t, overlap)
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
             th, tw = min(t, h), min(t, w)
             out = fn(padded[:, y:y + th, x:x + tw])
-            wy = _window(th, overlap if len(ys) > 1 else 0)
-            wx = _window(tw, overlap if len(xs) > 1 else 0)
+            wy = _window(th, overlap, i > 0, i < len(ys) - 1)
+            wx = _window(tw, overlap, j > 0, j < len(xs) - 1)
             win = wy[:, None] * wx[None, :]
             if acc is None:
                 acc = np.zeros((out.shape[0], h, w), np.float32)
             acc[:, y:y + th, x:x + tw] += out * win
             weight[y:y + th, x:x + tw] += win
     assert acc is not None
-    result = acc / weight
+    result = acc / np.maximum(weight, 1e-12)
     return result[:, : h - ph, : w - pw]
