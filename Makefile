@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-dev
 	mkdir -p runs
 	$(SF) bench transport --json runs/bench-transport.json
 	$(SF) bench simulate --json runs/bench-simulate.json
+	$(SF) bench models --json runs/bench-models.json
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check scopeflow tests
