@@ -138,7 +138,13 @@ def _cmd_train(args) -> int:
 
 def _cmd_export(args) -> int:
     from scopeflow.inference.models.registry import WEIGHTS_DIR
-    from scopeflow.training.export import export_onnx
+    from scopeflow.training.export import export_onnx, ship
+
+    if args.run is not None:
+        diff = ship(args.model, args.run)
+        print(f"shipped {args.run / (args.model + '.pt')} → {WEIGHTS_DIR}/{args.model}"
+              f".{{pt,onnx,json}}; max |ONNX − torch| = {diff:.2e} on the example inputs")
+        return 0
 
     weights = args.weights or WEIGHTS_DIR / f"{args.model}.pt"
     out = args.out or weights.with_suffix(".onnx")
@@ -274,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--weights", type=Path, default=None,
                     help="state dict (default: the shipped MODEL.pt)")
     ex.add_argument("--out", type=Path, default=None, help="ONNX file (default: beside weights)")
+    ex.add_argument("--run", type=Path, default=None,
+                    help="ship a training run directory into the package: copy MODEL.pt, "
+                         "write MODEL.json, export MODEL.onnx")
     ex.set_defaults(func=_cmd_export)
 
     doc = sub.add_parser("doctor", help="versions, backends, CPU/GPU")

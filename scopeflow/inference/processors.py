@@ -68,10 +68,10 @@ class AENetFocus:
 
     def process(self, msg: Message) -> list[Result]:
         pixels = msg.array()
+        res = self._net.evaluate(pixels)  # ValueError for a frame AENet cannot read
         signal = signal_check(pixels, msg.header.state.dose_e_per_px)
         if signal != "ok":
             return [(_focus(msg.header, self.name, 0.0, signal), ())]
-        res = self._net.evaluate(pixels)
         return [(_focus(msg.header, self.name, float(res.score), signal,
                         quality_level=int(res.level),
                         abs_defocus_dof=float(res.abs_defocus_dof)), ())]
