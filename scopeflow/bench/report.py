@@ -125,10 +125,22 @@ def _print_models(r: dict, progress) -> None:
             line(f"flakes {key}", f[key], target)
     if "baseline" in f and "f1" in f["baseline"]:
         line("flakes baseline (contrast-gmm) f1", f["baseline"]["f1"], "")
+    held = f.get("heldout_substrate", {})
+    if held:
+        oxide = f"{held['oxide_nm']:g} nm"
+        for key, target in (("precision", "≥ 0.95"), ("recall", "≥ 0.97")):
+            line(f"flakes held-out {oxide} graphene 1L {key}", held["graphene_1L"][key], target)
+        line(f"flakes held-out {oxide} layer_accuracy", held["layer_accuracy"], "≥ 0.9")
+        line(f"flakes held-out {oxide} f1 (contrast-gmm)",
+             f"{held['f1']:.4g} ({held['baseline']['f1']:.4g})", "> baseline")
     p = r.get("particle_detector", {})
     if "f1_iou50" in p:
         line("particles f1 @ IoU 0.5", p["f1_iou50"], "≥ 0.95")
         line("particles baseline (otsu) f1", p.get("baseline", {}).get("f1_iou50"), "")
+    if "heldout" in p:
+        h = p["heldout"]
+        line(f"particles held-out λ {h['lambda_particle_nm']:g} nm f1 (otsu)",
+             f"{h['f1_iou50']:.4g} ({h['baseline_f1_iou50']:.4g})", "")
     for row in r.get("backends", []):
         line(f"{row['model']} ONNX Runtime speed-up vs torch", row["onnxruntime_speedup"], "≥ 1.5")
         line(f"{row['model']} max |ONNX − torch|", row["max_abs_diff"], "≤ 1e-4")
