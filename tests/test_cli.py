@@ -57,7 +57,8 @@ def test_nodes_refuse_a_public_command_endpoint_without_curve():
 def test_every_subcommand_has_help():
     parser = build_parser()
     for argv in (["node", "acquire"], ["node", "infer"], ["node", "control"], ["demo"],
-                 ["doctor"], ["bench", "transport"]):
+                 ["doctor"], ["bench", "transport"], ["bench", "models"],
+                 ["train", "aenet"], ["export", "acnet"]):
         args = parser.parse_args(argv)
         assert callable(args.func)
 
@@ -73,3 +74,30 @@ def test_bench_simulate_writes_a_row_per_simulator(tmp_path):
     for r in rows.values():
         assert r["ms_median"] > 0 and r["numpy_poisson_ms"] > 0
         assert r["frames_per_s"] == 1e3 / r["ms_median"]
+
+
+def test_bench_models_quick_writes_the_documented_json(tmp_path):
+    out = tmp_path / "models.json"
+    res = subprocess.run([*SF, "bench", "models", "--quick", "--json", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(out.read_text())
+    aenet = data["aenet"]
+    for key in ("within_one_level", "spearman_abs_dz", "heldout_within_one_level",
+                "max_score_change_under_gain_offset"):
+        assert isinstance(aenet[key], float)
+    den = data["denoiser"]
+    for modality in ("sem", "insitu"):
+        for score in ("psnr", "ssim"):
+            assert set(den[modality][score]) >= {"scopeflow", "bm3d", "nlm", "gaussian"}
+    assert den["frames_per_s_512"] > 0
+    flakes = data["flake_detector"]
+    assert set(flakes["graphene_1L"]) >= {"precision", "recall"}
+    assert 0 <= flakes["layer_accuracy"] <= 1 and flakes["megapixels_per_s"] > 0
+    assert flakes["baseline"]["name"] == "contrast-gmm"
+    particles = data["particle_detector"]
+    assert 0 <= particles["f1_iou50"] <= 1 and particles["baseline"]["name"] == "otsu"
+    rows = {r["model"]: r for r in data["backends"]}
+    assert set(rows) == {"aenet", "acnet", "denoiser", "flake_detector", "particle_detector"}
+    for r in rows.values():
+        assert r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0 and r["max_abs_diff"] <= 1e-4
