@@ -40,7 +40,7 @@ VALIDATION_SEED = 25_000  # … validation scenes here …
 TEST_SEED = 29_000  # … and the held-out test scenes here.
 CROP = 80
 BATCH = 32
-STEPS = 2000  # planned; LOOP_BUDGET_S may end the run first on a busy machine
+STEPS = 4000  # planned; LOOP_BUDGET_S may end the run first on a busy machine
 LOOP_BUDGET_S = 840.0
 
 
@@ -102,7 +102,7 @@ def train_specs(quick: bool) -> list[SceneSpec]:
     rng = np.random.default_rng([TRAIN_SEED, 0x5CE])
     if quick:
         return [random_scene(rng, TRAIN_SEED, (128, 128), 2)]
-    return [random_scene(rng, TRAIN_SEED + i, (512, 512), 4) for i in range(90)]
+    return [random_scene(rng, TRAIN_SEED + i, (512, 512), 4) for i in range(180)]
 
 
 def validation_specs(quick: bool) -> list[SceneSpec]:
