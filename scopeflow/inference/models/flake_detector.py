@@ -389,6 +389,18 @@ def upsample_component(comp: Component, factor: int,
 
 
 # -- the runner -----------------------------------------------------------------------------------
+def segment(session: Session, contrast: np.ndarray, *, tile: int, overlap: int,
+            multiple: int) -> np.ndarray:
+    """Class probabilities (K, H, W) of a segmentation network (:func:`segnet`: input
+    ``contrast``, output ``probs``) for one (C, H, W) input, in overlapping tiles beyond
+    ``tile``."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run({INPUT_NAMES[0]: np.ascontiguousarray(x[None])})[OUTPUT_NAMES[0]][0]
+
+    return tiled(run, contrast, tile=tile, overlap=overlap, multiple=multiple)
+
+
 class FlakeDetector:
     """Finds flakes in optical chip tiles with a loaded ``flake_detector`` session.
 
@@ -408,15 +420,10 @@ class FlakeDetector:
         self.tile = int(tile)
         self.overlap = int(overlap)
 
-    def _run(self, contrast: np.ndarray) -> np.ndarray:
-        out = self.session.run({INPUT_NAMES[0]: np.ascontiguousarray(contrast[None])})
-        return out[OUTPUT_NAMES[0]][0]
-
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """Class probabilities (K, h, w) at network resolution (the frame ``DOWNSAMPLE``× down)."""
-        contrast = flake_contrast(frame, self.black_level)
-        return tiled(self._run, contrast, tile=self.tile, overlap=self.overlap,
-                     multiple=MULTIPLE)
+        return segment(self.session, flake_contrast(frame, self.black_level), tile=self.tile,
+                       overlap=self.overlap, multiple=MULTIPLE)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections."""

@@ -14,8 +14,8 @@
 - **Instances** (numpy, :class:`ParticleDetector`): pixels with particle probability above ½,
   8-connected components of at least :data:`MIN_AREA_PX` pixels, each a :class:`Detection`
   with its RLE mask, bbox, centroid, area and score (mean probability). Frames larger than
-  :data:`TILE` go through :func:`tiled` with overlap. Touching particles come out as one
-  instance.
+  :data:`TILE` are tiled with overlap (:func:`~scopeflow.inference.models.flake_detector.
+  segment`). Touching particles come out as one instance.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from scopeflow.inference.models.flake_detector import (
     components,
     detection_from_mask,
     robust_background,
+    segment,
     segnet,
 )
-from scopeflow.inference.tiling import tiled
 from scopeflow.schemas.results import Detection
 
 NAME = "particle_detector"
@@ -99,15 +99,10 @@ class ParticleDetector:
         self.tile = int(tile)
         self.overlap = int(overlap)
 
-    def _run(self, contrast: np.ndarray) -> np.ndarray:
-        out = self.session.run({INPUT_NAMES[0]: np.ascontiguousarray(contrast[None])})
-        return out[OUTPUT_NAMES[0]][0]
-
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """Class probabilities (2, H, W): background, particle."""
-        contrast = insitu_contrast(frame, self.offset_dn)
-        return tiled(self._run, contrast, tile=self.tile, overlap=self.overlap,
-                     multiple=MULTIPLE)
+        return segment(self.session, insitu_contrast(frame, self.offset_dn), tile=self.tile,
+                       overlap=self.overlap, multiple=MULTIPLE)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Particles in the frame, as wire-ready detections (category ``"particle"``)."""
