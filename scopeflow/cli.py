@@ -78,7 +78,7 @@ def _cmd_node_infer(args) -> int:
     )
     logging.getLogger("scopeflow").info(
         "infer node ready: frames %s → results %s (%s)", args.frames, node.results_endpoint,
-        f"{args.model} on {args.backend}")
+        f"{args.model} on {node.processor.backend}")
     return _run_until_signalled(node)
 
 

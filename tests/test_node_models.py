@@ -147,6 +147,7 @@ def test_a_frame_the_model_cannot_take_is_counted_and_the_node_keeps_serving(
             msg = results.next()
             assert msg.header.image_id == 2
             assert node.metrics.value("frames_failed", model=model) == 1
+            assert node.processor.backend == "onnxruntime"
     finally:
         pub.close()
         ctx.term()

@@ -26,9 +26,13 @@ LEARNED = ("aenet", "denoiser", "flake_detector", "particle_detector")
 
 
 class Processor(Protocol):
-    """Turns an image message into result messages; raises ValueError for unusable frames."""
+    """Turns an image message into result messages; raises ValueError for unusable frames.
+
+    ``backend``: what runs it (``numpy`` for classical metrics, else the session's backend).
+    """
 
     name: str
+    backend: str
 
     def process(self, msg: Message) -> list[Result]: ...
 
@@ -44,6 +48,8 @@ def _focus(header: ImageHeader, evaluator: str, score: float, signal: str,
 
 class ClassicalFocus:
     """A classical sharpness metric (the baseline)."""
+
+    backend = "numpy"
 
     def __init__(self, metric: str) -> None:
         self.name = metric
@@ -65,6 +71,7 @@ class AENetFocus:
         from scopeflow.inference.models.aenet import AENet
 
         self._net = AENet(backends.load("aenet", backend))
+        self.backend = self._net.session.backend
 
     def process(self, msg: Message) -> list[Result]:
         pixels = msg.array()
@@ -86,6 +93,7 @@ class Denoise:
         from scopeflow.inference.models.denoiser import Denoiser
 
         self._net = Denoiser(backends.load("denoiser", backend))
+        self.backend = self._net.session.backend
 
     def process(self, msg: Message) -> list[Result]:
         out = np.ascontiguousarray(self._net.denoise(msg.array()), dtype=np.float32)
@@ -100,6 +108,7 @@ class Detect:
     def __init__(self, model: str, backend: str) -> None:
         self.name = model
         session = backends.load(model, backend)
+        self.backend = session.backend
         if model == "flake_detector":
             from scopeflow.inference.models.flake_detector import FlakeDetector
 
