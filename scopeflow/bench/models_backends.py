@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
+from scopeflow.bench.timing import median_ms
 from scopeflow.inference import backends
 from scopeflow.inference.models.registry import model_module, shipped_models
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
 
 
 def run(quick: bool = False, progress=print) -> list[dict]:
@@ -34,8 +23,8 @@ def run(quick: bool = False, progress=print) -> list[dict]:
         ref = backends.load(name, "torch")
         a, b = ort.run(inputs), ref.run(inputs)
         diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-        ort_ms = _median_ms(lambda s=ort, x=inputs: s.run(x), repeats)
-        torch_ms = _median_ms(lambda s=ref, x=inputs: s.run(x), repeats)
+        ort_ms = median_ms(lambda s=ort, x=inputs: s.run(x), repeats)
+        torch_ms = median_ms(lambda s=ref, x=inputs: s.run(x), repeats)
         rows.append({"model": name, "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
                      "torch_ms": torch_ms, "onnxruntime_ms": ort_ms,
                      "onnxruntime_speedup": torch_ms / ort_ms, "max_abs_diff": diff})

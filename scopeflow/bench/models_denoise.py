@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from scopeflow.bench.timing import median_ms
 from scopeflow.inference import backends
 from scopeflow.inference.models import denoiser as model
 from scopeflow.training import denoiser as data
@@ -180,24 +181,13 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "doses_e_per_px": doses, "per_dose": per_dose}
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    for _ in range(2):
-        fn()  # warm-up: allocations, kernel selection
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def _timings(ort: Any, ref: Any, frame: np.ndarray, repeats: int) -> dict[str, float]:
     """Median seconds: the runner end to end on ONNX Runtime, ONNX Runtime and torch alone."""
     runner = model.Denoiser(ort)
     inputs = {model.INPUT_NAMES[0]: model.network_input(frame)[0][None]}
-    return {"frame_s": _median_s(lambda: runner.denoise(frame), repeats),
-            "ort_s": _median_s(lambda: ort.run(inputs), repeats),
-            "torch_s": _median_s(lambda: ref.run(inputs), repeats)}
+    return {"frame_s": median_ms(lambda: runner.denoise(frame), repeats, warmup=2) / 1e3,
+            "ort_s": median_ms(lambda: ort.run(inputs), repeats, warmup=2) / 1e3,
+            "torch_s": median_ms(lambda: ref.run(inputs), repeats, warmup=2) / 1e3}
 
 
 def speed(weights_dir: Path | None, repeats: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from scopeflow.acquisition.insitu import InSituConfig
+from scopeflow.bench.timing import median_ms
 from scopeflow.inference import backends
 from scopeflow.inference.models import flake_detector as flake_model
 from scopeflow.inference.models import particle_detector as particle_model
@@ -344,16 +345,6 @@ def _test_specs(oxide_nm: float, chips: int, tiles: int,
             for i in range(chips)]
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def _backend_times(name: str, inputs: dict[str, np.ndarray], repeats: int,
                    weights_dir: Path | None) -> dict[str, float]:
     """The network alone on one input: ONNX Runtime vs torch eager (same threads)."""
@@ -367,8 +358,8 @@ def _backend_times(name: str, inputs: dict[str, np.ndarray], repeats: int,
         ref = backends.load(name, "torch", weights_dir)
         diff = max(float(np.abs(ort.run(inputs)[k] - ref.run(inputs)[k]).max())
                    for k in ort.output_names)
-        ort_s = _median_s(lambda: ort.run(inputs), repeats)
-        torch_s = _median_s(lambda: ref.run(inputs), repeats)
+        ort_s = median_ms(lambda: ort.run(inputs), repeats) / 1e3
+        torch_s = median_ms(lambda: ref.run(inputs), repeats) / 1e3
     finally:
         torch.set_num_threads(before)
     return {"input_shape": list(next(iter(inputs.values())).shape), "threads": threads,
@@ -422,10 +413,10 @@ def flake_section(quick: bool = False, progress: Callable[[str], None] = print,
     # Throughput on full tiles, end to end, ONNX Runtime.
     frames = [im.image for _, im, _ in flake_training.samples(
         _test_specs(285.0, 1, 2 if quick else 4))]
-    per_tile = float(np.median([_median_s(lambda f=f: detector.detect(f), 1 if quick else 3)
-                                for f in frames]))
+    per_tile = float(np.median([median_ms(lambda f=f: detector.detect(f), 1 if quick else 3)
+                                for f in frames])) / 1e3
     mpx = frames[0].shape[0] * frames[0].shape[1] / 1e6
-    gmm_s = _median_s(lambda: gmm.detect(frames[0]), 1 if quick else 3)
+    gmm_s = median_ms(lambda: gmm.detect(frames[0]), 1 if quick else 3) / 1e3
     padded, _ = pad_to_multiple(flake_model.flake_contrast(frames[0]), flake_model.MULTIPLE)
     net_input = {"contrast": np.ascontiguousarray(padded[None])}
     speed = _backend_times(flake_model.NAME, net_input, 2 if quick else 10, weights_dir)

@@ -30,6 +30,7 @@ import numpy as np
 
 from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM, make_specimen
 from scopeflow.acquisition.sem.dataset import SEMDatasetConfig, SEMFocusSource
+from scopeflow.bench.timing import median_ms
 from scopeflow.inference.models import aenet as aenet_model
 from scopeflow.inference.models.acnet import ACNet, Observation
 from scopeflow.inference.models.aenet import AENet
@@ -339,16 +340,6 @@ def acnet_metrics(aenet: AENet, acnet: ACNet, n_trials: int = 200, moves: int = 
 
 
 # -- speed --------------------------------------------------------------------------------------
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
-
-
 def timing(repeats: int = 30) -> dict[str, Any]:
     """Milliseconds per 512² frame for AENet (+ ACNet), ONNX Runtime vs torch eager."""
     import torch
@@ -365,13 +356,13 @@ def timing(repeats: int = 30) -> dict[str, Any]:
         ac = ACNet(backends.load("acnet", backend))
         result = ae.evaluate(frame)
         obs = [Observation(result, 0.0)]
-        out[f"aenet_model_ms_{backend}"] = _median_ms(
+        out[f"aenet_model_ms_{backend}"] = median_ms(
             lambda s=ae.session: s.run({"patches": patches}), repeats)
-        out[f"aenet_ms_{backend}"] = _median_ms(lambda a=ae: a.evaluate(frame), repeats)
-        out[f"acnet_ms_{backend}"] = _median_ms(lambda c=ac, o=obs: c.propose(o), repeats)
-        out[f"aenet_plus_acnet_ms_{backend}"] = _median_ms(
+        out[f"aenet_ms_{backend}"] = median_ms(lambda a=ae: a.evaluate(frame), repeats)
+        out[f"acnet_ms_{backend}"] = median_ms(lambda c=ac, o=obs: c.propose(o), repeats)
+        out[f"aenet_plus_acnet_ms_{backend}"] = median_ms(
             lambda a=ae, c=ac: c.propose([Observation(a.evaluate(frame), 0.0)]), repeats)
-    out["preprocess_ms"] = _median_ms(
+    out["preprocess_ms"] = median_ms(
         lambda: aenet_model.extract_patches(aenet_model.to_luminance(frame)), repeats)
     out["onnxruntime_speedup_aenet_model"] = (out["aenet_model_ms_torch"]
                                               / out["aenet_model_ms_onnxruntime"])

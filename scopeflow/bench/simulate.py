@@ -8,11 +8,12 @@ same size — shows what a straightforward implementation spends before any phys
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from scopeflow.bench.timing import sample_ms
 
 WARMUP = 3
 
@@ -67,21 +68,10 @@ CASES = [
 ]
 
 
-def _time_ms(fn: Callable[[], object], repeats: int) -> list[float]:
-    for _ in range(WARMUP):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
 def _poisson_baseline(shape: tuple[int, ...], repeats: int) -> list[float]:
     rng = np.random.default_rng(0)
     lam = np.full(shape, 50.0, np.float32)
-    return _time_ms(lambda: rng.poisson(lam), repeats)
+    return sample_ms(lambda: rng.poisson(lam), repeats, WARMUP)
 
 
 def run(repeats: int = 20, progress=print) -> list[dict]:
@@ -90,7 +80,7 @@ def run(repeats: int = 20, progress=print) -> list[dict]:
     for case in CASES:
         progress(f"  {case.name}: building and timing {repeats} frames …")
         acquire = case.make()
-        times = _time_ms(acquire, repeats)
+        times = sample_ms(acquire, repeats, WARMUP)
         base = _poisson_baseline(case.shape, max(5, repeats // 2))
         median = float(np.median(times))
         rows.append({
