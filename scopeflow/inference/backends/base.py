@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from scopeflow.inference.models.registry import model_file
+
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says why and what would fix it."""
@@ -47,3 +49,16 @@ def check_inputs(expected: tuple[str, ...], inputs: dict[str, np.ndarray]) -> No
             raise ValueError(f"input {name!r} must be float32, got {arr.dtype}")
         if not np.isfinite(arr).all():
             raise ValueError(f"input {name!r} holds NaN or inf values")
+
+
+def model_path(backend: Backend, model: str, suffix: str, weights_dir: Path | None) -> Path:
+    """The shipped file of ``model`` that ``backend`` loads (``.onnx``, ``.pt``), once the backend
+    is known to run here: BackendUnavailable says why not, FileNotFoundError how to make it."""
+    ok, why = backend.available()
+    if not ok:
+        raise BackendUnavailable(why)
+    path = model_file(model, suffix, weights_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: train the model ('scopeflow train {model}') "
+                                f"and ship the run ('scopeflow export {model} --run DIR')")
+    return path

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scopeflow.inference.backends.base import BackendUnavailable, check_inputs
-from scopeflow.inference.models.registry import model_file
+from scopeflow.inference.backends.base import check_inputs, model_path
 
 
 class OrtSession:
@@ -46,10 +45,4 @@ class OnnxRuntimeBackend:
         return True, f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
 
     def load(self, model: str, weights_dir: Path | None = None) -> OrtSession:
-        ok, why = self.available()
-        if not ok:
-            raise BackendUnavailable(why)
-        path = model_file(model, ".onnx", weights_dir)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run 'scopeflow export {model}'")
-        return OrtSession(model, path)
+        return OrtSession(model, model_path(self, model, ".onnx", weights_dir))

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from scopeflow.inference.backends.base import BackendUnavailable, check_inputs
-from scopeflow.inference.models.registry import model_file, model_metadata, model_module
+from scopeflow.inference.backends.base import check_inputs, model_path
+from scopeflow.inference.models.registry import model_metadata, model_module
 
 WORKSPACE_BYTES = 1 << 30
 
@@ -91,15 +91,10 @@ class TensorRTBackend:
         return True, f"tensorrt {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
     def load(self, model: str, weights_dir: Path | None = None) -> TensorRTSession:
-        ok, why = self.available()
-        if not ok:
-            raise BackendUnavailable(why)
+        onnx_path = model_path(self, model, ".onnx", weights_dir)
         import tensorrt as trt
         import torch
 
-        onnx_path = model_file(model, ".onnx", weights_dir)
-        if not onnx_path.exists():
-            raise FileNotFoundError(f"{onnx_path} is missing: run 'scopeflow export {model}'")
         logger = trt.Logger(trt.Logger.WARNING)
         engine_path = self._engine_path(onnx_path, trt, torch)
         if not engine_path.exists():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scopeflow.inference.backends.base import BackendUnavailable, check_inputs
-from scopeflow.inference.models.registry import model_file, model_module
+from scopeflow.inference.backends.base import check_inputs, model_path
+from scopeflow.inference.models.registry import model_module
 
 
 class TorchSession:
@@ -51,10 +51,4 @@ class TorchBackend:
         return True, f"torch {torch.__version__}"
 
     def load(self, model: str, weights_dir: Path | None = None) -> TorchSession:
-        ok, why = self.available()
-        if not ok:
-            raise BackendUnavailable(why)
-        path = model_file(model, ".pt", weights_dir)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run 'scopeflow train {model}'")
-        return TorchSession(model, path)
+        return TorchSession(model, model_path(self, model, ".pt", weights_dir))
