@@ -243,6 +243,28 @@ def fit_loop(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], 
     return Fit(step, stopped_by, log)
 
 
+def fit_and_save(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                 weights: np.ndarray, out_dir: Path, name: str, title: str, *, steps: int,
+                 batch: int, lr: float, crop: int, budget_s: float,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
+    """Both detectors' training tail: :func:`fit_loop` with class-weighted cross entropy, the
+    weights (``<name>.pt``) and the loss curve saved in ``out_dir``, and the metrics every
+    segmentation run reports about its optimisation."""
+    import torch
+
+    fit = fit_loop(net, batches, torch.nn.CrossEntropyLoss(weight=torch.from_numpy(weights)),
+                   steps=steps, batch=batch, lr=lr, budget_s=budget_s, progress=progress)
+    torch.save(net.state_dict(), out_dir / f"{name}.pt")
+    save_loss_curve(fit.log.history, out_dir / "loss_curve.png", title)
+    return {
+        "steps_planned": steps, "steps": fit.steps, "stopped_by": fit.stopped_by,
+        "loop_budget_s": budget_s, "batch": batch, "crop_px": crop, "learning_rate": lr,
+        "torch_threads": torch.get_num_threads(),
+        "class_weights": [float(w) for w in weights],
+        "final_loss": float(np.mean([v for _, v in fit.log.history["loss"][-50:]])),
+        "train_seconds": fit.log.seconds}
+
+
 def pixel_report(net: Any, data: list[Sample]) -> dict[str, Any]:
     """Pixel accuracy and per-class IoU of ``net`` on whole tiles."""
     import torch
@@ -271,7 +293,6 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
           progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, write ``flake_detector.pt``, ``loss_curve.png`` and ``metrics.json`` to
     ``out_dir``; return the metrics. ``quick``: a smoke run of a few seconds on small tiles."""
-    import torch
 
     seed_everything(seed)
     out_dir = Path(out_dir)
@@ -290,36 +311,23 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     crop = 32 if quick else CROP
     rng = np.random.default_rng([seed, 0xF1A])
     sampler = CropSampler(data, rng, crop)
-    weights = torch.from_numpy(class_weights(sampler))
     net = model.build()
     budget = LOOP_BUDGET_S - data_s  # the whole run stays within the issue's 15 minutes
-    fit = fit_loop(net, sampler.batch, torch.nn.CrossEntropyLoss(weight=weights), steps=steps,
-                   batch=batch, lr=lr, budget_s=budget, progress=progress)
-    log = fit.log
-    torch.save(net.state_dict(), out_dir / f"{model.NAME}.pt")
-    save_loss_curve(log.history, out_dir / "loss_curve.png", "flake detector: cross entropy")
+    fitted = fit_and_save(net, sampler.batch, class_weights(sampler), out_dir, model.NAME,
+                          "flake detector: cross entropy", steps=steps, batch=batch, lr=lr,
+                          crop=crop, budget_s=budget, progress=progress)
     report = pixel_report(net, val)
     metrics = {
         "model": model.NAME,
         "seed": seed,
         "quick": quick,
-        "steps_planned": steps,
-        "steps": fit.steps,
-        "stopped_by": fit.stopped_by,
-        "loop_budget_s": budget,
-        "batch": batch,
-        "crop_px": crop,
-        "learning_rate": lr,
-        "torch_threads": torch.get_num_threads(),
+        **fitted,
         "train_tiles": len(data),
         "train_oxides_nm": sorted({s.oxide_nm for s in specs}),
         "heldout_oxide_nm": HELDOUT_OXIDE_NM,
         "chip_seeds": [s.seed for s in specs],
-        "class_weights": [float(w) for w in weights],
-        "final_loss": float(np.mean([v for _, v in log.history["loss"][-50:]])),
         "validation": report,
         "data_seconds": data_s,
-        "train_seconds": log.seconds,
         "total_seconds": time.monotonic() - t0,
         "load_average_1min_at_start": load_start,
         "load_average_1min_at_end": os.getloadavg()[0],

@@ -31,8 +31,8 @@ import numpy as np
 from scopeflow.acquisition.insitu import InSituConfig, InSituScene
 from scopeflow.acquisition.truth import AnnotatedImage
 from scopeflow.inference.models import particle_detector as model
-from scopeflow.training.common import save_loss_curve, seed_everything, write_json
-from scopeflow.training.flake_detector import fit_loop
+from scopeflow.training.common import seed_everything, write_json
+from scopeflow.training.flake_detector import fit_and_save
 
 DOSES = (500.0, 5000.0)  # e⁻/px per frame, log-uniform
 TRAIN_SEED = 20_000  # scene seeds of the training data start here …
@@ -202,7 +202,6 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
           progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, write ``particle_detector.pt``, ``loss_curve.png`` and ``metrics.json`` to
     ``out_dir``; return the metrics. ``quick``: a smoke run of a few seconds on small frames."""
-    import torch
 
     seed_everything(seed)
     out_dir = Path(out_dir)
@@ -219,24 +218,17 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     steps, batch, lr = (4, 2, 3e-3) if quick else (STEPS, BATCH, 3e-3)
     crop = 64 if quick else CROP
     sampler = CropSampler(data, np.random.default_rng([seed, 0x9A7]), crop)
-    weights_np = class_weights(data)
     net = model.build()
     budget = LOOP_BUDGET_S - data_s
-    fit = fit_loop(net, sampler.batch, torch.nn.CrossEntropyLoss(weight=torch.from_numpy(
-        weights_np)), steps=steps, batch=batch, lr=lr, budget_s=budget, progress=progress)
-    log = fit.log
-    torch.save(net.state_dict(), out_dir / f"{model.NAME}.pt")
-    save_loss_curve(log.history, out_dir / "loss_curve.png", "particle detector: cross entropy")
+    fitted = fit_and_save(net, sampler.batch, class_weights(data), out_dir, model.NAME,
+                          "particle detector: cross entropy", steps=steps, batch=batch, lr=lr,
+                          crop=crop, budget_s=budget, progress=progress)
     report = pixel_report(net, val)
     metrics = {
-        "model": model.NAME, "seed": seed, "quick": quick, "steps_planned": steps,
-        "steps": fit.steps, "stopped_by": fit.stopped_by, "loop_budget_s": budget, "batch": batch,
-        "crop_px": crop, "learning_rate": lr, "torch_threads": torch.get_num_threads(),
+        "model": model.NAME, "seed": seed, "quick": quick, **fitted,
         "train_frames": len(data), "doses_e_per_px": list(DOSES),
         "scene_seeds": [s.config.seed for s in specs],
-        "class_weights": [float(w) for w in weights_np],
-        "final_loss": float(np.mean([v for _, v in log.history["loss"][-50:]])),
-        "validation": report, "data_seconds": data_s, "train_seconds": log.seconds,
+        "validation": report, "data_seconds": data_s,
         "total_seconds": time.monotonic() - t0,
         "load_average_1min_at_start": load_start,
         "load_average_1min_at_end": os.getloadavg()[0],
