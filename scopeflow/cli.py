@@ -89,6 +89,8 @@ def _cmd_node_control(args) -> int:
         commands_endpoint=args.commands, results_endpoint=args.results,
         search_range_dof=args.search_range_dof, tolerance_dof=args.tolerance_dof,
         max_frames=args.max_frames, timeout_s=args.timeout_s, curve=_curve_client(args),
+        max_step_um=args.max_step_um,
+        acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
     ))
     text = json.dumps(outcome.to_dict(), indent=2)
     if args.out:
@@ -242,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--search-range-dof", type=float, default=30.0)
     ctl.add_argument("--tolerance-dof", type=float, default=0.5)
     ctl.add_argument("--max-frames", type=int, default=40)
+    ctl.add_argument("--max-step-um", type=float, default=None,
+                     help="split WD moves larger than this (default: the device's maximum)")
+    ctl.add_argument("--acnet-backend", default="auto",
+                     help="backend of ACNet for AENet-driven autofocus, or 'none'")
     ctl.add_argument("--timeout-s", type=float, default=5.0,
                      help="give up when a peer is silent this long")
     ctl.add_argument("--curve-secret", default=None, help="client secret key file")
@@ -251,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="autofocus end to end on a simulated SEM")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     demo.add_argument("--seed", type=int, default=1)
-    demo.add_argument("--evaluator", default="normalized_variance",
-                      choices=["normalized_variance", "tenengrad", "brenner"])
+    demo.add_argument("--evaluator", default="aenet",
+                      choices=["aenet", "normalized_variance", "tenengrad", "brenner"],
+                      help="aenet (default): AENet/ACNet autofocus; a classical metric: the "
+                           "golden-section baseline")
     demo.set_defaults(func=_cmd_demo)
 
     sim = sub.add_parser("simulate", help="write a simulated dataset with ground truth")

@@ -1,7 +1,8 @@
 """``scopeflow demo``: autofocus end to end on a simulated SEM, as three real processes.
 
-The acquisition node (simulated SEM), the inference node (classical sharpness) and the control
-node (golden-section autofocus) each run as their own ``scopeflow node …`` process, wired over
+The acquisition node (simulated SEM), the inference node (AENet by default, or a classical
+sharpness metric with ``--evaluator``) and the control node (AENet/ACNet autofocus, or the
+golden-section baseline for a classical metric) each run as their own ``scopeflow node …`` process, wired over
 ipc sockets in a private temporary folder. The run folder receives ``summary.json``, the full
 ``autofocus.json`` outcome, ``focus_trace.png`` and every node's log.
 """
@@ -55,7 +56,7 @@ def start_defocus_dof(seed: int) -> float:
     return float(rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 20.0))
 
 
-def run_demo(out_dir: Path | None = None, seed: int = 1, evaluator: str = "normalized_variance",
+def run_demo(out_dir: Path | None = None, seed: int = 1, evaluator: str = "aenet",
              progress=print) -> int:
     """Run the demo; exit status 0 when autofocus converged."""
     out = Path(out_dir) if out_dir else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")

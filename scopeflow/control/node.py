@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
 from scopeflow.control.autofocus import AutofocusConfig
 from scopeflow.control.client import MicroscopeClient
+from scopeflow.control.learned_autofocus import LearnedAutofocusConfig
 from scopeflow.control.results import ResultSubscriber
 from scopeflow.control.runner import AutofocusOutcome, RunnerConfig, run_autofocus
 from scopeflow.metrics import NodeMetrics
@@ -26,6 +27,8 @@ class ControlConfig:
     timeout_s: float = 5.0
     ready_timeout_s: float = 20.0
     curve: CurveClientKeys | None = None
+    max_step_um: float | None = None
+    acnet_backend: str | None = "auto"
 
 
 def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> AutofocusOutcome:
@@ -43,6 +46,10 @@ def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> Autofo
             search=AutofocusConfig(search_range_dof=config.search_range_dof,
                                    tolerance_dof=config.tolerance_dof,
                                    max_frames=config.max_frames),
+            learned=replace(LearnedAutofocusConfig(), tolerance_dof=config.tolerance_dof,
+                            max_frames=config.max_frames),
+            acnet_backend=config.acnet_backend,
+            max_step_um=config.max_step_um,
         ))
     finally:
         client.close()

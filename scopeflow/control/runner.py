@@ -1,7 +1,15 @@
-"""Runs the autofocus state machine against a live pipeline.
+"""Runs an autofocus state machine against a live pipeline.
 
 The runner owns the I/O: it moves the microscope to where the state machine asks, triggers a
-frame, waits for that frame's focus estimate from the inference node, and feeds the score back.
+frame, waits for that frame's focus estimate from the inference node, and feeds it back. The
+first frame (at the start WD) decides the machine: estimates carrying AENet's |Δz| drive
+:class:`~scopeflow.control.learned_autofocus.LearnedAutofocus` (with ACNet when its weights are
+shipped), classical scores drive the golden-section baseline.
+
+Safety: every target is inside the WD limits (the machines clip), and a move larger than the
+maximum step (the device's ``max_wd_step_um``, or ``RunnerConfig.max_step_um`` when smaller) is
+split into steps no larger than it. Results of frames taken before the last move are ignored
+(``ResultSubscriber.wait_for``).
 It records every frame (with the simulator's ground truth when present, for scoring only) and the
 loop latency from each frame's acquisition to the WD command it caused.
 """
@@ -9,11 +17,17 @@ loop latency from each frame's acquisition to the WD command it caused.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
 from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus
 from scopeflow.control.client import CommandRejected, MicroscopeClient
+from scopeflow.control.learned_autofocus import (
+    FrameReading,
+    LearnedAutofocus,
+    LearnedAutofocusConfig,
+)
 from scopeflow.control.results import ResultSubscriber
 from scopeflow.errors import PeerTimeout
 from scopeflow.schemas.results import FocusEstimate
@@ -52,6 +66,7 @@ class AutofocusOutcome:
     seconds: float = 0.0
     loop_latency_ms: list[float] = field(default_factory=list)
     records: list[FrameRecord] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)  # learned autofocus: why, per frame
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +79,56 @@ class RunnerConfig:
     ready_timeout_s: float = 20.0
     result_timeout_s: float = 5.0
     search: AutofocusConfig = field(default_factory=AutofocusConfig)
+    learned: LearnedAutofocusConfig = field(default_factory=LearnedAutofocusConfig)
+    acnet_backend: str | None = "auto"  # None: AENet posterior only, no ACNet
+    max_step_um: float | None = None  # split moves larger than this (and the device maximum)
+
+
+def load_acnet(backend: str | None):
+    """ACNet on ``backend``, or None (with a warning) when it is not shipped or not wanted."""
+    if backend is None:
+        return None
+    from scopeflow.inference import backends
+    from scopeflow.inference.models.acnet import ACNet
+
+    try:
+        return ACNet(backends.load("acnet", backend))
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        log.warning("ACNet unavailable (%s); AENet's posterior alone proposes moves", exc)
+        return None
+
+
+def _reading(est: FocusEstimate) -> FrameReading:
+    return FrameReading(
+        wd_um=est.state.wd_um, signal=est.signal, abs_defocus_dof=est.abs_defocus_dof,
+        features=tuple(est.aenet_features) if est.aenet_features is not None else None,
+        sharpness=est.sharpness)
+
+
+class _Machine:
+    """One interface over the two state machines: where next, take an estimate, the phase."""
+
+    def __init__(self, first: FocusEstimate, start_wd_um: float, limits, dof_um: float,
+                 cfg: RunnerConfig) -> None:
+        self.learned = first.abs_defocus_dof is not None or first.aenet_features is not None
+        if self.learned:
+            acnet = load_acnet(cfg.acnet_backend)
+            self.evaluator = "aenet+acnet" if acnet is not None else "aenet"
+            self.af = LearnedAutofocus(start_wd_um, limits, dof_um, acnet, cfg.learned)
+        else:
+            self.evaluator = first.evaluator
+            self.af = GoldenSectionAutofocus(start_wd_um, limits, dof_um, cfg.search)
+
+    def next_wd(self) -> float | None:
+        return self.af.next_wd()
+
+    def tell(self, est: FocusEstimate) -> str:
+        """Feed the estimate; the phase the frame was taken in."""
+        if self.learned:
+            self.af.tell(_reading(est))
+            return self.af.steps[-1].phase
+        self.af.tell(est.state.wd_um, est.score, est.signal)
+        return self.af.probes[-1].phase
 
 
 def run_autofocus(
@@ -73,7 +138,6 @@ def run_autofocus(
     cfg = config or RunnerConfig()
     out = AutofocusOutcome()
     t0 = time.monotonic()
-    af: GoldenSectionAutofocus | None = None
     try:
         reply = _wait_ready(client, results, cfg.ready_timeout_s)
         state = reply.state
@@ -84,26 +148,37 @@ def run_autofocus(
                 code="device_error",
             )
         out.start_wd_um, out.dof_um = state.wd_target_um, dof
-        af = GoldenSectionAutofocus(state.wd_target_um, reply.limits, dof, cfg.search)
+        max_step = _max_step(reply.limits.max_wd_step_um, cfg.max_step_um)
         target, moved_seq, series = state.wd_target_um, reply.command_seq, reply.series_unique_id
+        machine: _Machine | None = None
         last_est: FocusEstimate | None = None
-        while (wd := af.next_wd()) is not None:
+        wd: float | None = state.wd_target_um
+        while wd is not None:
             if wd != target:
-                moved_seq = _same_series(client.set_wd(wd), series).command_seq
+                for step in _steps(target, wd, max_step):
+                    moved_seq = _same_series(client.set_wd(step), series).command_seq
                 _latency(out, client, last_est)
                 target = wd
             shot = _same_series(client.acquire(), series)
             assert shot.image_id is not None
             est = results.wait_for(shot.image_id, moved_seq, cfg.result_timeout_s,
                                    series=shot.series_unique_id)
-            out.evaluator = est.evaluator
-            af.tell(est.state.wd_um, est.score, est.signal)
-            out.records.append(_record(est, af.probes[-1].phase))
+            if machine is None:
+                machine = _Machine(est, state.wd_target_um, reply.limits, dof, cfg)
+                out.evaluator = machine.evaluator
+                machine.next_wd()  # the start WD, where this frame was taken
+            phase = machine.tell(est)
+            out.records.append(_record(est, phase))
             last_est = est
-        out.stop_reason = af.stop_reason or "timeout"
-        out.final_wd_um = af.final_wd_um
-        if af.final_wd_um is not None and af.final_wd_um != target:
-            _same_series(client.set_wd(af.final_wd_um), series)
+            wd = machine.next_wd()
+        assert machine is not None
+        out.stop_reason = machine.af.stop_reason or "timeout"
+        out.final_wd_um = machine.af.final_wd_um
+        if machine.learned:
+            out.decisions = [s.decision for s in machine.af.steps]
+        if out.final_wd_um is not None and out.final_wd_um != target:
+            for step in _steps(target, out.final_wd_um, max_step):
+                _same_series(client.set_wd(step), series)
             _latency(out, client, last_est)
         out.message = f"stopped: {out.stop_reason}"
     except PeerTimeout as exc:
@@ -116,6 +191,19 @@ def run_autofocus(
     _score_against_truth(out)
     log.info("autofocus %s after %d frames: %s", out.stop_reason, out.frames, out.message)
     return out
+
+
+def _max_step(device: float | None, configured: float | None) -> float | None:
+    steps = [m for m in (device, configured) if m is not None]
+    return min(steps) if steps else None
+
+
+def _steps(from_um: float, to_um: float, max_step_um: float | None) -> list[float]:
+    """Intermediate and final targets so no single move exceeds ``max_step_um``."""
+    if max_step_um is None or abs(to_um - from_um) <= max_step_um:
+        return [to_um]
+    n = math.ceil(abs(to_um - from_um) / max_step_um - 1e-9)
+    return [from_um + (to_um - from_um) * k / n for k in range(1, n)] + [to_um]
 
 
 def _wait_ready(client: MicroscopeClient, results: ResultSubscriber, timeout_s: float):

@@ -72,6 +72,7 @@ class AENetFocus:
 
         self._net = AENet(backends.load("aenet", backend))
         self.backend = self._net.session.backend
+        self._sharpness = get_evaluator("normalized_variance")
 
     def process(self, msg: Message) -> list[Result]:
         pixels = msg.array()
@@ -81,7 +82,9 @@ class AENetFocus:
             return [(_focus(msg.header, self.name, 0.0, signal), ())]
         return [(_focus(msg.header, self.name, float(res.score), signal,
                         quality_level=int(res.level),
-                        abs_defocus_dof=float(res.abs_defocus_dof)), ())]
+                        abs_defocus_dof=float(res.abs_defocus_dof),
+                        aenet_features=tuple(float(v) for v in res.features),
+                        sharpness=float(self._sharpness(pixels))), ())]
 
 
 class Denoise:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, FiniteFloat
 
 from scopeflow.schemas.base import ClosedModel, Header, Int64, SeriesUid
 from scopeflow.schemas.state import MicroscopeState, SimTruth
@@ -31,6 +31,12 @@ class FocusEstimate(Header):
     abs_defocus_dof: Annotated[float, Field(ge=0, le=1e4)] | None = Field(
         default=None, description="Estimated |Δz| in depth-of-field units (AENet). Since 1.1."
     )
+    aenet_features: tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat] | None = Field(
+        default=None, description="AENet's frame features for ACNet: log effective defocus, "
+        "its uncertainty, blur-ellipse orientation x, y. Since 1.2.")
+    sharpness: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Normalised-variance sharpness of the same frame, sent with "
+        "AENet results for the controller's sharpness fit and fallback search. Since 1.2.")
 
 
 class RleMask(ClosedModel):

@@ -1,0 +1,155 @@
+"""Where is focus? A posterior over the focus WD from AENet's |Δz| readings of several frames.
+
+Each frame ``i`` was taken at a known WD ``x_i`` (in DoF units) and AENet read its defocus as
+``u_i`` DoF with a log-scale uncertainty ``σ_i``. The model is the V that geometry gives
+(DESIGN §5: blur grows linearly with |Δz|):
+
+    log(u_i + c) = log(k·|x_i − f| + c) + ε_i,   ε_i ~ Student-t(ν, scale s_i)
+
+with ``f`` the focus WD, ``k`` an unknown gain common to the frames of one run (a specimen that
+AENet reads as blurrier or sharper than it is: the errors of one run are largely a shared
+scale, which two frames at known offsets cancel), ``c`` a floor below which AENet cannot tell
+blur apart, and ``s_i = hypot(σ_i, s_floor)``. The posterior over ``f`` is evaluated on a grid
+(``k`` marginalised over a log-normal prior). One frame leaves two modes (``x_0 ± u_0``): the
+sign is unknown until a second frame at another WD breaks the tie.
+
+Near focus AENet cannot resolve fractions of a DoF, but a classical sharpness score ``S`` of
+the same field can: within a few DoF its log falls linearly with |Δz| (a V, symmetric about
+focus, its slope depending on specimen and dose). Once three or more frames read as near
+(AENet |Δz| ≤ ``near_dof``), their sharpness adds a profile likelihood: for each candidate ``f``
+the best line ``log S_i = A − b·|x_i − f|`` (b ≥ 0) is fitted and its residuals scored with a
+Gaussian of scale ``sharpness_sigma``. Frames on both sides of focus pin ``f`` to a fraction of
+a DoF.
+
+Frames without signal carry no information and are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FocusModelConfig:
+    """Noise model of AENet's readings and the grid; measured on the simulator (docs)."""
+
+    floor_dof: float = 0.5  # c: AENet does not resolve blur below ~0.5 DoF
+    scale_floor: float = 0.12  # s_floor: AENet's log error on trained families is ≈ 0.11
+    dof_nu: float = 3.0  # Student-t degrees of freedom: heavy tails for misread frames
+    log_gain_sigma: float = 0.25  # prior spread of log k
+    log_gain_max: float = 0.75
+    log_gain_step: float = 0.05
+    grid_step_dof: float = 0.05
+    half_width_dof: float = 80.0  # the grid spans the first frame's WD ± this, within limits
+    near_dof: float = 4.0  # frames AENet reads within this take part in the sharpness V
+    sharpness_sigma: float = 0.02  # log-sharpness misfit scale (noise and curvature of the V)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One frame as the model uses it: WD in DoF units (any fixed origin), AENet's |Δz| and
+    its log-scale uncertainty."""
+
+    x_dof: float
+    abs_defocus_dof: float
+    log_sigma: float
+    sharpness: float | None = None
+
+
+class FocusPosterior:
+    """The posterior over the focus WD on a grid ``f`` (DoF units, the readings' origin)."""
+
+    def __init__(self, lo_dof: float, hi_dof: float, config: FocusModelConfig | None = None
+                 ) -> None:
+        if not (math.isfinite(lo_dof) and math.isfinite(hi_dof) and hi_dof > lo_dof):
+            raise ValueError(f"need a finite grid range with lo < hi, got [{lo_dof}, {hi_dof}]")
+        self.config = cfg = config or FocusModelConfig()
+        n = int(math.ceil((hi_dof - lo_dof) / cfg.grid_step_dof)) + 1
+        self.f = np.linspace(lo_dof, hi_dof, n)
+        self.log_k = np.arange(-cfg.log_gain_max, cfg.log_gain_max + 1e-9, cfg.log_gain_step)
+        self._log_prior_k = -0.5 * (self.log_k / cfg.log_gain_sigma) ** 2
+        self.readings: list[Reading] = []
+        self._loglik = np.zeros((len(self.log_k), n))  # (gain, focus)
+
+    def add(self, reading: Reading) -> None:
+        """Fold in one frame's reading."""
+        if not (math.isfinite(reading.x_dof) and math.isfinite(reading.abs_defocus_dof)
+                and math.isfinite(reading.log_sigma)):
+            raise ValueError(f"reading has non-finite values: {reading}")
+        cfg = self.config
+        self.readings.append(reading)
+        c = cfg.floor_dof
+        dist = np.abs(reading.x_dof - self.f)[None, :]
+        pred = np.log(np.exp(self.log_k)[:, None] * dist + c)
+        s = math.hypot(max(reading.log_sigma, 0.0), cfg.scale_floor)
+        r = (math.log(max(reading.abs_defocus_dof, 0.0) + c) - pred) / s
+        self._loglik += -0.5 * (cfg.dof_nu + 1.0) * np.log1p(r * r / cfg.dof_nu)
+
+    def near_readings(self) -> list[Reading]:
+        """Readings near focus by AENet that carry a sharpness score."""
+        return [r for r in self.readings if r.sharpness is not None and r.sharpness > 0
+                and r.abs_defocus_dof <= self.config.near_dof]
+
+    def sharpness_loglik(self) -> np.ndarray:
+        """Profile log likelihood of ``f`` from the near frames' sharpness (0 with < 3)."""
+        near = self.near_readings()
+        if len(near) < 3:
+            return np.zeros_like(self.f)
+        x = np.array([r.x_dof for r in near])
+        y = np.log(np.array([r.sharpness for r in near]))
+        d = np.abs(x[None, :] - self.f[:, None])  # (grid, frames)
+        d_mean, y_mean = d.mean(axis=1, keepdims=True), y.mean()
+        dc = d - d_mean
+        var = (dc * dc).sum(axis=1)
+        slope = np.where(var > 1e-12, (dc * (y - y_mean)).sum(axis=1) / np.maximum(var, 1e-12),
+                         0.0)
+        b = np.maximum(-slope, 0.0)  # sharpness must fall away from focus
+        intercept = y_mean + b * d_mean[:, 0]
+        resid = y[None, :] - (intercept[:, None] - b[:, None] * d)
+        return -0.5 * (resid * resid).sum(axis=1) / self.config.sharpness_sigma ** 2
+
+    def density(self) -> np.ndarray:
+        """Normalised posterior mass per grid point of ``f``."""
+        joint = self._loglik + self._log_prior_k[:, None]
+        joint = np.exp(joint - joint.max())
+        logp = np.log(joint.sum(axis=0) + 1e-300) + self.sharpness_loglik()
+        p = np.exp(logp - logp.max())
+        return p / p.sum()
+
+    def mass_within(self, centre_dof: float, half_width_dof: float) -> float:
+        """P(|f − centre| ≤ half_width)."""
+        p = self.density()
+        return float(p[np.abs(self.f - centre_dof) <= half_width_dof].sum())
+
+    def best_target(self, half_width_dof: float) -> tuple[float, float]:
+        """(WD, P(|f − WD| ≤ half_width)) for the WD that maximises that probability."""
+        p = self.density()
+        w = max(1, int(round(half_width_dof / self.config.grid_step_dof)))
+        window = np.convolve(p, np.ones(2 * w + 1), mode="same")
+        i = int(np.argmax(window))
+        return float(self.f[i]), float(window[i])
+
+    def interval(self, mass: float = 0.98) -> tuple[float, float]:
+        """The central interval holding ``mass`` of the posterior."""
+        cdf = np.cumsum(self.density())
+        tail = (1.0 - mass) / 2.0
+        lo = self.f[min(int(np.searchsorted(cdf, tail)), len(self.f) - 1)]
+        hi = self.f[min(int(np.searchsorted(cdf, 1.0 - tail)), len(self.f) - 1)]
+        return float(lo), float(hi)
+
+    def worst_residual(self) -> float:
+        """The largest standardised residual of any reading at the best (f, k): a conflict
+        measure (readings no single focus position explains)."""
+        joint = self._loglik + self._log_prior_k[:, None]
+        ik, i_f = np.unravel_index(int(np.argmax(joint)), joint.shape)
+        cfg, f, k = self.config, self.f[i_f], math.exp(self.log_k[ik])
+        worst = 0.0
+        for rd in self.readings:
+            s = math.hypot(max(rd.log_sigma, 0.0), cfg.scale_floor)
+            r = (math.log(rd.abs_defocus_dof + cfg.floor_dof)
+                 - math.log(k * abs(rd.x_dof - f) + cfg.floor_dof)) / s
+            worst = max(worst, abs(r))
+        return worst

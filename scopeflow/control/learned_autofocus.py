@@ -1,0 +1,296 @@
+"""Autofocus driven by AENet and ACNet, with a bracketing search to fall back on.
+
+A transport-free state machine in the same ask/tell form as the golden-section baseline
+(:mod:`scopeflow.control.autofocus`): :meth:`LearnedAutofocus.next_wd` says where the next
+frame goes (None when done), :meth:`tell` takes that frame's reading. Every frame counts, the
+first included.
+
+Each frame: AENet's |Δz| reading goes into a posterior over the focus WD
+(:mod:`scopeflow.control.focus_model`), and ACNet proposes the next signed correction from the
+last frames and the moves between them. Then, in order:
+
+1. *no signal* (blank or saturated frame): stop with ``no_signal`` at the best WD seen so far
+   (the start when nothing else was read) instead of wandering.
+2. *converged*: the posterior puts at least ``stop_probability`` of its mass within the
+   tolerance of the WD just imaged. That frame is the verification; the run ends there.
+3. *conflict* (no single focus position explains the readings, e.g. a specimen AENet misreads),
+   *unsure* (after two frames no target holds ``min_target_probability``) or too many learned
+   moves: fall back to a golden-section search on the frames' classical sharpness, over a bracket
+   from the posterior (the whole search range when the readings conflict). The frame just taken
+   is the search's first probe, so the switch costs no frame.
+4. Otherwise move: to ACNet's proposal when it is confident and the posterior agrees with it
+   (its target holds at least ``acnet_agreement`` of the best target's mass), else to the
+   posterior's best target. After one frame the posterior has two equal modes (the sign is
+   unknown); ACNet's proposal picks one.
+
+Safety: the final WD is never one whose frame read blurrier than the first frame (when it did,
+the run returns to the start); targets stay inside the WD limits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus, StopReason
+from scopeflow.control.focus_model import FocusModelConfig, FocusPosterior, Reading
+from scopeflow.schemas.results import Signal
+from scopeflow.schemas.state import Limits
+
+Phase = Literal["start", "acnet", "model", "probe", "search", "done"]
+
+
+@dataclass(frozen=True)
+class FrameReading:
+    """What the controller needs from one frame's focus estimate.
+
+    ``abs_defocus_dof`` and ``features`` come from AENet (``features``: its frame-level vector,
+    see ``aenet.FEATURE_NAMES``); ``sharpness`` is a classical score of the same frame (higher
+    is sharper), used by the fallback search.
+    """
+
+    wd_um: float
+    signal: Signal
+    abs_defocus_dof: float | None
+    features: tuple[float, ...] | None
+    sharpness: float | None
+
+
+@dataclass(frozen=True)
+class LearnedAutofocusConfig:
+    """Decision thresholds (tuned on tuning seeds, not the benchmark's; docs/autofocus.md)."""
+
+    tolerance_dof: float = 0.5
+    stop_probability: float = 0.8
+    min_target_probability: float = 0.05
+    probe_step_dof: float = 1.0  # a probe beside a frame already taken, for the sharpness V
+    acnet_min_confidence: float = 0.5
+    acnet_agreement: float = 0.8
+    conflict_residual: float = 6.0  # standardised log residual beyond which readings conflict
+    max_learned_frames: int = 6  # frames before the search takes over
+    max_frames: int = 40
+    search_range_dof: float = 30.0
+    min_bracket_dof: float = 3.0
+    model: FocusModelConfig = field(default_factory=FocusModelConfig)
+
+
+@dataclass
+class Step:
+    """One frame of the run and what the controller decided after it."""
+
+    wd_um: float
+    phase: str
+    signal: Signal
+    abs_defocus_dof: float | None
+    sharpness: float | None
+    decision: str = ""
+
+
+class LearnedAutofocus:
+    """The state machine; ``acnet`` is an :class:`~scopeflow.inference.models.acnet.ACNet`
+    (None: posterior targets only)."""
+
+    def __init__(self, start_wd_um: float, limits: Limits, dof_um: float, acnet=None,
+                 config: LearnedAutofocusConfig | None = None) -> None:
+        if not (dof_um > 0 and math.isfinite(dof_um)):
+            raise ValueError(f"dof_um must be positive and finite, got {dof_um}")
+        self.start_wd_um = start_wd_um
+        self.limits = limits
+        self.dof_um = dof_um
+        self.acnet = acnet
+        self.config = cfg = config or LearnedAutofocusConfig()
+        self.phase: Phase = "start"
+        self.stop_reason: StopReason | None = None
+        self.final_wd_um: float | None = None
+        self.steps: list[Step] = []
+        self.fallback_reason: str | None = None
+        lo = max(self._x(limits.wd_min_um), -cfg.model.half_width_dof)
+        hi = min(self._x(limits.wd_max_um), cfg.model.half_width_dof)
+        self.posterior = FocusPosterior(lo, hi, cfg.model)
+        self._pending: float | None = start_wd_um
+        self._readings: list[FrameReading] = []
+        self._search: GoldenSectionAutofocus | None = None
+
+    # -- ask / tell -------------------------------------------------------------------------------
+    def next_wd(self) -> float | None:
+        """WD (µm) for the next frame, or None when finished (see ``stop_reason``)."""
+        if self.phase == "done":
+            return None
+        if len(self.steps) >= self.config.max_frames:
+            self._finish("timeout", self._best_safe_wd(), "frame budget spent")
+            return None
+        if self._search is not None:
+            wd = self._search.next_wd()
+            if wd is None:
+                self._end_search()
+                return None
+            return wd
+        return self._pending
+
+    def tell(self, reading: FrameReading) -> None:
+        """Record the reading of the frame taken at ``reading.wd_um`` (the WD reported with it)."""
+        if self.phase == "done":
+            raise RuntimeError("autofocus already finished")
+        self._readings.append(reading)
+        self.steps.append(Step(reading.wd_um, self.phase, reading.signal,
+                               reading.abs_defocus_dof, reading.sharpness))
+        if reading.signal != "ok":
+            self._finish("no_signal", self._best_safe_wd(),
+                         f"frame at WD {reading.wd_um:.2f} µm has no usable signal "
+                         f"({reading.signal})")
+            return
+        if self._search is not None:
+            self._search.tell(reading.wd_um, self._search_score(reading), reading.signal)
+            return
+        if reading.abs_defocus_dof is None:
+            self._fall_back("the focus estimates carry no AENet |Δz| (classical evaluator?)")
+            return
+        sigma = float(reading.features[1]) if reading.features else 0.0
+        self.posterior.add(Reading(self._x(reading.wd_um), reading.abs_defocus_dof, sigma,
+                                   reading.sharpness))
+        self._decide()
+
+    # -- decisions --------------------------------------------------------------------------------
+    def _decide(self) -> None:
+        cfg, post = self.config, self.posterior
+        n = len(self.steps)
+        here = self._x(self._readings[-1].wd_um)
+        target, p_target = post.best_target(cfg.tolerance_dof)
+        # AENet alone is biased near focus (it cannot tell 0.3 from 1 DoF on every specimen):
+        # stopping needs the sharpness V of three near frames too.
+        if p_target >= cfg.stop_probability and len(post.near_readings()) >= 3:
+            # Focus is known to within the tolerance: go there. The last move is not imaged
+            # (the acquisition that follows is); the benchmark scores the truth at that WD.
+            wd = self._clip(self._wd(target))
+            self._note(f"focus at {wd:.2f} µm (p={p_target:.2f})")
+            self._finish("converged", wd, "focus located by AENet and sharpness")
+            return
+        if n >= 2 and post.worst_residual() > cfg.conflict_residual:
+            self._fall_back("AENet readings conflict", whole_range=True)
+            return
+        if n >= cfg.max_learned_frames:
+            self._fall_back(f"focus not located after {n} frames")
+            return
+        if n >= 3 and p_target < cfg.min_target_probability:
+            self._fall_back(f"unsure where focus is (best target p={p_target:.2f})")
+            return
+        phase: Phase = "model"
+        proposal = self._acnet_target()
+        if proposal is not None:
+            t_acnet, confidence = proposal
+            p_acnet = post.mass_within(t_acnet, cfg.tolerance_dof)
+            if (confidence >= cfg.acnet_min_confidence or n == 1) and \
+                    p_acnet >= cfg.acnet_agreement * p_target:
+                target, p_target, phase = t_acnet, p_acnet, "acnet"
+        taken = [self._x(r.wd_um) for r in self._readings]
+        if min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
+            # A frame there already: step past it, away from the other near frames, so the
+            # sharpness V gets frames on both sides of focus.
+            near = [r.x_dof for r in post.near_readings()] or taken
+            side = 1.0 if target >= float(np.mean(near)) else -1.0
+            target += side * cfg.probe_step_dof
+            phase = "probe"
+        wd = self._clip(self._wd(target))
+        self._note(f"{phase} → {wd:.2f} µm (p={p_target:.2f})")
+        self.phase = phase
+        self._pending = wd
+
+    def _acnet_target(self) -> tuple[float, float] | None:
+        """(target in DoF units, ACNet confidence), or None without ACNet."""
+        if self.acnet is None:
+            return None
+        from scopeflow.inference.models.acnet import Observation
+        from scopeflow.inference.models.aenet import AENetResult, level_from_score, score_from_dof
+
+        here_wd = self._readings[-1].wd_um
+        obs = []
+        for r in self._readings[-3:]:
+            if r.features is None or r.abs_defocus_dof is None:
+                continue
+            score = float(score_from_dof(r.abs_defocus_dof))
+            res = AENetResult(score=score, level=int(level_from_score(score)),
+                              abs_defocus_dof=r.abs_defocus_dof,
+                              features=np.asarray(r.features, np.float32),
+                              signal_ok=r.signal == "ok")
+            obs.append(Observation(res, (r.wd_um - here_wd) / self.dof_um))
+        if not obs or obs[-1].wd_offset_dof != 0.0:
+            return None
+        prop = self.acnet.propose(obs)
+        return self._x(here_wd) + prop.correction_dof, prop.confidence
+
+    def _fall_back(self, why: str, whole_range: bool = False) -> None:
+        cfg = self.config
+        here_wd = self._readings[-1].wd_um
+        here = self._x(here_wd)
+        if whole_range:  # the readings cannot be trusted: search around the start, as a search would
+            half = cfg.search_range_dof
+            here_wd, here = self._readings[0].wd_um, 0.0
+        else:
+            lo, hi = self.posterior.interval(0.98)
+            half = min(max(abs(lo - here), abs(hi - here), cfg.min_bracket_dof),
+                       cfg.search_range_dof)
+        self.fallback_reason = why
+        self._note(f"fallback: {why}; golden section over ±{half:.1f} DoF")
+        self.phase = "search"
+        budget = max(cfg.max_frames - len(self.steps) + 1, 2)
+        self._search = GoldenSectionAutofocus(
+            here_wd, self.limits, self.dof_um,
+            AutofocusConfig(search_range_dof=half, tolerance_dof=cfg.tolerance_dof,
+                            max_frames=budget))
+        # A frame already taken there is the search's start probe: no extra frame.
+        start = [r for r in self._readings if r.wd_um == here_wd][-1]
+        self._search.tell(here_wd, self._search_score(start), "ok")
+
+    def _end_search(self) -> None:
+        s = self._search
+        assert s is not None and s.final_wd_um is not None
+        reason = s.stop_reason or "timeout"
+        wd = s.final_wd_um
+        # Never blurrier than the very first frame (the search only guards its own start).
+        first = self._readings[0]
+        at_final = [r for r in self._readings if abs(r.wd_um - wd) < 1e-9]
+        if at_final and self._search_score(at_final[-1]) < self._search_score(first):
+            wd = first.wd_um
+        self._finish(reason, wd, f"search: {reason}")
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _finish(self, reason: StopReason, wd_um: float, why: str) -> None:
+        self.phase = "done"
+        self.stop_reason = reason
+        self.final_wd_um = wd_um
+        self._pending = None
+        self._note(f"stop: {reason} ({why})")
+
+    def _note(self, text: str) -> None:
+        if self.steps:
+            step = self.steps[-1]
+            step.decision = f"{step.decision}; {text}" if step.decision else text
+
+    def _x(self, wd_um: float) -> float:
+        return (wd_um - self.start_wd_um) / self.dof_um
+
+    def _wd(self, x_dof: float) -> float:
+        return self.start_wd_um + x_dof * self.dof_um
+
+    def _clip(self, wd_um: float) -> float:
+        return min(max(wd_um, self.limits.wd_min_um), self.limits.wd_max_um)
+
+    @staticmethod
+    def _search_score(r: FrameReading) -> float:
+        """The score the fallback search maximises: classical sharpness when the node sends
+        it, else AENet's (higher is sharper either way)."""
+        if r.sharpness is not None:
+            return r.sharpness
+        if r.abs_defocus_dof is not None:
+            return -math.log(r.abs_defocus_dof + 0.25)
+        return 0.0
+
+    def _best_safe_wd(self) -> float:
+        """The WD of the sharpest usable frame so far (by AENet), or the start."""
+        ok = [r for r in self._readings if r.signal == "ok" and r.abs_defocus_dof is not None]
+        if not ok:
+            return self.start_wd_um
+        return min(ok, key=lambda r: r.abs_defocus_dof).wd_um
