@@ -2,9 +2,9 @@
 
 The acquisition node (simulated SEM), the inference node (AENet by default, or a classical
 sharpness metric with ``--evaluator``) and the control node (AENet/ACNet autofocus, or the
-golden-section baseline for a classical metric) each run as their own ``scopeflow node …`` process, wired over
-ipc sockets in a private temporary folder. The run folder receives ``summary.json``, the full
-``autofocus.json`` outcome, ``focus_trace.png`` and every node's log.
+golden-section baseline for a classical metric) each run as their own ``scopeflow node …``
+process, wired over ipc sockets in a private temporary folder. The run folder receives
+``summary.json``, the full ``autofocus.json`` outcome, ``focus_trace.png`` and every node's log.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class FocusPosterior:
         if not (math.isfinite(lo_dof) and math.isfinite(hi_dof) and hi_dof > lo_dof):
             raise ValueError(f"need a finite grid range with lo < hi, got [{lo_dof}, {hi_dof}]")
         self.config = cfg = config or FocusModelConfig()
-        n = int(math.ceil((hi_dof - lo_dof) / cfg.grid_step_dof)) + 1
+        n = math.ceil((hi_dof - lo_dof) / cfg.grid_step_dof) + 1
         self.f = np.linspace(lo_dof, hi_dof, n)
         self.log_k = np.arange(-cfg.log_gain_max, cfg.log_gain_max + 1e-9, cfg.log_gain_step)
         self._log_prior_k = -0.5 * (self.log_k / cfg.log_gain_sigma) ** 2
@@ -127,7 +127,7 @@ class FocusPosterior:
     def best_target(self, half_width_dof: float) -> tuple[float, float]:
         """(WD, P(|f − WD| ≤ half_width)) for the WD that maximises that probability."""
         p = self.density()
-        w = max(1, int(round(half_width_dof / self.config.grid_step_dof)))
+        w = max(1, round(half_width_dof / self.config.grid_step_dof))
         window = np.convolve(p, np.ones(2 * w + 1), mode="same")
         i = int(np.argmax(window))
         return float(self.f[i]), float(window[i])

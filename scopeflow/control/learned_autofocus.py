@@ -157,7 +157,7 @@ class LearnedAutofocus:
     def _decide(self) -> None:
         cfg, post = self.config, self.posterior
         n = len(self.steps)
-        here = self._x(self._readings[-1].wd_um)
+        self._x(self._readings[-1].wd_um)
         target, p_target = post.best_target(cfg.tolerance_dof)
         # AENet alone is biased near focus (it cannot tell 0.3 from 1 DoF on every specimen):
         # stopping needs the sharpness V of three near frames too.
@@ -225,7 +225,7 @@ class LearnedAutofocus:
         cfg = self.config
         here_wd = self._readings[-1].wd_um
         here = self._x(here_wd)
-        if whole_range:  # the readings cannot be trusted: search around the start, as a search would
+        if whole_range:  # readings not to be trusted: search around the start, as a search would
             half = cfg.search_range_dof
             here_wd, here = self._readings[0].wd_um, 0.0
         else:
