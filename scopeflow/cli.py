@@ -167,6 +167,12 @@ def _cmd_doctor(args) -> int:
     return doctor.main(as_json=args.json)
 
 
+def _cmd_bench_autofocus(args) -> int:
+    from scopeflow.bench.report import run_autofocus_bench
+
+    return run_autofocus_bench(trials=args.trials, json_path=args.json, quick=args.quick)
+
+
 def _cmd_bench_transport(args) -> int:
     from scopeflow.bench.report import run_transport_bench
 
@@ -307,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", type=Path, default=None, help="write results here")
     bs.add_argument("--repeats", type=int, default=20, help="timed frames per case")
     bs.set_defaults(func=_cmd_bench_simulate)
+    ba = benches.add_parser("autofocus", help="AENet/ACNet autofocus vs search and MAPFoSt, "
+                            "and focus tracking")
+    ba.add_argument("--trials", type=int, default=200, help="seeded trials per method")
+    ba.add_argument("--json", type=Path, default=None,
+                    help="write results here (and the figure beside it, .png)")
+    ba.add_argument("--quick", action="store_true", help="256² frames, short tracking (smoke)")
+    ba.set_defaults(func=_cmd_bench_autofocus)
     bm = benches.add_parser("models", help="held-out metrics of every model vs baselines")
     bm.add_argument("--json", type=Path, default=None, help="write results here")
     bm.add_argument("--quick", action="store_true", help="few frames (smoke run)")

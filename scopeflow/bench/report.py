@@ -166,3 +166,45 @@ def _print_table(rows, latency: dict, progress) -> None:
         progress(f"targets: ipc 2048² {r.gb_per_s:.2f} GB/s (≥ {TARGET_IPC_2048_GB_S}), "
                  f"{r.vs_pickle:.2f}× pickle (≥ {TARGET_VS_PICKLE}), loop p99 "
                  f"{latency['p99']:.2f} ms (≤ {TARGET_LOOP_P99_MS})")
+
+
+def run_autofocus_bench(trials: int = 200, json_path: Path | None = None, quick: bool = False,
+                        progress=print) -> int:
+    """AENet/ACNet autofocus vs search and MAPFoSt on the same trials, plus tracking."""
+    from scopeflow.bench import autofocus
+
+    result = autofocus.run(trials=trials, quick=quick, progress=progress)
+    result["machine"] = {"cpu_count": __import__("os").cpu_count(),
+                         "platform": platform.platform(), "python": platform.python_version()}
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _print_autofocus(result, progress)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2, default=float))
+        png = Path(json_path).with_suffix(".png")
+        autofocus.plot(result, png)
+        progress(f"wrote {json_path} and {png}")
+    return 0
+
+
+def _print_autofocus(r: dict, progress) -> None:
+    progress(f"\nautofocus, {r['trials']} trials (success: final |Δz| ≤ 0.5 DoF)")
+    progress(f"{'method':28s} {'frames med':>10s} {'p95':>5s} {'success':>8s} {'held-out':>8s} "
+             f"{'≤20 e⁻':>7s} {'err med':>8s} {'err p95':>8s} {'s med':>7s}")
+    for name, m in r["methods"].items():
+        low = m["success_rate_by_dose"].get("0-20")
+        held = m["success_rate_heldout"]
+        progress(f"{name:28s} {m['frames_median']:10.1f} {m['frames_p95']:5.1f} "
+                 f"{m['success_rate']:8.3f} {held if held is None else f'{held:.3f}':>8} "
+                 f"{low if low is None else f'{low:.3f}':>7} "
+                 f"{m['final_error_dof_median']:8.3f} {m['final_error_dof_p95']:8.3f} "
+                 f"{m['seconds_median']:7.3f}")
+    if "frames_ratio_best_search_over_scopeflow" in r:
+        progress(f"frames, best search ({r['best_search']}) / scopeflow: "
+                 f"{r['frames_ratio_best_search_over_scopeflow']:.2f}× (target ≥ 3)")
+    t = r["tracking"]
+    progress(f"tracking: in focus {t['in_focus_fraction']:.3f} (target ≥ 0.95), extra frames "
+             f"per 100 {t['extra_frames_per_100']:.2f} (target ≤ 2)")
+    ms = r["inference_ms_512"]
+    progress(f"AENet + ACNet per 512² frame, ONNX Runtime: {ms['total_ms']:.2f} ms "
+             f"(target ≤ 10)")
