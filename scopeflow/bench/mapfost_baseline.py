@@ -90,9 +90,8 @@ def calibrate_aperture(est_aberr, cache: Any, n_frames: int = 10, frame_size: in
     """Pick ``κ`` (num_aperture = κ·α) on calibration trials; returns the factor and errors."""
     from dataclasses import replace
 
-    from scopeflow.bench.autofocus_trials import families, make_trials
+    from scopeflow.bench.autofocus_trials import make_trials
 
-    trained, _ = families()
     trials = [t for t in make_trials(n_frames * 3, seed=CALIBRATION_SEED,
                                      frame_size=frame_size) if not t.heldout][:n_frames]
     pairs = []

@@ -45,7 +45,7 @@ class FocusModelConfig:
     grid_step_dof: float = 0.05
     half_width_dof: float = 80.0  # the grid spans the first frame's WD ± this, within limits
     near_dof: float = 4.0  # frames AENet reads within this take part in the sharpness V
-    sharpness_sigma: float = 0.02  # log-sharpness misfit scale (noise and curvature of the V)
+    sharpness_sigma: float = 0.005  # log-sharpness misfit scale (noise and curvature of the V)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,13 @@ class FocusPosterior:
         w = max(1, round(half_width_dof / self.config.grid_step_dof))
         window = np.convolve(p, np.ones(2 * w + 1), mode="same")
         i = int(np.argmax(window))
-        return float(self.f[i]), float(window[i])
+        # A posterior narrower than the window gives a plateau of equal windows: take its middle
+        # (argmax alone would take its first point, half a window off the peak).
+        j = i
+        while j + 1 < len(window) and window[j + 1] >= window[i] * (1.0 - 1e-6):
+            j += 1
+        mid = (i + j) // 2
+        return float(self.f[mid]), float(window[mid])
 
     def interval(self, mass: float = 0.98) -> tuple[float, float]:
         """The central interval holding ``mass`` of the posterior."""

@@ -67,6 +67,7 @@ class LearnedAutofocusConfig:
     stop_probability: float = 0.8
     min_target_probability: float = 0.05
     probe_step_dof: float = 1.0  # a probe beside a frame already taken, for the sharpness V
+    straddle_step_dof: float = 0.6  # how far past the target to image the unsampled side
     acnet_min_confidence: float = 0.5
     acnet_agreement: float = 0.8
     conflict_residual: float = 6.0  # standardised log residual beyond which readings conflict
@@ -160,8 +161,11 @@ class LearnedAutofocus:
         self._x(self._readings[-1].wd_um)
         target, p_target = post.best_target(cfg.tolerance_dof)
         # AENet alone is biased near focus (it cannot tell 0.3 from 1 DoF on every specimen):
-        # stopping needs the sharpness V of three near frames too.
-        if p_target >= cfg.stop_probability and len(post.near_readings()) >= 3:
+        # stopping needs the sharpness V of three near frames too, with frames on both sides
+        # of the target (frames on one side fit a line whatever lies beyond them).
+        near_x = [r.x_dof for r in post.near_readings()]
+        straddled = bool(near_x) and min(near_x) < target < max(near_x)
+        if p_target >= cfg.stop_probability and len(near_x) >= 3 and straddled:
             # Focus is known to within the tolerance: go there. The last move is not imaged
             # (the acquisition that follows is); the benchmark scores the truth at that WD.
             wd = self._clip(self._wd(target))
@@ -186,7 +190,12 @@ class LearnedAutofocus:
                     p_acnet >= cfg.acnet_agreement * p_target:
                 target, p_target, phase = t_acnet, p_acnet, "acnet"
         taken = [self._x(r.wd_um) for r in self._readings]
-        if min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
+        if len(near_x) >= 2 and not straddled and phase != "acnet":
+            # Near frames all on one side: image just past the target, on the other side.
+            side = -1.0 if min(near_x) >= target else 1.0
+            target += side * cfg.straddle_step_dof
+            phase = "probe"
+        elif min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
             # A frame there already: step past it, away from the other near frames, so the
             # sharpness V gets frames on both sides of focus.
             near = [r.x_dof for r in post.near_readings()] or taken
