@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from scopeflow.cli import build_parser
 
 SF = [sys.executable, "-m", "scopeflow"]
@@ -101,3 +103,29 @@ def test_bench_models_quick_writes_the_documented_json(tmp_path):
     assert set(rows) == {"aenet", "acnet", "denoiser", "flake_detector", "particle_detector"}
     for r in rows.values():
         assert r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0 and r["max_abs_diff"] <= 1e-4
+
+
+def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
+    out = tmp_path / "af.json"
+    res = subprocess.run([*SF, "bench", "autofocus", "--quick", "--trials", "3",
+                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(out.read_text())
+    assert data["trials"] == 3
+    assert set(data["methods"]) == {"scopeflow", "search-normalized-variance",
+                                    "search-tenengrad", "mapfost"}
+    for name, m in data["methods"].items():
+        for key in ("frames_median", "frames_p95", "success_rate", "final_error_dof_median",
+                    "final_error_dof_p95", "seconds_median"):
+            assert isinstance(m[key], float), (name, key)
+        assert "success_rate_heldout" in m
+        # Every trial of every method is in the rows, and the summary is computed from them.
+        rows = data["rows"][name]
+        assert len(rows) == 3
+        assert m["frames_median"] == float(np.median([r["frames"] for r in rows]))
+    assert data["mapfost_calibration"]["aperture_factor"] > 0
+    for key in ("in_focus_fraction", "extra_frames_per_100"):
+        assert data["tracking"][key] >= 0
+    assert data["inference_ms_512"]["total_ms"] > 0
+    png = out.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -114,10 +114,10 @@ class FrameReader:
             return FrameReading(wd_um, signal, None, None, None)
         sharp = float(self.metric(pixels))
         if self.aenet is None:
-            return FrameReading(wd_um, signal, None, None, sharp)
+            return FrameReading(wd_um, signal, None, None, sharp, dose)
         res = self.aenet.evaluate(pixels)
         return FrameReading(wd_um, signal, res.abs_defocus_dof,
-                            tuple(float(v) for v in res.features), sharp)
+                            tuple(float(v) for v in res.features), sharp, dose)
 
 
 @dataclass

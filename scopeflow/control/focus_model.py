@@ -17,8 +17,9 @@ Near focus AENet cannot resolve fractions of a DoF, but a classical sharpness sc
 the same field can: within a few DoF its log falls linearly with |Δz| (a V, symmetric about
 focus, its slope depending on specimen and dose). Once three or more frames read as near
 (AENet |Δz| ≤ ``near_dof``), their sharpness adds a profile likelihood: for each candidate ``f``
-the best line ``log S_i = A − b·|x_i − f|`` (b ≥ 0) is fitted and its residuals scored with a
-Gaussian of scale ``sharpness_sigma``. Frames on both sides of focus pin ``f`` to a fraction of
+the best ``log S_i = A − b·√((x_i − f)² + a²)`` (b ≥ 0; ``a`` rounds the apex,
+where the probe and the pixel leave a blur floor) is fitted and its residuals scored with a
+Gaussian of scale ``sharpness_sigma`` (scaled as 1/√dose: shot noise). Frames on both sides of focus pin ``f`` to a fraction of
 a DoF.
 
 Frames without signal carry no information and are not used.
@@ -45,7 +46,9 @@ class FocusModelConfig:
     grid_step_dof: float = 0.05
     half_width_dof: float = 80.0  # the grid spans the first frame's WD ± this, within limits
     near_dof: float = 4.0  # frames AENet reads within this take part in the sharpness V
-    sharpness_sigma: float = 0.005  # log-sharpness misfit scale (noise and curvature of the V)
+    sharpness_sigma: float = 0.005  # log-sharpness misfit scale at 50 e⁻/px (noise, curvature)
+    sharpness_sigma_range: tuple[float, float] = (0.004, 0.02)
+    sharpness_apex_dof: float = 0.5  # rounding of the V's apex: log S = A − b·√(Δz² + a²)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Reading:
     abs_defocus_dof: float
     log_sigma: float
     sharpness: float | None = None
+    dose_e_per_px: float | None = None  # sharpness is noisier at low dose
 
 
 class FocusPosterior:
@@ -100,7 +104,9 @@ class FocusPosterior:
             return np.zeros_like(self.f)
         x = np.array([r.x_dof for r in near])
         y = np.log(np.array([r.sharpness for r in near]))
-        d = np.abs(x[None, :] - self.f[:, None])  # (grid, frames)
+        sigma = np.array([self.sharpness_sigma(r.dose_e_per_px) for r in near])
+        # The V's apex is rounded: the probe and the pixel leave a blur floor.
+        d = np.hypot(x[None, :] - self.f[:, None], self.config.sharpness_apex_dof)
         d_mean, y_mean = d.mean(axis=1, keepdims=True), y.mean()
         dc = d - d_mean
         var = (dc * dc).sum(axis=1)
@@ -109,7 +115,15 @@ class FocusPosterior:
         b = np.maximum(-slope, 0.0)  # sharpness must fall away from focus
         intercept = y_mean + b * d_mean[:, 0]
         resid = y[None, :] - (intercept[:, None] - b[:, None] * d)
-        return -0.5 * (resid * resid).sum(axis=1) / self.config.sharpness_sigma ** 2
+        return -0.5 * ((resid / sigma[None, :]) ** 2).sum(axis=1)
+
+    def sharpness_sigma(self, dose_e_per_px: float | None) -> float:
+        """Log-sharpness misfit scale: shot noise grows as 1/√dose (reference 50 e⁻/px)."""
+        cfg = self.config
+        if dose_e_per_px is None or dose_e_per_px <= 0:
+            return cfg.sharpness_sigma
+        scaled = cfg.sharpness_sigma * math.sqrt(50.0 / dose_e_per_px)
+        return float(min(max(scaled, cfg.sharpness_sigma_range[0]), cfg.sharpness_sigma_range[1]))
 
     def density(self) -> np.ndarray:
         """Normalised posterior mass per grid point of ``f``."""

@@ -57,6 +57,7 @@ class FrameReading:
     abs_defocus_dof: float | None
     features: tuple[float, ...] | None
     sharpness: float | None
+    dose_e_per_px: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class LearnedAutofocusConfig:
     min_target_probability: float = 0.05
     probe_step_dof: float = 1.0  # a probe beside a frame already taken, for the sharpness V
     straddle_step_dof: float = 0.6  # how far past the target to image the unsampled side
+    straddle_margin_dof: float = 0.25  # the target must lie this far inside the near frames
     acnet_min_confidence: float = 0.5
     acnet_agreement: float = 0.8
     conflict_residual: float = 6.0  # standardised log residual beyond which readings conflict
@@ -147,11 +149,12 @@ class LearnedAutofocus:
             self._search.tell(reading.wd_um, self._search_score(reading), reading.signal)
             return
         if reading.abs_defocus_dof is None:
-            self._fall_back("the focus estimates carry no AENet |Δz| (classical evaluator?)")
+            self._fall_back("the focus estimates carry no AENet |Δz| (classical evaluator?)",
+                            whole_range=True)
             return
         sigma = float(reading.features[1]) if reading.features else 0.0
         self.posterior.add(Reading(self._x(reading.wd_um), reading.abs_defocus_dof, sigma,
-                                   reading.sharpness))
+                                   reading.sharpness, reading.dose_e_per_px))
         self._decide()
 
     # -- decisions --------------------------------------------------------------------------------
@@ -164,7 +167,8 @@ class LearnedAutofocus:
         # stopping needs the sharpness V of three near frames too, with frames on both sides
         # of the target (frames on one side fit a line whatever lies beyond them).
         near_x = [r.x_dof for r in post.near_readings()]
-        straddled = bool(near_x) and min(near_x) < target < max(near_x)
+        margin = cfg.straddle_margin_dof
+        straddled = bool(near_x) and min(near_x) + margin < target < max(near_x) - margin
         if p_target >= cfg.stop_probability and len(near_x) >= 3 and straddled:
             # Focus is known to within the tolerance: go there. The last move is not imaged
             # (the acquisition that follows is); the benchmark scores the truth at that WD.
@@ -179,7 +183,8 @@ class LearnedAutofocus:
             self._fall_back(f"focus not located after {n} frames")
             return
         if n >= 3 and p_target < cfg.min_target_probability:
-            self._fall_back(f"unsure where focus is (best target p={p_target:.2f})")
+            self._fall_back(f"unsure where focus is (best target p={p_target:.2f})",
+                            whole_range=True)
             return
         phase: Phase = "model"
         proposal = self._acnet_target()
@@ -232,15 +237,15 @@ class LearnedAutofocus:
 
     def _fall_back(self, why: str, whole_range: bool = False) -> None:
         cfg = self.config
-        here_wd = self._readings[-1].wd_um
-        here = self._x(here_wd)
-        if whole_range:  # readings not to be trusted: search around the start, as a search would
+        if whole_range:
+            # The readings are not to be trusted: the baseline's search around the start, whose
+            # first probe (the start frame) is already taken.
             half = cfg.search_range_dof
-            here_wd, here = self._readings[0].wd_um, 0.0
-        else:
+            here_wd = self._readings[0].wd_um
+        else:  # the posterior is sound but not sharp: search its 98 % interval
             lo, hi = self.posterior.interval(0.98)
-            half = min(max(abs(lo - here), abs(hi - here), cfg.min_bracket_dof),
-                       cfg.search_range_dof)
+            here_wd = self._clip(self._wd((lo + hi) / 2.0))
+            half = min(max((hi - lo) / 2.0, cfg.min_bracket_dof), cfg.search_range_dof)
         self.fallback_reason = why
         self._note(f"fallback: {why}; golden section over ±{half:.1f} DoF")
         self.phase = "search"
@@ -250,8 +255,9 @@ class LearnedAutofocus:
             AutofocusConfig(search_range_dof=half, tolerance_dof=cfg.tolerance_dof,
                             max_frames=budget))
         # A frame already taken there is the search's start probe: no extra frame.
-        start = [r for r in self._readings if r.wd_um == here_wd][-1]
-        self._search.tell(here_wd, self._search_score(start), "ok")
+        taken = [r for r in self._readings if r.wd_um == here_wd]
+        if taken:
+            self._search.tell(here_wd, self._search_score(taken[-1]), "ok")
 
     def _end_search(self) -> None:
         s = self._search

@@ -102,7 +102,7 @@ def _reading(est: FocusEstimate) -> FrameReading:
     return FrameReading(
         wd_um=est.state.wd_um, signal=est.signal, abs_defocus_dof=est.abs_defocus_dof,
         features=tuple(est.aenet_features) if est.aenet_features is not None else None,
-        sharpness=est.sharpness)
+        sharpness=est.sharpness, dose_e_per_px=est.state.dose_e_per_px)
 
 
 class _Machine:
