@@ -19,8 +19,8 @@ focus, its slope depending on specimen and dose). Once three or more frames read
 (AENet |Δz| ≤ ``near_dof``), their sharpness adds a profile likelihood: for each candidate ``f``
 the best ``log S_i = A − b·√((x_i − f)² + a²)`` (b ≥ 0; ``a`` rounds the apex,
 where the probe and the pixel leave a blur floor) is fitted and its residuals scored with a
-Gaussian of scale ``sharpness_sigma`` (scaled as 1/√dose: shot noise). Frames on both sides of focus pin ``f`` to a fraction of
-a DoF.
+Gaussian of scale ``sharpness_sigma`` (scaled as 1/√dose: shot noise). Frames on both sides
+of focus pin ``f`` to a fraction of a DoF.
 
 Frames without signal carry no information and are not used.
 """
