@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-dev
 	$(SF) bench transport --json runs/bench-transport.json
 	$(SF) bench simulate --json runs/bench-simulate.json
 	$(SF) bench models --json runs/bench-models.json
+	$(SF) bench autofocus --trials 200 --json runs/bench-autofocus.json
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check scopeflow tests
