@@ -113,7 +113,7 @@ def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
     data = json.loads(out.read_text())
     assert data["trials"] == 3
     assert set(data["methods"]) == {"scopeflow", "search-normalized-variance",
-                                    "search-tenengrad", "mapfost"}
+                                    "search-tenengrad", "mapfost", "scopeflow-aenet-only"}
     for name, m in data["methods"].items():
         for key in ("frames_median", "frames_p95", "success_rate", "final_error_dof_median",
                     "final_error_dof_p95", "seconds_median"):

@@ -7,7 +7,9 @@ Methods, each on the same seeded trials (:mod:`scopeflow.bench.autofocus_trials`
 - ``search-normalized-variance``, ``search-tenengrad``: the golden-section baseline
   (:class:`~scopeflow.control.autofocus.GoldenSectionAutofocus`) on that metric;
 - ``mapfost``: :mod:`scopeflow.bench.mapfost_baseline`, its aperture factor calibrated once per
-  run on calibration trials of its own seed.
+  run on calibration trials of its own seed;
+- ``scopeflow-aenet-only``: the ablation, the same controller without ACNet (the posterior's
+  targets only), to show what ACNet's proposals add.
 
 Success: final |Δz| ≤ 0.5 DoF from the simulator's truth. ``frames``: every frame acquired.
 ``seconds``: the controller's own work per autofocus (inference, fits, decisions), without the
@@ -42,7 +44,8 @@ from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus
 from scopeflow.control.learned_autofocus import LearnedAutofocus
 from scopeflow.control.tracking import FocusTracker
 
-METHODS = ("scopeflow", "search-normalized-variance", "search-tenengrad", "mapfost")
+METHODS = ("scopeflow", "search-normalized-variance", "search-tenengrad", "mapfost",
+           "scopeflow-aenet-only")
 SUCCESS_DOF = 0.5
 DOSE_BINS = ((0.0, 20.0), (20.0, 100.0), (100.0, 1e9))
 TRACK_FRAMES = 1000
@@ -61,8 +64,9 @@ def _learned_models():
 def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, Any]):
     sim = cache.microscope(trial)
     start = sim.state().wd_target_um
-    if method == "scopeflow":
-        machine = LearnedAutofocus(start, sim.limits(), trial.dof_um, ctx["acnet"])
+    if method in ("scopeflow", "scopeflow-aenet-only"):
+        acnet = ctx["acnet"] if method == "scopeflow" else None  # the ablation: no ACNet
+        machine = LearnedAutofocus(start, sim.limits(), trial.dof_um, acnet)
         result = run_loop(sim, machine, ctx["reader"])
         result.trace.append({"fallback": machine.fallback_reason})
         return result
@@ -200,7 +204,7 @@ def run(trials: int = 200, quick: bool = False, methods: tuple[str, ...] = METHO
             eta = (time.monotonic() - t0) / (i + 1) * (trials - i - 1)
             progress(f"  {i + 1}/{trials} trials, eta {eta:.0f} s")
     result["methods"] = {m: _summary(rows[m]) for m in methods}
-    search = [m for m in methods if m.startswith("search-")]
+    search = [m for m in methods if m.startswith("search-")]  # baselines for the ratio
     if "scopeflow" in methods and search:
         best = min(search, key=lambda m: result["methods"][m]["frames_median"])
         result["frames_ratio_best_search_over_scopeflow"] = (
