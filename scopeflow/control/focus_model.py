@@ -48,7 +48,7 @@ class FocusModelConfig:
     near_dof: float = 4.0  # frames AENet reads within this take part in the sharpness V
     sharpness_sigma: float = 0.005  # log-sharpness misfit scale at 50 e⁻/px (noise, curvature)
     sharpness_sigma_range: tuple[float, float] = (0.004, 0.02)
-    sharpness_apex_dof: float = 0.5  # rounding of the V's apex: log S = A − b·√(Δz² + a²)
+    sharpness_apex_dof: tuple[float, ...] = (0.5,)  # candidate roundings a of the V's apex
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,18 @@ class FocusPosterior:
         x = np.array([r.x_dof for r in near])
         y = np.log(np.array([r.sharpness for r in near]))
         sigma = np.array([self.sharpness_sigma(r.dose_e_per_px) for r in near])
-        # The V's apex is rounded: the probe and the pixel leave a blur floor.
-        d = np.hypot(x[None, :] - self.f[:, None], self.config.sharpness_apex_dof)
+        # The V's apex is rounded: the probe and the pixel leave a blur floor, and astigmatism
+        # flattens it between the line foci. The rounding is marginalised over its candidates.
+        logliks = [self._v_loglik(x, y, sigma, a) for a in self.config.sharpness_apex_dof]
+        stacked = np.stack(logliks)
+        top = stacked.max(axis=0)
+        return top + np.log(np.exp(stacked - top).mean(axis=0))
+
+    def _v_loglik(self, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, apex: float
+                  ) -> np.ndarray:
+        """Log likelihood of each ``f`` for ``log S = A − b·√((x − f)² + apex²)``, A and b
+        fitted by least squares per ``f``."""
+        d = np.hypot(x[None, :] - self.f[:, None], apex)
         d_mean, y_mean = d.mean(axis=1, keepdims=True), y.mean()
         dc = d - d_mean
         var = (dc * dc).sum(axis=1)
