@@ -91,6 +91,7 @@ def _cmd_node_control(args) -> int:
         max_frames=args.max_frames, timeout_s=args.timeout_s, curve=_curve_client(args),
         max_step_um=args.max_step_um,
         acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
+        track_frames=args.track,
     ))
     text = json.dumps(outcome.to_dict(), indent=2)
     if args.out:
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="split WD moves larger than this (default: the device's maximum)")
     ctl.add_argument("--acnet-backend", default="auto",
                      help="backend of ACNet for AENet-driven autofocus, or 'none'")
+    ctl.add_argument("--track", type=int, default=0, metavar="N",
+                     help="after a converged autofocus, keep focus for N live frames")
     ctl.add_argument("--timeout-s", type=float, default=5.0,
                      help="give up when a peer is silent this long")
     ctl.add_argument("--curve-secret", default=None, help="client secret key file")

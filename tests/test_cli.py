@@ -124,8 +124,9 @@ def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
         assert len(rows) == 3
         assert m["frames_median"] == float(np.median([r["frames"] for r in rows]))
     assert data["mapfost_calibration"]["aperture_factor"] > 0
-    for key in ("in_focus_fraction", "extra_frames_per_100"):
-        assert data["tracking"][key] >= 0
+    for track in (data["tracking"], *data["tracking"]["tilted_specimen"].values()):
+        assert 0 <= track["in_focus_fraction"] <= 1
+        assert track["extra_frames_per_100"] >= 0
     assert data["inference_ms_512"]["total_ms"] > 0
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

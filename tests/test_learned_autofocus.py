@@ -221,3 +221,23 @@ def test_over_sockets_no_signal_stops_without_moving(ipc_dir, fault):
     out = _learned(ipc_dir, sem)
     assert (out.stop_reason, out.frames) == ("no_signal", 1)
     assert sem.state().wd_um == pytest.approx(start)
+
+
+def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
+    dof = depth_of_field_um(10.0, 3.0)
+    # Drift in µm per second of the simulator's clock: the tracker follows time, not frames.
+    # At the ~100–200 frames/s of this loop, 1.5 DoF/s is 0.75–1.5 DoF per 100 frames.
+    drift = 1.5 * dof
+    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), start_wd_um=5000.0 - 9 * dof,
+                                 settle_s=0.0, family="nanoparticles", dose_e_per_px=80.0,
+                                 focus_drift_um_per_s=drift))
+    out = _learned(ipc_dir, sem, track_frames=1000)
+    assert out.stop_reason == "converged", out.message
+    track = out.tracking
+    assert track is not None and track["stop_reason"] == "done", track
+    assert track["live_frames"] == 1000
+    # The specimen drifted by several DoF over the run, yet stayed in focus.
+    assert sem.true_focus_wd_um() - 5000.0 > 3 * dof
+    assert track["in_focus_fraction"] >= 0.95, track["refocus_count"]
+    assert track["extra_frames"] / track["live_frames"] * 100 <= 2.0
+    assert track["drift_um_per_s"] == pytest.approx(drift, rel=0.25)

@@ -205,6 +205,10 @@ def _print_autofocus(r: dict, progress) -> None:
     t = r["tracking"]
     progress(f"tracking: in focus {t['in_focus_fraction']:.3f} (target ≥ 0.95), extra frames "
              f"per 100 {t['extra_frames_per_100']:.2f} (target ≤ 2)")
+    for name, tt in t.get("tilted_specimen", {}).items():
+        progress(f"tracking, tilted specimen ({name}) moving under the beam: in focus "
+                 f"{tt['in_focus_fraction']:.3f}, extra frames per 100 "
+                 f"{tt['extra_frames_per_100']:.2f}")
     ms = r["inference_ms_512"]
     progress(f"AENet + ACNet per 512² frame, ONNX Runtime: {ms['total_ms']:.2f} ms "
              f"(target ≤ 10)")

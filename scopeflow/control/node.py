@@ -1,4 +1,7 @@
-"""The control node: connects to a command server and a results stream, runs a job, reports."""
+"""The control node: connects to a command server and a results stream, runs a job, reports.
+
+The job is one autofocus, optionally followed by focus tracking for a number of live frames
+(``track_frames``), whose summary lands in the outcome's ``tracking``."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from scopeflow.control.client import MicroscopeClient
 from scopeflow.control.learned_autofocus import LearnedAutofocusConfig
 from scopeflow.control.results import ResultSubscriber
 from scopeflow.control.runner import AutofocusOutcome, RunnerConfig, run_autofocus
+from scopeflow.control.tracking_runner import run_tracking
 from scopeflow.metrics import NodeMetrics
 from scopeflow.transport.endpoints import CurveClientKeys
 
@@ -29,6 +33,7 @@ class ControlConfig:
     curve: CurveClientKeys | None = None
     max_step_um: float | None = None
     acnet_backend: str | None = "auto"
+    track_frames: int = 0  # after a converged autofocus, track focus for this many live frames
 
 
 def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> AutofocusOutcome:
@@ -40,7 +45,7 @@ def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> Autofo
                               curve=config.curve)
     results = ResultSubscriber(ctx, config.results_endpoint, metrics)
     try:
-        return run_autofocus(client, results, RunnerConfig(
+        outcome = run_autofocus(client, results, RunnerConfig(
             ready_timeout_s=config.ready_timeout_s,
             result_timeout_s=config.timeout_s,
             search=AutofocusConfig(search_range_dof=config.search_range_dof,
@@ -51,6 +56,11 @@ def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> Autofo
             acnet_backend=config.acnet_backend,
             max_step_um=config.max_step_um,
         ))
+        if config.track_frames > 0 and outcome.stop_reason == "converged" and outcome.dof_um:
+            outcome.tracking = run_tracking(client, results, config.track_frames,
+                                            outcome.dof_um,
+                                            result_timeout_s=config.timeout_s).to_dict()
+        return outcome
     finally:
         client.close()
         results.close()

@@ -67,6 +67,7 @@ class AutofocusOutcome:
     loop_latency_ms: list[float] = field(default_factory=list)
     records: list[FrameRecord] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)  # learned autofocus: why, per frame
+    tracking: dict | None = None  # focus tracking after the autofocus, when asked for
 
     def to_dict(self) -> dict:
         return asdict(self)
