@@ -70,9 +70,7 @@ def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, 
     if method in ("scopeflow", "scopeflow-aenet-only"):
         acnet = ctx["acnet"] if method == "scopeflow" else None  # the ablation: no ACNet
         machine = LearnedAutofocus(start, sim.limits(), trial.dof_um, acnet)
-        result = run_loop(sim, machine, ctx["reader"])
-        result.trace.append({"fallback": machine.fallback_reason})
-        return result
+        return run_loop(sim, machine, ctx["reader"])
     if method.startswith("search-"):
         metric = method.removeprefix("search-").replace("-", "_")
         machine = GoldenSectionAutofocus(start, sim.limits(), trial.dof_um, AutofocusConfig())

@@ -161,7 +161,6 @@ class LearnedAutofocus:
     def _decide(self) -> None:
         cfg, post = self.config, self.posterior
         n = len(self.steps)
-        self._x(self._readings[-1].wd_um)
         target, p_target = post.best_target(cfg.tolerance_dof)
         # AENet alone is biased near focus (it cannot tell 0.3 from 1 DoF on every specimen):
         # stopping needs the sharpness V of three near frames too, with frames on both sides
@@ -203,8 +202,7 @@ class LearnedAutofocus:
         elif min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
             # A frame there already: step past it, away from the other near frames, so the
             # sharpness V gets frames on both sides of focus.
-            near = [r.x_dof for r in post.near_readings()] or taken
-            side = 1.0 if target >= float(np.mean(near)) else -1.0
+            side = 1.0 if target >= float(np.mean(near_x or taken)) else -1.0
             target += side * cfg.probe_step_dof
             phase = "probe"
         wd = self._clip(self._wd(target))

@@ -30,7 +30,9 @@ from scopeflow.control.learned_autofocus import (
 )
 from scopeflow.control.results import ResultSubscriber
 from scopeflow.errors import PeerTimeout
+from scopeflow.inference.sharpness import METRICS
 from scopeflow.schemas.results import FocusEstimate
+from scopeflow.schemas.state import Limits
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +101,22 @@ def load_acnet(backend: str | None):
         return None
 
 
-def _reading(est: FocusEstimate) -> FrameReading:
+def reading_from_estimate(est: FocusEstimate) -> FrameReading:
+    """What the learned autofocus and the tracker read from a focus estimate. ``sharpness`` is
+    the one sent with AENet's results, or the score itself from a classical evaluator."""
+    sharpness = est.sharpness
+    if sharpness is None and est.evaluator in METRICS:
+        sharpness = est.score
     return FrameReading(
         wd_um=est.state.wd_um, signal=est.signal, abs_defocus_dof=est.abs_defocus_dof,
         features=tuple(est.aenet_features) if est.aenet_features is not None else None,
-        sharpness=est.sharpness, dose_e_per_px=est.state.dose_e_per_px)
+        sharpness=sharpness, dose_e_per_px=est.state.dose_e_per_px)
 
 
 class _Machine:
     """One interface over the two state machines: where next, take an estimate, the phase."""
 
-    def __init__(self, first: FocusEstimate, start_wd_um: float, limits, dof_um: float,
+    def __init__(self, first: FocusEstimate, start_wd_um: float, limits: Limits, dof_um: float,
                  cfg: RunnerConfig) -> None:
         self.learned = first.abs_defocus_dof is not None or first.aenet_features is not None
         if self.learned:
@@ -126,7 +133,7 @@ class _Machine:
     def tell(self, est: FocusEstimate) -> str:
         """Feed the estimate; the phase the frame was taken in."""
         if self.learned:
-            self.af.tell(_reading(est))
+            self.af.tell(reading_from_estimate(est))
             return self.af.steps[-1].phase
         self.af.tell(est.state.wd_um, est.score, est.signal)
         return self.af.probes[-1].phase

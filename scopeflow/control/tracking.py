@@ -64,6 +64,7 @@ class FocusTracker:
         self.refocus_count = 0
         self.slope_per_dof: float | None = None  # of log sharpness, from the last V fit
         self._reference: float | None = None  # log sharpness of the first live frame after
+        # the last refocus: the drop trigger's reference
         self._probes: list[FrameReading] = []
         self._pending: list[float] = []  # probe WDs still to take
         self._live: FrameReading | None = None

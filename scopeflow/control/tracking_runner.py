@@ -12,11 +12,10 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from scopeflow.control.client import CommandRejected, MicroscopeClient
-from scopeflow.control.learned_autofocus import FrameReading
 from scopeflow.control.results import ResultSubscriber
+from scopeflow.control.runner import reading_from_estimate
 from scopeflow.control.tracking import FocusTracker, TrackerConfig
 from scopeflow.errors import PeerTimeout
-from scopeflow.schemas.results import FocusEstimate
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,6 @@ class TrackingOutcome:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _reading(est: FocusEstimate) -> FrameReading:
-    sharp = est.sharpness if est.sharpness is not None else est.score
-    return FrameReading(est.state.wd_um, est.signal, est.abs_defocus_dof, None, sharp,
-                        est.state.dose_e_per_px)
 
 
 def run_tracking(client: MicroscopeClient, results: ResultSubscriber, live_frames: int,
@@ -78,7 +71,7 @@ def run_tracking(client: MicroscopeClient, results: ResultSubscriber, live_frame
             if t0 is None:
                 t0 = t_frame  # the tracker's time 0: the first frame, in focus
             step_t, last_t = t_frame - t0 - last_t, t_frame - t0
-            tracker.tell(_reading(est), kind, last_t)
+            tracker.tell(reading_from_estimate(est), kind, last_t)
             if kind == "live":
                 out.live_frames += 1
                 if est.truth is not None:
