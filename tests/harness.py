@@ -8,11 +8,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
+from scopeflow.acquisition.sem import SEMConfig
 from scopeflow.inference.node import InferConfig, InferNode
+from scopeflow.schemas.state import depth_of_field_um
 
 
 @dataclass
@@ -60,3 +63,18 @@ def pipeline(
                     yield Pipeline(ctx, acq, inf, frames, commands, results)
     finally:
         ctx.term()
+
+
+def seeded_trial(seed: int, rng_seed: int, families: tuple[str, ...]) -> tuple[SEMConfig, float]:
+    """A seeded closed-loop trial: family ``families[seed % n]``, pixel 5/10/20 nm, α 2/3/5
+    mrad, dose 20–200 e⁻/px and a start within ±20 DoF of focus, drawn from ``rng_seed``."""
+    rng = np.random.default_rng(rng_seed)
+    pixel_nm = float(rng.choice([5.0, 10.0, 20.0]))
+    alpha = float(rng.choice([2.0, 3.0, 5.0]))
+    start_dof = float(rng.uniform(-20.0, 20.0))
+    cfg = SEMConfig(
+        seed=seed, family=families[seed % len(families)], pixel_size_nm=pixel_nm,
+        beam_semiangle_mrad=alpha, dose_e_per_px=float(rng.uniform(20.0, 200.0)),
+        start_wd_um=5000.0 + start_dof * depth_of_field_um(pixel_nm, alpha), settle_s=0.0,
+    )
+    return cfg, start_dof

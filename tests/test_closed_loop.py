@@ -6,31 +6,20 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM
 from scopeflow.control.node import ControlConfig, run_control
 from scopeflow.schemas.state import depth_of_field_um
 
-from harness import pipeline
+from harness import pipeline, seeded_trial
 
 N_TRIALS = 20
 
 
 def trial_config(seed: int) -> tuple[SEMConfig, float]:
-    """Seeded trial: family, magnification, dose and a start within ±20 DoF of focus."""
-    rng = np.random.default_rng(1000 + seed)
-    families = sorted(SPECIMEN_FAMILIES)
-    pixel_nm = float(rng.choice([5.0, 10.0, 20.0]))
-    alpha = float(rng.choice([2.0, 3.0, 5.0]))
-    start_dof = float(rng.uniform(-20.0, 20.0))
-    cfg = SEMConfig(
-        seed=seed, family=families[seed % len(families)], pixel_size_nm=pixel_nm,
-        beam_semiangle_mrad=alpha, dose_e_per_px=float(rng.uniform(20.0, 200.0)),
-        start_wd_um=5000.0 + start_dof * depth_of_field_um(pixel_nm, alpha), settle_s=0.0,
-    )
-    return cfg, start_dof
+    """Seeded trial over every specimen family (see ``harness.seeded_trial``)."""
+    return seeded_trial(seed, 1000 + seed, tuple(sorted(SPECIMEN_FAMILIES)))
 
 
 def test_closed_loop_converges_from_up_to_20_dof_in_95_percent_of_trials(ipc_dir):

@@ -16,7 +16,7 @@ from scopeflow.control.runner import _steps
 from scopeflow.control.tracking import FocusTracker
 from scopeflow.schemas.state import Limits, depth_of_field_um
 
-from harness import pipeline
+from harness import pipeline, seeded_trial
 
 LIMITS = Limits(wd_min_um=1000.0, wd_max_um=9000.0, stage_x_min_um=-1e4, stage_x_max_um=1e4,
                 stage_y_min_um=-1e4, stage_y_max_um=1e4)
@@ -161,18 +161,8 @@ N_TRIALS = 20
 
 
 def trial_config(seed: int) -> tuple[SEMConfig, float]:
-    """Seeded trial on a family AENet trained on: magnification, dose, start within ±20 DoF."""
-    rng = np.random.default_rng(2000 + seed)
-    families = ("fibres", "grains", "nanoparticles", "tin_balls")
-    pixel_nm = float(rng.choice([5.0, 10.0, 20.0]))
-    alpha = float(rng.choice([2.0, 3.0, 5.0]))
-    start_dof = float(rng.uniform(-20.0, 20.0))
-    cfg = SEMConfig(
-        seed=seed, family=families[seed % len(families)], pixel_size_nm=pixel_nm,
-        beam_semiangle_mrad=alpha, dose_e_per_px=float(rng.uniform(20.0, 200.0)),
-        start_wd_um=5000.0 + start_dof * depth_of_field_um(pixel_nm, alpha), settle_s=0.0,
-    )
-    return cfg, start_dof
+    """Seeded trial on a family AENet trained on (see ``harness.seeded_trial``)."""
+    return seeded_trial(seed, 2000 + seed, ("fibres", "grains", "nanoparticles", "tin_balls"))
 
 
 def _learned(ipc_dir, sem: SimulatedSEM, **control):

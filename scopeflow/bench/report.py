@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict
@@ -14,6 +15,22 @@ from scopeflow.bench import transport
 TARGET_IPC_2048_GB_S = 2.4
 TARGET_VS_PICKLE = 2.0
 TARGET_LOOP_P99_MS = 20.0
+
+
+def _machine() -> dict:
+    """Where a benchmark ran: core count, platform, Python."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _write_json(result: dict, json_path: Path, progress) -> None:
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=2, default=float))
+    progress(f"wrote {json_path}")
 
 
 def run_transport_bench(json_path: Path | None = None, quick: bool = False,
@@ -28,16 +45,13 @@ def run_transport_bench(json_path: Path | None = None, quick: bool = False,
     result = {
         "transport": [{**asdict(r), "vs_pickle": r.vs_pickle} for r in rows],
         "loop_latency_ms": latency,
-        "machine": {"cpu_count": __import__("os").cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": _machine(),
         "quick": quick,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": _now(),
     }
     _print_table(rows, latency, progress)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        progress(f"wrote {json_path}")
+        _write_json(result, json_path, progress)
     return 0
 
 
@@ -58,13 +72,8 @@ def run_simulate_bench(json_path: Path | None = None, repeats: int = 20,
         progress(f"{r['case']:<26} {r['ms_median']:>10.1f} {r['ms_p90']:>8.1f} "
                  f"{r['frames_per_s']:>9.1f} {target:>7} {r['numpy_poisson_ms']:>14.1f}")
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({
-            "simulate": rows, "repeats": repeats,
-            "machine": {"cpu_count": __import__("os").cpu_count(),
-                        "platform": platform.platform(), "python": platform.python_version()},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
-        progress(f"wrote {json_path}")
+        _write_json({"simulate": rows, "repeats": repeats, "machine": _machine(),
+                     "time": _now()}, json_path, progress)
     return 0
 
 
@@ -82,14 +91,10 @@ def run_models_bench(json_path: Path | None = None, quick: bool = False,
     from scopeflow.bench import models_backends
 
     result["backends"] = models_backends.run(quick=quick, progress=progress)
-    result["machine"] = {"cpu_count": __import__("os").cpu_count(),
-                         "platform": platform.platform(), "python": platform.python_version()}
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["machine"], result["time"] = _machine(), _now()
     _print_models(result, progress)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2, default=float))
-        progress(f"wrote {json_path}")
+        _write_json(result, json_path, progress)
     return 0
 
 
@@ -174,16 +179,12 @@ def run_autofocus_bench(trials: int = 200, json_path: Path | None = None, quick:
     from scopeflow.bench import autofocus
 
     result = autofocus.run(trials=trials, quick=quick, progress=progress)
-    result["machine"] = {"cpu_count": __import__("os").cpu_count(),
-                         "platform": platform.platform(), "python": platform.python_version()}
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["machine"], result["time"] = _machine(), _now()
     _print_autofocus(result, progress)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2, default=float))
-        png = Path(json_path).with_suffix(".png")
-        autofocus.plot(result, png)
-        progress(f"wrote {json_path} and {png}")
+        _write_json(result, json_path, progress)
+        png = autofocus.plot(result, Path(json_path).with_suffix(".png"))
+        progress(f"wrote {png}")
     return 0
 
 
