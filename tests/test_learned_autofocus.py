@@ -231,3 +231,16 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
     assert track["in_focus_fraction"] >= 0.95, track["refocus_count"]
     assert track["extra_frames"] / track["live_frames"] * 100 <= 2.0
     assert track["drift_um_per_s"] == pytest.approx(drift, rel=0.25)
+
+
+def test_over_sockets_focus_beyond_the_wd_limit_stops_with_limit_inside_the_limits(ipc_dir):
+    dof = depth_of_field_um(10.0, 3.0)
+    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), focus_wd_um=5000.0,
+                                 start_wd_um=5000.0 - 15 * dof, wd_max_um=5000.0 - 6 * dof,
+                                 settle_s=0.0))
+    out = _learned(ipc_dir, sem)
+    limit = sem.limits().wd_max_um
+    assert out.stop_reason == "limit", out.decisions
+    assert all(r.wd_um <= limit for r in out.records)
+    # As sharp as it can get: at (or within tolerance of) the limit, never beyond it.
+    assert 0 <= limit - sem.state().wd_um <= 0.5 * dof
