@@ -62,35 +62,43 @@ def test_demo_runs_three_processes_and_writes_the_summary(tmp_path):
         assert (out / "logs" / f"{node}.log").exists()
 
 
-def _autofocus(ipc_dir, sem: SimulatedSEM):
-    with pipeline(ipc_dir, sem) as p:
+def _autofocus(ipc_dir, sem: SimulatedSEM, evaluator: str = "normalized_variance"):
+    with pipeline(ipc_dir, sem, evaluator=evaluator) as p:
         return run_control(ControlConfig(p.commands, p.results, timeout_s=10.0), ctx=p.ctx)
 
 
+# Each safety rule holds for both controllers: the golden-section baseline (classical scores)
+# and the AENet/ACNet autofocus (AENet estimates).
+EVALUATORS = ("normalized_variance", "aenet")
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS)
 @pytest.mark.parametrize(
     ("fault", "signal"),
     [("blanked_beam", "blank"), ("detector_off", "blank"), ("saturated", "saturated")],
 )
-def test_frame_without_signal_stops_with_no_signal_without_moving(ipc_dir, fault, signal):
+def test_frame_without_signal_stops_with_no_signal_without_moving(ipc_dir, fault, signal,
+                                                                  evaluator):
     start = 5000.0 + 8 * depth_of_field_um(10.0, 3.0)
     gain = {"blanked_beam": None, "detector_off": 1e-6, "saturated": 5000.0}[fault]
     sem = SimulatedSEM(SEMConfig(frame_shape=(128, 128), start_wd_um=start, settle_s=0.0,
                                  gain_dn_per_e=gain))
     if fault == "blanked_beam":
         sem.set_dose_e_per_px(0.0)  # reported in the frame's state, as a beam blanker does
-    out = _autofocus(ipc_dir, sem)
+    out = _autofocus(ipc_dir, sem, evaluator)
     assert out.stop_reason == "no_signal"
     assert out.frames == 1
     assert out.records[0].signal == signal
     assert sem.state().wd_um == pytest.approx(start)
 
 
-def test_focus_beyond_the_wd_limit_stops_with_limit_and_stays_inside(ipc_dir):
+@pytest.mark.parametrize("evaluator", EVALUATORS)
+def test_focus_beyond_the_wd_limit_stops_with_limit_and_stays_inside(ipc_dir, evaluator):
     dof = depth_of_field_um(10.0, 3.0)
     sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), focus_wd_um=5000.0,
                                  start_wd_um=5000.0 - 15 * dof, wd_max_um=5000.0 - 6 * dof,
                                  settle_s=0.0))
-    out = _autofocus(ipc_dir, sem)
+    out = _autofocus(ipc_dir, sem, evaluator)
     assert out.stop_reason == "limit"
     assert all(r.wd_um <= sem.limits().wd_max_um for r in out.records)
     assert sem.state().wd_um <= sem.limits().wd_max_um
