@@ -207,6 +207,25 @@ def test_astigmatism_long_axis_turns_ninety_degrees_through_focus() -> None:
     assert angle_between(axes[-15.0], angle + 90.0) < 3.0
 
 
+@pytest.mark.parametrize("angle", [0.0, 37.0, 60.0])
+def test_psf_at_a_line_focus_is_a_line_at_any_angle(angle: float) -> None:
+    # At Δz = −a/2 the disk collapses across the axis into a line of length 2α·a/p. A uniform
+    # ellipse has variance D²/16 along each of its axes, so the line adds (2α·a/p)²/16 along
+    # its length and nothing across it (the in-focus variance removed, as above), up to the
+    # rasterisation of a line two fine samples wide. An oblique line used to come out several
+    # times too wide.
+    astig = 10.0
+    length_px = 2 * 3e-3 * astig * 1e3 / 10.0  # 6 px
+    focus_var, _, _ = second_moments(point_spread(10.0, 3.0, 0.0), 10.0)
+    psf = point_spread(10.0, 3.0, -astig / 2, astigmatism_um=astig, astigmatism_angle_deg=angle)
+    var_x, var_y, cov = second_moments(psf, length_px / 2 + 6)
+    spread = math.hypot(0.5 * (var_x - var_y), cov)
+    major, minor = 0.5 * (var_x + var_y) + spread, 0.5 * (var_x + var_y) - spread
+    assert major - focus_var == pytest.approx(length_px ** 2 / 16, rel=0.15)
+    assert abs(minor - focus_var) < 0.1
+    assert angle_between(long_axis_deg(var_x, var_y, cov), angle + 90.0) < 3.0
+
+
 def structure_tensor_angle(image: np.ndarray) -> tuple[float, float]:
     """(dominant gradient orientation in degrees, anisotropy 0..1) of an image."""
     img = image.astype(np.float64)

@@ -113,6 +113,12 @@ def psf_kernel(spec: BlurSpec) -> np.ndarray:
     v = -xx * math.sin(theta) + yy * math.cos(theta)
     a = max(spec.along_px * s / 2, 1e-3)
     b = max(spec.across_px * s / 2, 1e-3)
+    # A thin ellipse gets a minor semi-axis of at least one fine sample (or its major one, if
+    # smaller): the edge's distance estimate below breaks down for a thinner one (a line focus
+    # at an oblique angle came out several times too wide), and two samples across still let
+    # the line taper towards its ends as a collapsed disk does. The width this adds is far
+    # below the Gaussian floor; small round disks are drawn as before.
+    a, b = max(a, min(b, 1.0)), max(b, min(a, 1.0))
     rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
     grad = np.sqrt((u / a ** 2) ** 2 + (v / b ** 2) ** 2) / np.maximum(rho, 1e-12)
     signed = (rho - 1.0) / np.maximum(grad, 1e-12)  # ≈ distance to the edge, fine samples
