@@ -63,6 +63,15 @@ def test_three_near_frames_pin_focus_with_the_sharpness_v():
     assert target == pytest.approx(focus, abs=0.2) and p > 0.9
 
 
+def test_a_reading_inside_the_dead_zone_does_not_pin_focus_to_the_frame():
+    # AENet reads ~0.3 DoF anywhere within ~0.9 DoF of focus: such a reading says "near",
+    # not "here".
+    post = FocusPosterior(-20, 20)
+    post.add(Reading(0.0, 0.3, 0.05))
+    assert post.mass_within(0.0, 0.25) < 0.5
+    assert post.mass_within(0.0, 1.5) > 0.9
+
+
 def test_readings_no_focus_explains_conflict():
     post = FocusPosterior(-80, 80)
     for x in (0.0, 15.0, -15.0):
@@ -79,6 +88,39 @@ def test_converges_on_ideal_readings_within_five_frames(start_dof):
     assert af.stop_reason == "converged"
     assert abs(af.final_wd_um - focus) <= 0.5 * DOF
     assert frames <= 5
+
+
+@pytest.mark.parametrize("gain", [0.8, 1.0, 1.25])
+@pytest.mark.parametrize("start_dof", [-25.0, 12.0])
+def test_far_moves_towards_focus_land_short_of_it_whatever_the_gain(gain, start_dof):
+    # A specimen AENet reads 20 % too blurred or too sharp: a jump aimed at the posterior's
+    # mode would overshoot or undershoot at random (3 DoF past focus here from 12 DoF out at
+    # gain 1.25); aimed short, focus stays ahead.
+    focus = 5000.0
+    af = LearnedAutofocus(focus + start_dof * DOF, LIMITS, DOF)
+    run_machine(af, lambda wd: geometric_reading(wd, focus, gain=gain))
+    assert af.stop_reason == "converged" and abs(af.final_wd_um - focus) <= 0.5 * DOF
+    far_moves = 0
+    for prev, step in zip(af.steps, af.steps[1:]):
+        if prev.abs_defocus_dof <= 4.0:  # a near frame: the moves after it probe both sides
+            break
+        towards = (focus - prev.wd_um) * (step.wd_um - prev.wd_um) > 0
+        if towards:
+            far_moves += 1
+            # Short, or past focus by less than the tolerance (two frames on one side of
+            # focus measure the gain, and the aim is then close).
+            assert abs(step.wd_um - prev.wd_um) < abs(focus - prev.wd_um) + 0.5 * DOF, af.steps
+    assert far_moves >= 1
+
+
+@pytest.mark.parametrize("start_dof", [-20.0, -3.0, 8.0, 25.0])
+def test_it_stops_only_with_near_frames_on_both_sides_of_focus(start_dof):
+    focus = 5000.0
+    af = LearnedAutofocus(focus + start_dof * DOF, LIMITS, DOF)
+    run_machine(af, lambda wd: geometric_reading(wd, focus))
+    near = [s.wd_um for s in af.steps if s.abs_defocus_dof <= 4.0]
+    assert af.stop_reason == "converged"
+    assert len(near) >= 2 and min(near) < focus < max(near), af.steps
 
 
 def test_misread_specimen_falls_back_to_the_search_and_still_focuses():
@@ -183,14 +225,12 @@ def test_aenet_acnet_autofocus_over_sockets_converges_from_20_dof(ipc_dir):
         assert out.final_error_um == pytest.approx(error_dof * out.dof_um, abs=1e-6)
         outcomes.append((seed, cfg.family, start_dof, out.stop_reason, error_dof, out.frames))
     good = [o for o in outcomes if o[3] == "converged" and o[4] <= 0.5]
-    frames = [o[5] for o in outcomes]
     table = "\n".join(f"seed {o[0]} {o[1]}: start {o[2]:+.1f} DoF -> {o[3]}, error {o[4]:.2f} "
                       f"DoF, {o[5]} frames" for o in outcomes)
     assert len(good) >= 0.95 * N_TRIALS, table
-    # Issue #5 asks for 95 % within 5 frames; this controller gets 15 of 20 (a wrong first
-    # guess of the sign costs a frame, and stopping needs three near frames either side of
-    # focus). What is asserted is what it does: median ≤ 5 frames, none over 8.
-    assert np.median(frames) <= 5 and max(frames) <= 8, table
+    # Issue #5: converged within 5 frames (every frame counted, the first included) in ≥ 95 %.
+    within_five = [o for o in good if o[5] <= 5]
+    assert len(within_five) >= 0.95 * N_TRIALS, table
 
 
 def test_over_sockets_large_moves_are_split_to_the_device_maximum(ipc_dir):

@@ -2,25 +2,28 @@
 
 Each frame ``i`` was taken at a known WD ``x_i`` (in DoF units) and AENet read its defocus as
 ``u_i`` DoF with a log-scale uncertainty ``σ_i``. The model is the V that geometry gives
-(DESIGN §5: blur grows linearly with |Δz|):
+(DESIGN §5: blur grows linearly with |Δz|), seen through AENet's response ``g``:
 
-    log(u_i + c) = log(k·|x_i − f| + c) + ε_i,   ε_i ~ Student-t(ν, scale s_i)
+    log(u_i + c) = log(k·g(|x_i − f|) + c) + ε_i,   ε_i ~ Student-t(ν, scale s_i)
 
 with ``f`` the focus WD, ``k`` an unknown gain common to the frames of one run (a specimen that
 AENet reads as blurrier or sharper than it is: the errors of one run are largely a shared
-scale, which two frames at known offsets cancel), ``c`` a floor below which AENet cannot tell
-blur apart, and ``s_i = hypot(σ_i, s_floor)``. The posterior over ``f`` is evaluated on a grid
-(``k`` marginalised over a log-normal prior). One frame leaves two modes (``x_0 ± u_0``): the
-sign is unknown until a second frame at another WD breaks the tie.
+scale, which two frames at known offsets cancel), ``c`` a constant that keeps the log finite,
+and ``s_i = hypot(σ_i, s_floor)``. ``g`` has a soft dead zone: AENet reads ~0.3 DoF anywhere
+within ~0.9 DoF of focus and ``|Δz| − 0.6`` beyond (fitted by maximum likelihood on tuning
+trials, docs/autofocus.md). The posterior over ``f`` is evaluated on a grid (``k``
+marginalised over a log-normal prior). One frame leaves two modes (``x_0 ± u_0``): the sign is
+unknown until a second frame at another WD breaks the tie.
 
 Near focus AENet cannot resolve fractions of a DoF, but a classical sharpness score ``S`` of
 the same field can: within a few DoF its log falls linearly with |Δz| (a V, symmetric about
-focus, its slope depending on specimen and dose). Once three or more frames read as near
+focus, its slope depending on specimen and dose). Once two or more frames read as near
 (AENet |Δz| ≤ ``near_dof``), their sharpness adds a profile likelihood: for each candidate ``f``
 the best ``log S_i = A − b·√((x_i − f)² + a²)`` (b ≥ 0; ``a`` rounds the apex,
 where the probe and the pixel leave a blur floor) is fitted and its residuals scored with a
-Gaussian of scale ``sharpness_sigma`` (scaled as 1/√dose: shot noise). Frames on both sides
-of focus pin ``f`` to a fraction of a DoF.
+Gaussian of scale ``sharpness_sigma`` (scaled as 1/√dose: shot noise). Two frames already say
+which side of their midpoint focus lies on (the sharper one is nearer); three or more on both
+sides of focus pin ``f`` to a fraction of a DoF.
 
 Frames without signal carry no information and are not used.
 """
@@ -37,8 +40,13 @@ import numpy as np
 class FocusModelConfig:
     """Noise model of AENet's readings and the grid; measured on the simulator (docs)."""
 
-    floor_dof: float = 0.5  # c: AENet does not resolve blur below ~0.5 DoF
-    scale_floor: float = 0.12  # s_floor: AENet's log error on trained families is ≈ 0.11
+    floor_dof: float = 0.5  # c: keeps log(u + c) finite and tames tiny readings
+    # AENet's response g(|Δz|): flat at ~0.3 DoF within ~0.9 DoF of focus, then |Δz| − 0.6
+    # (fitted by maximum likelihood on tuning trials of the trained families, docs/autofocus.md)
+    dead_zone_dof: float = 0.9
+    dead_zone_softness_dof: float = 0.1
+    dead_zone_reading_dof: float = 0.3
+    scale_floor: float = 0.08  # s_floor: the fitted log error beyond AENet's own σ
     dof_nu: float = 3.0  # Student-t degrees of freedom: heavy tails for misread frames
     log_gain_sigma: float = 0.25  # prior spread of log k
     log_gain_max: float = 0.75
@@ -48,6 +56,7 @@ class FocusModelConfig:
     near_dof: float = 4.0  # frames AENet reads within this take part in the sharpness V
     sharpness_sigma: float = 0.005  # log-sharpness misfit scale at 50 e⁻/px (noise, curvature)
     sharpness_sigma_range: tuple[float, float] = (0.004, 0.02)
+    sharpness_min_frames: int = 2  # near frames before their sharpness takes part
     sharpness_apex_dof: tuple[float, ...] = (0.5,)  # candidate roundings a of the V's apex
 
 
@@ -86,11 +95,18 @@ class FocusPosterior:
         cfg = self.config
         self.readings.append(reading)
         c = cfg.floor_dof
-        dist = np.abs(reading.x_dof - self.f)[None, :]
-        pred = np.log(np.exp(self.log_k)[:, None] * dist + c)
+        expected = self.response(np.abs(reading.x_dof - self.f))[None, :]
+        pred = np.log(np.exp(self.log_k)[:, None] * expected + c)
         s = math.hypot(max(reading.log_sigma, 0.0), cfg.scale_floor)
         r = (math.log(max(reading.abs_defocus_dof, 0.0) + c) - pred) / s
         self._loglik += -0.5 * (cfg.dof_nu + 1.0) * np.log1p(r * r / cfg.dof_nu)
+
+    def response(self, abs_defocus_dof: np.ndarray | float) -> np.ndarray:
+        """AENet's expected reading at true |Δz| (gain 1): a soft dead zone near focus."""
+        cfg = self.config
+        soft = cfg.dead_zone_softness_dof
+        return soft * np.logaddexp(0.0, (np.asarray(abs_defocus_dof) - cfg.dead_zone_dof) / soft) \
+            + cfg.dead_zone_reading_dof
 
     def near_readings(self) -> list[Reading]:
         """Readings near focus by AENet that carry a sharpness score."""
@@ -98,9 +114,10 @@ class FocusPosterior:
                 and r.abs_defocus_dof <= self.config.near_dof]
 
     def sharpness_loglik(self) -> np.ndarray:
-        """Profile log likelihood of ``f`` from the near frames' sharpness (0 with < 3)."""
+        """Profile log likelihood of ``f`` from the near frames' sharpness (0 with fewer than
+        ``sharpness_min_frames``)."""
         near = self.near_readings()
-        if len(near) < 3:
+        if len(near) < self.config.sharpness_min_frames:
             return np.zeros_like(self.f)
         x = np.array([r.x_dof for r in near])
         y = np.log(np.array([r.sharpness for r in near]))
@@ -179,7 +196,8 @@ class FocusPosterior:
         worst = 0.0
         for rd in self.readings:
             s = math.hypot(max(rd.log_sigma, 0.0), cfg.scale_floor)
+            expected = k * float(self.response(abs(rd.x_dof - f)))
             r = (math.log(rd.abs_defocus_dof + cfg.floor_dof)
-                 - math.log(k * abs(rd.x_dof - f) + cfg.floor_dof)) / s
+                 - math.log(expected + cfg.floor_dof)) / s
             worst = max(worst, abs(r))
         return worst

@@ -11,17 +11,24 @@ last frames and the moves between them. Then, in order:
 
 1. *no signal* (blank or saturated frame): stop with ``no_signal`` at the best WD seen so far
    (the start when nothing else was read) instead of wandering.
-2. *converged*: the posterior puts at least ``stop_probability`` of its mass within the
-   tolerance of the WD just imaged. That frame is the verification; the run ends there.
+2. *converged*: the best target holds at least ``stop_probability`` of the posterior within
+   the tolerance, at least ``min_near_frames`` near frames took part, and the target lies inside
+   their span (frames on both sides of focus). The controller moves there and stops; that last
+   move is not imaged by the autofocus.
 3. *conflict* (no single focus position explains the readings, e.g. a specimen AENet misreads),
-   *unsure* (after two frames no target holds ``min_target_probability``) or too many learned
-   moves: fall back to a golden-section search on the frames' classical sharpness, over a bracket
-   from the posterior (the whole search range when the readings conflict). The frame just taken
-   is the search's first probe, so the switch costs no frame.
-4. Otherwise move: to ACNet's proposal when it is confident and the posterior agrees with it
-   (its target holds at least ``acnet_agreement`` of the best target's mass), else to the
-   posterior's best target. After one frame the posterior has two equal modes (the sign is
-   unknown); ACNet's proposal picks one.
+   *unsure* (after three frames no target holds ``min_target_probability``) or too many learned
+   frames: fall back to a golden-section search on the frames' classical sharpness, over a
+   bracket from the posterior (the whole search range when the readings conflict). A frame
+   already taken at the bracket's centre is the search's first probe.
+4. Otherwise move:
+   - *far* (no frame reads near yet): towards ACNet's proposal on the first move (after one
+     frame the posterior has two equal modes, the sign is unknown, and ACNet picks one), later
+     towards the posterior's best target or ACNet's when it is confident and agrees; but aim
+     short, at the ``approach_quantile`` of the posterior on that side. AENet's gain varies
+     by ±20 % between specimens, so a jump aimed at the mode lands on either side of focus;
+     one aimed short leaves focus ahead, on a known side;
+   - *near*: image where the posterior most probably leaves focus between the near frames
+     (inside the margin), so that their sharpness V has frames on both sides of it.
 
 Safety: the final WD is never one whose frame read blurrier than the first frame (when it did,
 the run returns to the start); targets stay inside the WD limits.
@@ -65,15 +72,20 @@ class LearnedAutofocusConfig:
     """Decision thresholds (tuned on tuning seeds, not the benchmark's; docs/autofocus.md)."""
 
     tolerance_dof: float = 0.5
-    stop_probability: float = 0.8
+    stop_probability: float = 0.9
+    min_near_frames: int = 2  # near frames (AENet ≤ near_dof) before it may stop
     min_target_probability: float = 0.05
+    # Far from focus, aim short: at this quantile of the focus posterior ahead of the frame.
+    approach_quantile: float = 0.15
     probe_step_dof: float = 1.0  # a probe beside a frame already taken, for the sharpness V
-    straddle_step_dof: float = 0.6  # how far past the target to image the unsampled side
     straddle_margin_dof: float = 0.25  # the target must lie this far inside the near frames
-    acnet_min_confidence: float = 0.5
+    near_reach_dof: float = 3.0  # a frame this close to focus still informs the sharpness V
+    min_frame_spacing_dof: float = 0.3  # no second frame this close to one already taken
+    straddle_distance_cost: float = 0.02  # per DoF of expected distance from focus
+    acnet_min_confidence: float = 0.9  # after the first move, ACNet steers only when this sure
     acnet_agreement: float = 0.8
     conflict_residual: float = 6.0  # standardised log residual beyond which readings conflict
-    max_learned_frames: int = 6  # frames before the search takes over
+    max_learned_frames: int = 8  # frames before the search takes over
     max_frames: int = 40
     search_range_dof: float = 30.0
     min_bracket_dof: float = 3.0
@@ -168,7 +180,7 @@ class LearnedAutofocus:
         near_x = [r.x_dof for r in post.near_readings()]
         margin = cfg.straddle_margin_dof
         straddled = bool(near_x) and min(near_x) + margin < target < max(near_x) - margin
-        if p_target >= cfg.stop_probability and len(near_x) >= 3 and straddled:
+        if p_target >= cfg.stop_probability and len(near_x) >= cfg.min_near_frames and straddled:
             # Focus is known to within the tolerance: go there. The last move is not imaged
             # (the acquisition that follows is); the benchmark scores the truth at that WD.
             wd = self._clip(self._wd(target))
@@ -194,11 +206,12 @@ class LearnedAutofocus:
                     p_acnet >= cfg.acnet_agreement * p_target:
                 target, p_target, phase = t_acnet, p_acnet, "acnet"
         taken = [self._x(r.wd_um) for r in self._readings]
-        if len(near_x) >= 2 and not straddled and phase != "acnet":
-            # Near frames all on one side: image just past the target, on the other side.
-            side = -1.0 if min(near_x) >= target else 1.0
-            target += side * cfg.straddle_step_dof
-            phase = "probe"
+        if not near_x:
+            # Far from focus: aim short, so that focus lies on a known side of the next frame.
+            target = self._approach_target(target)
+        elif phase != "acnet":
+            # Near focus: image where the sharpness V most likely gets frames on both sides.
+            target, phase = self._straddle_target(near_x, taken), "probe"
         elif min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
             # A frame there already: step past it, away from the other near frames, so the
             # sharpness V gets frames on both sides of focus.
@@ -209,6 +222,46 @@ class LearnedAutofocus:
         self._note(f"{phase} → {wd:.2f} µm (p={p_target:.2f})")
         self.phase = phase
         self._pending = wd
+
+    def _approach_target(self, target: float) -> float:
+        """Short of ``target``: the ``approach_quantile`` of the focus posterior on its side
+        of the last frame, counted from that frame. Landing short on purpose leaves focus on a
+        known side of the next frame, so the frame after it need not guess the sign again."""
+        q = self.config.approach_quantile
+        if q >= 0.5:
+            return target
+        here = self._x(self._readings[-1].wd_um)
+        p, f = self.posterior.density(), self.posterior.f
+        side = 1.0 if target >= here else -1.0
+        ahead = (f - here) * side > 0
+        if not ahead.any() or p[ahead].sum() <= 0:
+            return target
+        fa, pa = f[ahead], p[ahead]
+        order = np.argsort(np.abs(fa - here))
+        cdf = np.cumsum(pa[order]) / pa.sum()
+        return float(fa[order][min(int(np.searchsorted(cdf, q)), len(cdf) - 1)])
+
+    def _straddle_target(self, near_x: list[float], taken: list[float]) -> float:
+        """The WD (DoF units) whose frame most likely leaves focus between the near frames,
+        inside the margin, while itself near enough to focus for the sharpness V; ties go to
+        the WD closest to focus on average. WDs already imaged are skipped."""
+        cfg, post = self.config, self.posterior
+        p, f = post.density(), post.f
+        keep = p > 1e-6 * p.max()
+        p, f = p[keep] / p[keep].sum(), f[keep]
+        cands = np.arange(f.min() - cfg.near_reach_dof, f.max() + cfg.near_reach_dof,
+                          cfg.model.grid_step_dof)
+        fresh = np.min(np.abs(cands[:, None] - np.asarray(taken)[None, :]), axis=1)
+        cands = cands[fresh >= cfg.min_frame_spacing_dof]
+        if cands.size == 0:
+            return post.best_target(cfg.tolerance_dof)[0]
+        m = cfg.straddle_margin_dof
+        lo = np.minimum(min(near_x), cands)[:, None]
+        hi = np.maximum(max(near_x), cands)[:, None]
+        dist = np.abs(cands[:, None] - f[None, :])
+        inside = (f[None, :] > lo + m) & (f[None, :] < hi - m) & (dist <= cfg.near_reach_dof)
+        score = (inside * p).sum(axis=1) - cfg.straddle_distance_cost * (dist * p).sum(axis=1)
+        return float(cands[int(np.argmax(score))])
 
     def _acnet_target(self) -> tuple[float, float] | None:
         """(target in DoF units, ACNet confidence), or None without ACNet."""
