@@ -174,6 +174,14 @@ def _cmd_bench_autofocus(args) -> int:
     return run_autofocus_bench(trials=args.trials, json_path=args.json, quick=args.quick)
 
 
+def _cmd_bench_aenet_response(args) -> int:
+    from scopeflow.bench.report import run_aenet_response_bench
+
+    if args.trials < 3:
+        raise SystemExit("--trials must be at least 3 (every third trial is held out)")
+    return run_aenet_response_bench(trials=args.trials, seed=args.seed, json_path=args.json)
+
+
 def _cmd_bench_transport(args) -> int:
     from scopeflow.bench.report import run_transport_bench
 
@@ -323,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write results here (and the figure beside it, .png)")
     ba.add_argument("--quick", action="store_true", help="256² frames, short tracking (smoke)")
     ba.set_defaults(func=_cmd_bench_autofocus)
+    br = benches.add_parser("aenet-response", help="AENet's reading against the true |Δz|, "
+                            "and the fit of the autofocus model's response to it")
+    br.add_argument("--trials", type=int, default=90,
+                    help="seeded trials (the trained families among them are used)")
+    br.add_argument("--seed", type=int, default=43, help="trial seed (the autofocus "
+                    "benchmark's is 31: keep calibration off it)")
+    br.add_argument("--json", type=Path, default=None, help="write results here")
+    br.set_defaults(func=_cmd_bench_aenet_response)
     bm = benches.add_parser("models", help="held-out metrics of every model vs baselines")
     bm.add_argument("--json", type=Path, default=None, help="write results here")
     bm.add_argument("--quick", action="store_true", help="few frames (smoke run)")

@@ -130,3 +130,19 @@ def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
     assert data["inference_ms_512"]["total_ms"] > 0
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_aenet_response_writes_the_binned_curve_and_the_fit(tmp_path):
+    out = tmp_path / "resp.json"
+    res = subprocess.run([*SF, "bench", "aenet-response", "--trials", "3", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(out.read_text())
+    assert data["readings"] == sum(b["n"] for b in data["bins"]) > 0
+    assert set(data["fitted"]) == set(data["shipped"]) == {
+        "dead_zone_dof", "dead_zone_softness_dof", "dead_zone_reading_dof", "scale_floor"}
+    ll = data["log_likelihood"]
+    # The fit starts from the shipped values and only climbs; AENet's real readings are
+    # explained better with a dead zone than by the straight V.
+    assert ll["fitted"] >= ll["shipped"] - 1e-6
+    assert ll["shipped"] > ll["straight_v"]

@@ -4,6 +4,7 @@ and WD-limit rules over sockets are in ``test_closed_loop.py``, for both control
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_far_moves_towards_focus_land_short_of_it_whatever_the_gain(gain, start_
     run_machine(af, lambda wd: geometric_reading(wd, focus, gain=gain))
     assert af.stop_reason == "converged" and abs(af.final_wd_um - focus) <= 0.5 * DOF
     far_moves = 0
-    for prev, step in zip(af.steps, af.steps[1:]):
+    for prev, step in itertools.pairwise(af.steps):
         if prev.abs_defocus_dof <= 4.0:  # a near frame: the moves after it probe both sides
             break
         towards = (focus - prev.wd_um) * (step.wd_um - prev.wd_um) > 0
@@ -261,3 +262,23 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
     assert track["extra_frames"] / track["live_frames"] * 100 <= 2.0
     assert track["drift_um_per_s"] == pytest.approx(drift, rel=0.25)
 
+
+
+def test_response_fit_recovers_a_known_dead_zone():
+    from dataclasses import replace
+
+    from scopeflow.bench.aenet_response import fit, log_likelihood
+    from scopeflow.control.focus_model import FocusModelConfig, aenet_response
+
+    # Readings drawn from the model itself with a wider dead zone and known per-trial gains.
+    truth = replace(FocusModelConfig(), dead_zone_dof=1.6, dead_zone_reading_dof=0.5)
+    rng = np.random.default_rng(3)
+    trial = np.repeat(np.arange(40), 15)
+    dz = rng.uniform(0.0, 20.0, trial.size)
+    gain = np.exp(rng.normal(0.0, 0.15, 40))[trial]
+    reading = gain * aenet_response(dz, truth) * np.exp(rng.normal(0.0, 0.05, trial.size))
+    data = {"trial": trial, "abs_dz": dz, "reading": reading, "sigma": np.full(trial.size, 0.05)}
+    fitted = fit(data, FocusModelConfig())
+    assert fitted.dead_zone_dof == pytest.approx(1.6, abs=0.2)
+    assert fitted.dead_zone_reading_dof == pytest.approx(0.5, abs=0.1)
+    assert log_likelihood(data, fitted) > log_likelihood(data, FocusModelConfig())

@@ -188,6 +188,32 @@ def run_autofocus_bench(trials: int = 200, json_path: Path | None = None, quick:
     return 0
 
 
+def run_aenet_response_bench(trials: int = 90, seed: int = 43, json_path: Path | None = None,
+                             progress=print) -> int:
+    """AENet's reading against the true |Δz| and the fit of the focus model's response."""
+    from scopeflow.bench import aenet_response
+
+    result = aenet_response.run(trials=trials, seed=seed, progress=progress)
+    result["machine"], result["time"] = _machine(), _now()
+    progress(f"\nAENet reading vs true |Δz| (DoF), {result['readings']} frames, trained families")
+    progress(f"{'|Δz| bin':>12s} {'n':>4s} {'median':>7s} {'q10':>6s} {'q90':>6s} "
+             f"{'shipped g':>9s} {'fitted g':>8s}")
+    for b in result["bins"]:
+        lo, hi = b["abs_dz_dof"]
+        progress(f"{lo:5.1f}–{hi:5.1f} {b['n']:5d} {b['reading_median']:7.2f} "
+                 f"{b['reading_q10']:6.2f} {b['reading_q90']:6.2f} {b['shipped_g']:9.2f} "
+                 f"{b['fitted_g']:8.2f}")
+    for name in aenet_response.FITTED:
+        progress(f"{name:24s} shipped {result['shipped'][name]:.3f}  fitted "
+                 f"{result['fitted'][name]:.3f}")
+    ll = result["log_likelihood"]
+    progress(f"log-likelihood: shipped {ll['shipped']:.1f}, fitted {ll['fitted']:.1f}, "
+             f"straight V {ll['straight_v']:.1f}")
+    if json_path is not None:
+        _write_json(result, json_path, progress)
+    return 0
+
+
 def _print_autofocus(r: dict, progress) -> None:
     progress(f"\nautofocus, {r['trials']} trials (success: final |Δz| ≤ 0.5 DoF)")
     progress(f"{'method':28s} {'frames med':>10s} {'p95':>5s} {'success':>8s} {'held-out':>8s} "

@@ -72,6 +72,25 @@ class Reading:
     dose_e_per_px: float | None = None  # sharpness is noisier at low dose
 
 
+def aenet_response(abs_defocus_dof: np.ndarray | float, config: FocusModelConfig) -> np.ndarray:
+    """AENet's expected reading at true |Δz| (gain 1): a soft dead zone near focus,
+    ``soft·log(1 + exp((|Δz| − dead_zone)/soft)) + dead_zone_reading``."""
+    soft = config.dead_zone_softness_dof
+    return soft * np.logaddexp(0.0, (np.asarray(abs_defocus_dof) - config.dead_zone_dof) / soft) \
+        + config.dead_zone_reading_dof
+
+
+def reading_loglik(reading_dof: float, log_sigma: float, expected: np.ndarray,
+                   config: FocusModelConfig) -> np.ndarray:
+    """Log density of one AENet reading for each expected reading in ``expected`` (any
+    shape): Student-t on ``log(u + c)``, scale ``hypot(σ, s_floor)`` (normalised, so fits of
+    the scale can compare it)."""
+    c = config.floor_dof
+    s = math.hypot(max(log_sigma, 0.0), config.scale_floor)
+    r = (math.log(max(reading_dof, 0.0) + c) - np.log(expected + c)) / s
+    return -0.5 * (config.dof_nu + 1.0) * np.log1p(r * r / config.dof_nu) - math.log(s)
+
+
 class FocusPosterior:
     """The posterior over the focus WD on a grid ``f`` (DoF units, the readings' origin)."""
 
@@ -92,21 +111,14 @@ class FocusPosterior:
         if not (math.isfinite(reading.x_dof) and math.isfinite(reading.abs_defocus_dof)
                 and math.isfinite(reading.log_sigma)):
             raise ValueError(f"reading has non-finite values: {reading}")
-        cfg = self.config
         self.readings.append(reading)
-        c = cfg.floor_dof
-        expected = self.response(np.abs(reading.x_dof - self.f))[None, :]
-        pred = np.log(np.exp(self.log_k)[:, None] * expected + c)
-        s = math.hypot(max(reading.log_sigma, 0.0), cfg.scale_floor)
-        r = (math.log(max(reading.abs_defocus_dof, 0.0) + c) - pred) / s
-        self._loglik += -0.5 * (cfg.dof_nu + 1.0) * np.log1p(r * r / cfg.dof_nu)
+        expected = np.exp(self.log_k)[:, None] * self.response(np.abs(reading.x_dof - self.f))
+        self._loglik += reading_loglik(reading.abs_defocus_dof, reading.log_sigma, expected,
+                                       self.config)
 
     def response(self, abs_defocus_dof: np.ndarray | float) -> np.ndarray:
-        """AENet's expected reading at true |Δz| (gain 1): a soft dead zone near focus."""
-        cfg = self.config
-        soft = cfg.dead_zone_softness_dof
-        return soft * np.logaddexp(0.0, (np.asarray(abs_defocus_dof) - cfg.dead_zone_dof) / soft) \
-            + cfg.dead_zone_reading_dof
+        """AENet's expected reading at true |Δz| (gain 1): see :func:`aenet_response`."""
+        return aenet_response(abs_defocus_dof, self.config)
 
     def near_readings(self) -> list[Reading]:
         """Readings near focus by AENet that carry a sharpness score."""
