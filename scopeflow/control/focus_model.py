@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+WIDE_ZONE_JOIN_DOF = 4.0  # a wider dead zone's response rejoins the trained one this far out
+
 
 @dataclass(frozen=True)
 class FocusModelConfig:
@@ -47,6 +49,10 @@ class FocusModelConfig:
     dead_zone_softness_dof: float = 0.1
     dead_zone_reading_dof: float = 0.3
     scale_floor: float = 0.08  # s_floor: the fitted log error beyond AENet's own σ
+    # Wider dead zones a specimen AENet never saw may have (the held-out pores read ~0.3 DoF
+    # out to ~2 DoF), with ``wide_dead_zone_prior`` their prior mass together.
+    wide_dead_zones_dof: tuple[float, ...] = (1.6, 2.3)
+    wide_dead_zone_prior: float = 0.4
     dof_nu: float = 3.0  # Student-t degrees of freedom: heavy tails for misread frames
     log_gain_sigma: float = 0.25  # prior spread of log k
     log_gain_max: float = 0.75
@@ -72,12 +78,24 @@ class Reading:
     dose_e_per_px: float | None = None  # sharpness is noisier at low dose
 
 
-def aenet_response(abs_defocus_dof: np.ndarray | float, config: FocusModelConfig) -> np.ndarray:
+def aenet_response(abs_defocus_dof: np.ndarray | float, config: FocusModelConfig,
+                   dead_zone_dof: float | None = None) -> np.ndarray:
     """AENet's expected reading at true |Δz| (gain 1): a soft dead zone near focus,
-    ``soft·log(1 + exp((|Δz| − dead_zone)/soft)) + dead_zone_reading``."""
-    soft = config.dead_zone_softness_dof
-    return soft * np.logaddexp(0.0, (np.asarray(abs_defocus_dof) - config.dead_zone_dof) / soft) \
-        + config.dead_zone_reading_dof
+    ``g(d) = soft·log(1 + exp((d − dead_zone)/soft)) + dead_zone_reading``.
+
+    A wider ``dead_zone_dof`` (a specimen AENet never saw) keeps the reading flat out to it,
+    then rises in a straight line that rejoins ``g`` :data:`WIDE_ZONE_JOIN_DOF` further on:
+    far from focus every curve is the same, so far jumps do not depend on the zone.
+    """
+    soft, floor = config.dead_zone_softness_dof, config.dead_zone_reading_dof
+    d = np.asarray(abs_defocus_dof, dtype=float)
+    g = soft * np.logaddexp(0.0, (d - config.dead_zone_dof) / soft) + floor
+    if dead_zone_dof is None or dead_zone_dof <= config.dead_zone_dof:
+        return g
+    join = dead_zone_dof + WIDE_ZONE_JOIN_DOF
+    g_join = soft * np.logaddexp(0.0, (join - config.dead_zone_dof) / soft) + floor
+    slope = (g_join - floor) / WIDE_ZONE_JOIN_DOF
+    return np.minimum(g, floor + slope * soft * np.logaddexp(0.0, (d - dead_zone_dof) / soft))
 
 
 def reading_loglik(reading_dof: float, log_sigma: float, expected: np.ndarray,
@@ -103,8 +121,14 @@ class FocusPosterior:
         self.f = np.linspace(lo_dof, hi_dof, n)
         self.log_k = np.arange(-cfg.log_gain_max, cfg.log_gain_max + 1e-9, cfg.log_gain_step)
         self._log_prior_k = -0.5 * (self.log_k / cfg.log_gain_sigma) ** 2
+        self.dead_zones = (cfg.dead_zone_dof, *cfg.wide_dead_zones_dof)
+        wide = len(cfg.wide_dead_zones_dof)
+        prior = [1.0] if not wide else \
+            [1.0 - cfg.wide_dead_zone_prior] + [cfg.wide_dead_zone_prior / wide] * wide
+        self._log_prior_zone = np.log(np.asarray(prior) + 1e-300)
         self.readings: list[Reading] = []
-        self._loglik = np.zeros((len(self.log_k), n))  # (gain, focus)
+        # (dead zone, gain, focus)
+        self._loglik = np.zeros((len(self.dead_zones), len(self.log_k), n))
 
     def add(self, reading: Reading) -> None:
         """Fold in one frame's reading."""
@@ -112,13 +136,21 @@ class FocusPosterior:
                 and math.isfinite(reading.log_sigma)):
             raise ValueError(f"reading has non-finite values: {reading}")
         self.readings.append(reading)
-        expected = np.exp(self.log_k)[:, None] * self.response(np.abs(reading.x_dof - self.f))
-        self._loglik += reading_loglik(reading.abs_defocus_dof, reading.log_sigma, expected,
-                                       self.config)
+        dist = np.abs(reading.x_dof - self.f)
+        gains = np.exp(self.log_k)[:, None]
+        for i, zone in enumerate(self.dead_zones):
+            expected = gains * aenet_response(dist, self.config, zone)
+            self._loglik[i] += reading_loglik(reading.abs_defocus_dof, reading.log_sigma,
+                                              expected, self.config)
 
     def response(self, abs_defocus_dof: np.ndarray | float) -> np.ndarray:
         """AENet's expected reading at true |Δz| (gain 1): see :func:`aenet_response`."""
         return aenet_response(abs_defocus_dof, self.config)
+
+    def _joint(self) -> np.ndarray:
+        """Log joint of AENet's readings over (dead zone, gain, focus), priors included."""
+        return (self._loglik + self._log_prior_k[None, :, None]
+                + self._log_prior_zone[:, None, None])
 
     def near_readings(self) -> list[Reading]:
         """Readings near focus by AENet that carry a sharpness score."""
@@ -166,9 +198,9 @@ class FocusPosterior:
 
     def density(self) -> np.ndarray:
         """Normalised posterior mass per grid point of ``f``."""
-        joint = self._loglik + self._log_prior_k[:, None]
+        joint = self._joint()
         joint = np.exp(joint - joint.max())
-        logp = np.log(joint.sum(axis=0) + 1e-300) + self.sharpness_loglik()
+        logp = np.log(joint.sum(axis=(0, 1)) + 1e-300) + self.sharpness_loglik()
         p = np.exp(logp - logp.max())
         return p / p.sum()
 
@@ -202,13 +234,12 @@ class FocusPosterior:
     def worst_residual(self) -> float:
         """The largest standardised residual of any reading at the best (f, k): a conflict
         measure (readings no single focus position explains)."""
-        joint = self._loglik + self._log_prior_k[:, None]
-        ik, i_f = np.unravel_index(int(np.argmax(joint)), joint.shape)
+        iz, ik, i_f = np.unravel_index(int(np.argmax(self._joint())), self._loglik.shape)
         cfg, f, k = self.config, self.f[i_f], math.exp(self.log_k[ik])
         worst = 0.0
         for rd in self.readings:
             s = math.hypot(max(rd.log_sigma, 0.0), cfg.scale_floor)
-            expected = k * float(self.response(abs(rd.x_dof - f)))
+            expected = k * float(aenet_response(abs(rd.x_dof - f), cfg, self.dead_zones[iz]))
             r = (math.log(rd.abs_defocus_dof + cfg.floor_dof)
                  - math.log(expected + cfg.floor_dof)) / s
             worst = max(worst, abs(r))
