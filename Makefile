@@ -33,6 +33,7 @@ bench: $(VENV)/.installed-dev
 	$(SF) bench simulate --json runs/bench-simulate.json
 	$(SF) bench models --json runs/bench-models.json
 	$(SF) bench autofocus --trials 200 --json runs/bench-autofocus.json
+	$(SF) bench aenet-response --json runs/bench-aenet-response.json
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check scopeflow tests
