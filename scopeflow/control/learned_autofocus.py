@@ -174,9 +174,9 @@ class LearnedAutofocus:
         cfg, post = self.config, self.posterior
         n = len(self.steps)
         target, p_target = post.best_target(cfg.tolerance_dof)
-        # AENet alone is biased near focus (it cannot tell 0.3 from 1 DoF on every specimen):
-        # stopping needs the sharpness V of three near frames too, with frames on both sides
-        # of the target (frames on one side fit a line whatever lies beyond them).
+        # AENet has a dead zone near focus: stopping needs near frames, whose sharpness V takes
+        # part, on both sides of the target (frames on one side fit a line whatever lies
+        # beyond them).
         near_x = [r.x_dof for r in post.near_readings()]
         margin = cfg.straddle_margin_dof
         straddled = bool(near_x) and min(near_x) + margin < target < max(near_x) - margin
@@ -215,7 +215,7 @@ class LearnedAutofocus:
         elif min(abs(target - x) for x in taken) < cfg.probe_step_dof / 2:
             # A frame there already: step past it, away from the other near frames, so the
             # sharpness V gets frames on both sides of focus.
-            side = 1.0 if target >= float(np.mean(near_x or taken)) else -1.0
+            side = 1.0 if target >= float(np.mean(near_x)) else -1.0
             target += side * cfg.probe_step_dof
             phase = "probe"
         wd = self._clip(self._wd(target))
