@@ -168,8 +168,20 @@ def _cmd_doctor(args) -> int:
     return doctor.main(as_json=args.json)
 
 
+def _require_dev_extra(command: str, *modules: str) -> None:
+    """Exit with a clear message when a benchmark's dev-extra dependencies are missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"scopeflow bench {command} needs {', '.join(missing)} from the dev "
+                         "extra: pip install -e '.[dev]' (or run it through make bench)")
+
+
 def _cmd_bench_autofocus(args) -> int:
     from scopeflow.bench.report import run_autofocus_bench
+
+    _require_dev_extra("autofocus", "mapfost", "scipy", "skimage")
 
     return run_autofocus_bench(trials=args.trials, json_path=args.json, quick=args.quick)
 
@@ -179,6 +191,7 @@ def _cmd_bench_aenet_response(args) -> int:
 
     if args.trials < 3:
         raise SystemExit("--trials must be at least 3 (every third trial is held out)")
+    _require_dev_extra("aenet-response", "scipy")
     return run_aenet_response_bench(trials=args.trials, seed=args.seed, json_path=args.json)
 
 

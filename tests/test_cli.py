@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from scopeflow.cli import build_parser
 
@@ -146,3 +147,11 @@ def test_bench_aenet_response_writes_the_binned_curve_and_the_fit(tmp_path):
     # explained better with a dead zone than by the straight V.
     assert ll["fitted"] >= ll["shipped"] - 1e-6
     assert ll["shipped"] > ll["straight_v"]
+
+
+def test_a_benchmark_missing_its_dev_extra_says_what_to_install():
+    from scopeflow.cli import _require_dev_extra
+
+    _require_dev_extra("autofocus", "numpy")  # present: no exit
+    with pytest.raises(SystemExit, match=r"no_such_module_x .*pip install -e '\.\[dev\]'"):
+        _require_dev_extra("autofocus", "numpy", "no_such_module_x")
