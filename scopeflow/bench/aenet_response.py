@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from scopeflow.control.focus_model import FocusModelConfig, aenet_response, reading_loglik
+from scopeflow.control.focus_model import (
+    FocusModelConfig,
+    aenet_response,
+    gain_grid,
+    reading_loglik,
+)
 
 FITTED = ("dead_zone_dof", "dead_zone_softness_dof", "dead_zone_reading_dof", "scale_floor")
 BINS_DOF = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0, 31.0)
@@ -67,9 +72,8 @@ def log_likelihood(data: dict[str, np.ndarray], config: FocusModelConfig,
                    straight: bool = False) -> float:
     """Log-likelihood of the readings under ``config``, the gain of each trial marginalised on
     the posterior's grid and prior (``straight``: the plain V, ``g(d) = d``)."""
-    log_k = np.arange(-config.log_gain_max, config.log_gain_max + 1e-9, config.log_gain_step)
-    log_prior = -0.5 * (log_k / config.log_gain_sigma) ** 2
-    log_prior -= np.log(np.exp(log_prior).sum())
+    log_k, log_prior = gain_grid(config)
+    log_prior = log_prior - np.log(np.exp(log_prior).sum())
     g = data["abs_dz"] if straight else aenet_response(data["abs_dz"], config)
     total = 0.0
     for t in np.unique(data["trial"]):

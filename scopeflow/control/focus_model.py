@@ -109,6 +109,12 @@ def reading_loglik(reading_dof: float, log_sigma: float, expected: np.ndarray,
     return -0.5 * (config.dof_nu + 1.0) * np.log1p(r * r / config.dof_nu) - math.log(s)
 
 
+def gain_grid(config: FocusModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(log k on its grid, the log-normal prior of each, unnormalised): AENet's per-run gain."""
+    log_k = np.arange(-config.log_gain_max, config.log_gain_max + 1e-9, config.log_gain_step)
+    return log_k, -0.5 * (log_k / config.log_gain_sigma) ** 2
+
+
 class FocusPosterior:
     """The posterior over the focus WD on a grid ``f`` (DoF units, the readings' origin)."""
 
@@ -119,8 +125,7 @@ class FocusPosterior:
         self.config = cfg = config or FocusModelConfig()
         n = math.ceil((hi_dof - lo_dof) / cfg.grid_step_dof) + 1
         self.f = np.linspace(lo_dof, hi_dof, n)
-        self.log_k = np.arange(-cfg.log_gain_max, cfg.log_gain_max + 1e-9, cfg.log_gain_step)
-        self._log_prior_k = -0.5 * (self.log_k / cfg.log_gain_sigma) ** 2
+        self.log_k, self._log_prior_k = gain_grid(cfg)
         self.dead_zones = (cfg.dead_zone_dof, *cfg.wide_dead_zones_dof)
         wide = len(cfg.wide_dead_zones_dof)
         prior = [1.0] if not wide else \
@@ -129,6 +134,7 @@ class FocusPosterior:
         self.readings: list[Reading] = []
         # (dead zone, gain, focus)
         self._loglik = np.zeros((len(self.dead_zones), len(self.log_k), n))
+        self._density: np.ndarray | None = None  # cached until the next reading
 
     def add(self, reading: Reading) -> None:
         """Fold in one frame's reading."""
@@ -136,16 +142,13 @@ class FocusPosterior:
                 and math.isfinite(reading.log_sigma)):
             raise ValueError(f"reading has non-finite values: {reading}")
         self.readings.append(reading)
+        self._density = None
         dist = np.abs(reading.x_dof - self.f)
         gains = np.exp(self.log_k)[:, None]
         for i, zone in enumerate(self.dead_zones):
             expected = gains * aenet_response(dist, self.config, zone)
             self._loglik[i] += reading_loglik(reading.abs_defocus_dof, reading.log_sigma,
                                               expected, self.config)
-
-    def response(self, abs_defocus_dof: np.ndarray | float) -> np.ndarray:
-        """AENet's expected reading at true |Δz| (gain 1): see :func:`aenet_response`."""
-        return aenet_response(abs_defocus_dof, self.config)
 
     def _joint(self) -> np.ndarray:
         """Log joint of AENet's readings over (dead zone, gain, focus), priors included."""
@@ -197,12 +200,16 @@ class FocusPosterior:
         return float(min(max(scaled, cfg.sharpness_sigma_range[0]), cfg.sharpness_sigma_range[1]))
 
     def density(self) -> np.ndarray:
-        """Normalised posterior mass per grid point of ``f``."""
-        joint = self._joint()
-        joint = np.exp(joint - joint.max())
-        logp = np.log(joint.sum(axis=(0, 1)) + 1e-300) + self.sharpness_loglik()
-        p = np.exp(logp - logp.max())
-        return p / p.sum()
+        """Normalised posterior mass per grid point of ``f`` (computed once per reading; a
+        decision asks for it several times). Read-only."""
+        if self._density is None:
+            joint = self._joint()
+            joint = np.exp(joint - joint.max())
+            logp = np.log(joint.sum(axis=(0, 1)) + 1e-300) + self.sharpness_loglik()
+            p = np.exp(logp - logp.max())
+            self._density = p / p.sum()
+            self._density.flags.writeable = False
+        return self._density
 
     def mass_within(self, centre_dof: float, half_width_dof: float) -> float:
         """P(|f − centre| ≤ half_width)."""
