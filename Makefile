@@ -23,8 +23,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-base
 	$(SF) demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check scopeflow tests
+test: lint
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed-dev

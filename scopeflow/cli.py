@@ -56,15 +56,21 @@ def _cmd_node_acquire(args) -> int:
 
     microscope = microscope_from_args(args)
     config = AcquireConfig(
-        frames_endpoint=args.frames, commands_endpoint=args.commands,
-        lossless_endpoint=args.lossless, mode=args.mode,
+        frames_endpoint=args.frames,
+        commands_endpoint=args.commands,
+        lossless_endpoint=args.lossless,
+        mode=args.mode,
         frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
-        curve=_curve_server(args), name=args.name,
+        curve=_curve_server(args),
+        name=args.name,
     )
     node = AcquireNode(microscope, config, metrics_port=args.metrics_port)
     logging.getLogger("scopeflow").info(
-        "acquire node ready: frames %s, commands %s%s", node.frames_endpoint,
-        node.commands_endpoint, f", lossless {node.lossless_endpoint}" if args.lossless else "")
+        "acquire node ready: frames %s, commands %s%s",
+        node.frames_endpoint,
+        node.commands_endpoint,
+        f", lossless {node.lossless_endpoint}" if args.lossless else "",
+    )
     return _run_until_signalled(node)
 
 
@@ -72,27 +78,41 @@ def _cmd_node_infer(args) -> int:
     from scopeflow.inference.node import InferConfig, InferNode
 
     node = InferNode(
-        InferConfig(frames_endpoint=args.frames, results_endpoint=args.results,
-                    model=args.model, backend=args.backend, name=args.name),
+        InferConfig(
+            frames_endpoint=args.frames,
+            results_endpoint=args.results,
+            model=args.model,
+            backend=args.backend,
+            name=args.name,
+        ),
         metrics_port=args.metrics_port,
     )
     logging.getLogger("scopeflow").info(
-        "infer node ready: frames %s → results %s (%s)", args.frames, node.results_endpoint,
-        f"{args.model} on {node.processor.backend}")
+        "infer node ready: frames %s → results %s (%s)",
+        args.frames,
+        node.results_endpoint,
+        f"{args.model} on {node.processor.backend}",
+    )
     return _run_until_signalled(node)
 
 
 def _cmd_node_control(args) -> int:
     from scopeflow.control.node import ControlConfig, run_control
 
-    outcome = run_control(ControlConfig(
-        commands_endpoint=args.commands, results_endpoint=args.results,
-        search_range_dof=args.search_range_dof, tolerance_dof=args.tolerance_dof,
-        max_frames=args.max_frames, timeout_s=args.timeout_s, curve=_curve_client(args),
-        max_step_um=args.max_step_um,
-        acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
-        track_frames=args.track,
-    ))
+    outcome = run_control(
+        ControlConfig(
+            commands_endpoint=args.commands,
+            results_endpoint=args.results,
+            search_range_dof=args.search_range_dof,
+            tolerance_dof=args.tolerance_dof,
+            max_frames=args.max_frames,
+            timeout_s=args.timeout_s,
+            curve=_curve_client(args),
+            max_step_um=args.max_step_um,
+            acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
+            track_frames=args.track,
+        )
+    )
     text = json.dumps(outcome.to_dict(), indent=2)
     if args.out:
         Path(args.out).write_text(text)
@@ -113,13 +133,18 @@ def _cmd_simulate(args) -> int:
 
     source = dataset_source(args.kind, args.seed, args.ideal)
     out = args.out or Path("runs") / f"simulate-{args.kind}-seed{args.seed}"
-    print(f"scopeflow simulate {args.kind}: {args.n} images, seed {args.seed}"
-          f"{' (ideal)' if args.ideal else ''} → {out}/")
-    summary = write_dataset(source, args.n, out, fmt=args.format,
-                            run_info={"seed": args.seed, "ideal": args.ideal})
-    print(f"  wrote {summary['images']} images, {summary['annotations']} annotations"
-          f"{', ' + str(summary['tracks']) + ' tracks' if summary['tracks'] else ''}"
-          f" ({', '.join(summary['categories']) or 'no objects'}) in {summary['seconds']:.1f} s")
+    print(
+        f"scopeflow simulate {args.kind}: {args.n} images, seed {args.seed}"
+        f"{' (ideal)' if args.ideal else ''} → {out}/"
+    )
+    summary = write_dataset(
+        source, args.n, out, fmt=args.format, run_info={"seed": args.seed, "ideal": args.ideal}
+    )
+    print(
+        f"  wrote {summary['images']} images, {summary['annotations']} annotations"
+        f"{', ' + str(summary['tracks']) + ' tracks' if summary['tracks'] else ''}"
+        f" ({', '.join(summary['categories']) or 'no objects'}) in {summary['seconds']:.1f} s"
+    )
     print(f"  {out}/annotations.json, metadata.json, contact_sheet.png")
     return 0
 
@@ -130,12 +155,19 @@ def _cmd_train(args) -> int:
     out = args.out or Path("runs") / f"train-{args.model}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     trainer = importlib.import_module(f"scopeflow.training.{args.model}")
-    print(f"scopeflow train {args.model} (seed {args.seed}{', quick' if args.quick else ''})"
-          f" → {out}/")
+    print(
+        f"scopeflow train {args.model} (seed {args.seed}{', quick' if args.quick else ''}) → {out}/"
+    )
     metrics = trainer.train(out, seed=args.seed, quick=args.quick)
     print(f"  wrote {out / (args.model + '.pt')}, loss_curve.png, metrics.json")
-    print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in metrics.items() if not isinstance(v, (dict, list))))
+    print(
+        "  "
+        + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in metrics.items()
+            if not isinstance(v, (dict, list))
+        )
+    )
     return 0
 
 
@@ -145,8 +177,10 @@ def _cmd_export(args) -> int:
 
     if args.run is not None:
         diff = ship(args.model, args.run)
-        print(f"shipped {args.run / (args.model + '.pt')} → {WEIGHTS_DIR}/{args.model}"
-              f".{{pt,onnx,json}}; max |ONNX − torch| = {diff:.2e} on the example inputs")
+        print(
+            f"shipped {args.run / (args.model + '.pt')} → {WEIGHTS_DIR}/{args.model}"
+            f".{{pt,onnx,json}}; max |ONNX − torch| = {diff:.2e} on the example inputs"
+        )
         return 0
 
     weights = args.weights or WEIGHTS_DIR / f"{args.model}.pt"
@@ -174,8 +208,10 @@ def _require_dev_extra(command: str, *modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(f"scopeflow bench {command} needs {', '.join(missing)} from the dev "
-                         "extra: pip install -e '.[dev]' (or run it through make bench)")
+        raise SystemExit(
+            f"scopeflow bench {command} needs {', '.join(missing)} from the dev "
+            "extra: pip install -e '.[dev]' (or run it through make bench)"
+        )
 
 
 def _cmd_bench_autofocus(args) -> int:
@@ -209,9 +245,13 @@ def _cmd_bench_simulate(args) -> int:
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("simulated microscope")
-    g.add_argument("--sim", choices=["sem", "optical", "insitu"], default="sem",
-                   help="sem: SEM for autofocus; optical: flake-chip microscope; "
-                        "insitu: TEM camera streaming on its own clock")
+    g.add_argument(
+        "--sim",
+        choices=["sem", "optical", "insitu"],
+        default="sem",
+        help="sem: SEM for autofocus; optical: flake-chip microscope; "
+        "insitu: TEM camera streaming on its own clock",
+    )
     g.add_argument("--fps", type=float, default=10.0, help="insitu camera frame rate")
     g.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     g.add_argument("--family", default="nanoparticles", help="specimen family")
@@ -219,8 +259,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pixel-size-nm", type=float, default=10.0)
     g.add_argument("--semiangle-mrad", type=float, default=3.0, help="beam convergence α")
     g.add_argument("--dose", type=float, default=50.0, help="electrons per pixel")
-    g.add_argument("--start-defocus-dof", type=float, default=0.0,
-                   help="initial WD − focus, in depth-of-field units")
+    g.add_argument(
+        "--start-defocus-dof",
+        type=float,
+        default=0.0,
+        help="initial WD − focus, in depth-of-field units",
+    )
     g.add_argument("--astigmatism-um", type=float, default=0.0)
     g.add_argument("--focus-drift-um-per-s", type=float, default=0.0)
     g.add_argument("--settle-s", type=float, default=0.005, help="WD actuator settle time")
@@ -229,8 +273,9 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scopeflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scopeflow {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run one pipeline node in this process")
@@ -238,12 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     acq = nodes.add_parser("acquire", help="a (simulated) microscope: frames out, commands in")
     acq.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (bind)")
-    acq.add_argument("--commands", default=DEFAULT_COMMANDS,
-                     help="command endpoint (bind; loopback unless CURVE keys are given)")
+    acq.add_argument(
+        "--commands",
+        default=DEFAULT_COMMANDS,
+        help="command endpoint (bind; loopback unless CURVE keys are given)",
+    )
     acq.add_argument("--lossless", default=None, help="optional lossless PUSH endpoint (bind)")
     acq.add_argument("--mode", choices=["triggered", "continuous"], default="triggered")
-    acq.add_argument("--rate", type=float, default=None,
-                     help="frames/s in continuous mode (default: --fps for insitu, else 10)")
+    acq.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="frames/s in continuous mode (default: --fps for insitu, else 10)",
+    )
     acq.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
     acq.add_argument("--curve-secret", default=None, help="server secret key file")
     acq.add_argument("--curve-clients", default=None, help="folder of authorised client keys")
@@ -254,13 +306,28 @@ def build_parser() -> argparse.ArgumentParser:
     inf = nodes.add_parser("infer", help="frames in, focus estimates out")
     inf.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (connect)")
     inf.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (bind)")
-    inf.add_argument("--model", "--evaluator", dest="model", default="normalized_variance",
-                     choices=["normalized_variance", "tenengrad", "brenner", "aenet", "denoiser",
-                              "flake_detector", "particle_detector"],
-                     help="classical focus metric or shipped model (--evaluator: alias)")
-    inf.add_argument("--backend", default="auto",
-                     choices=["auto", "onnxruntime", "torch", "tensorrt"],
-                     help="auto: tensorrt on an NVIDIA GPU, else onnxruntime")
+    inf.add_argument(
+        "--model",
+        "--evaluator",
+        dest="model",
+        default="normalized_variance",
+        choices=[
+            "normalized_variance",
+            "tenengrad",
+            "brenner",
+            "aenet",
+            "denoiser",
+            "flake_detector",
+            "particle_detector",
+        ],
+        help="classical focus metric or shipped model (--evaluator: alias)",
+    )
+    inf.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "torch", "tensorrt"],
+        help="auto: tensorrt on an NVIDIA GPU, else onnxruntime",
+    )
     inf.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
     inf.add_argument("--name", default="infer")
     inf.set_defaults(func=_cmd_node_infer)
@@ -272,14 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--search-range-dof", type=float, default=30.0)
     ctl.add_argument("--tolerance-dof", type=float, default=0.5)
     ctl.add_argument("--max-frames", type=int, default=40)
-    ctl.add_argument("--max-step-um", type=float, default=None,
-                     help="split WD moves larger than this (default: the device's maximum)")
-    ctl.add_argument("--acnet-backend", default="auto",
-                     help="backend of ACNet for AENet-driven autofocus, or 'none'")
-    ctl.add_argument("--track", type=int, default=0, metavar="N",
-                     help="after a converged autofocus, keep focus for N live frames")
-    ctl.add_argument("--timeout-s", type=float, default=5.0,
-                     help="give up when a peer is silent this long")
+    ctl.add_argument(
+        "--max-step-um",
+        type=float,
+        default=None,
+        help="split WD moves larger than this (default: the device's maximum)",
+    )
+    ctl.add_argument(
+        "--acnet-backend",
+        default="auto",
+        help="backend of ACNet for AENet-driven autofocus, or 'none'",
+    )
+    ctl.add_argument(
+        "--track",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after a converged autofocus, keep focus for N live frames",
+    )
+    ctl.add_argument(
+        "--timeout-s", type=float, default=5.0, help="give up when a peer is silent this long"
+    )
     ctl.add_argument("--curve-secret", default=None, help="client secret key file")
     ctl.add_argument("--curve-server-public", default=None, help="server public key file")
     ctl.set_defaults(func=_cmd_node_control)
@@ -287,22 +367,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="autofocus end to end on a simulated SEM")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     demo.add_argument("--seed", type=int, default=1)
-    demo.add_argument("--evaluator", default="aenet",
-                      choices=["aenet", "normalized_variance", "tenengrad", "brenner"],
-                      help="aenet (default): AENet/ACNet autofocus; a classical metric: the "
-                           "golden-section baseline")
+    demo.add_argument(
+        "--evaluator",
+        default="aenet",
+        choices=["aenet", "normalized_variance", "tenengrad", "brenner"],
+        help="aenet (default): AENet/ACNet autofocus; a classical metric: the "
+        "golden-section baseline",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     sim = sub.add_parser("simulate", help="write a simulated dataset with ground truth")
     sim.add_argument("kind", choices=["sem", "flakes", "insitu"])
     sim.add_argument("--n", type=int, default=16, help="images (insitu: consecutive frames)")
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--out", type=Path, default=None,
-                     help="output folder (default runs/simulate-KIND-seedS)")
-    sim.add_argument("--ideal", action="store_true",
-                     help="no noise, blur, vignetting or white balance (to check the physics)")
-    sim.add_argument("--format", choices=["tiff", "png"], default=None,
-                     help="image files (default: TIFF for 16-bit, PNG for 8-bit)")
+    sim.add_argument(
+        "--out", type=Path, default=None, help="output folder (default runs/simulate-KIND-seedS)"
+    )
+    sim.add_argument(
+        "--ideal",
+        action="store_true",
+        help="no noise, blur, vignetting or white balance (to check the physics)",
+    )
+    sim.add_argument(
+        "--format",
+        choices=["tiff", "png"],
+        default=None,
+        help="image files (default: TIFF for 16-bit, PNG for 8-bit)",
+    )
     sim.set_defaults(func=_cmd_simulate)
 
     models = ["aenet", "acnet", "denoiser", "flake_detector", "particle_detector"]
@@ -315,12 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="export a model's weights to ONNX (checked vs torch)")
     ex.add_argument("model", choices=models)
-    ex.add_argument("--weights", type=Path, default=None,
-                    help="state dict (default: the shipped MODEL.pt)")
+    ex.add_argument(
+        "--weights", type=Path, default=None, help="state dict (default: the shipped MODEL.pt)"
+    )
     ex.add_argument("--out", type=Path, default=None, help="ONNX file (default: beside weights)")
-    ex.add_argument("--run", type=Path, default=None,
-                    help="ship a training run directory into the package: copy MODEL.pt, "
-                         "write MODEL.json, export MODEL.onnx")
+    ex.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="ship a training run directory into the package: copy MODEL.pt, "
+        "write MODEL.json, export MODEL.onnx",
+    )
     ex.set_defaults(func=_cmd_export)
 
     doc = sub.add_parser("doctor", help="versions, backends, CPU/GPU")
@@ -337,19 +433,35 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", type=Path, default=None, help="write results here")
     bs.add_argument("--repeats", type=int, default=20, help="timed frames per case")
     bs.set_defaults(func=_cmd_bench_simulate)
-    ba = benches.add_parser("autofocus", help="AENet/ACNet autofocus vs search and MAPFoSt, "
-                            "and focus tracking")
+    ba = benches.add_parser(
+        "autofocus", help="AENet/ACNet autofocus vs search and MAPFoSt, and focus tracking"
+    )
     ba.add_argument("--trials", type=int, default=200, help="seeded trials per method")
-    ba.add_argument("--json", type=Path, default=None,
-                    help="write results here (and the figure beside it, .png)")
+    ba.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write results here (and the figure beside it, .png)",
+    )
     ba.add_argument("--quick", action="store_true", help="256² frames, short tracking (smoke)")
     ba.set_defaults(func=_cmd_bench_autofocus)
-    br = benches.add_parser("aenet-response", help="AENet's reading against the true |Δz|, "
-                            "and the fit of the autofocus model's response to it")
-    br.add_argument("--trials", type=int, default=90,
-                    help="seeded trials (the trained families among them are used)")
-    br.add_argument("--seed", type=int, default=43, help="trial seed (the autofocus "
-                    "benchmark's is 31: keep calibration off it)")
+    br = benches.add_parser(
+        "aenet-response",
+        help="AENet's reading against the true |Δz|, "
+        "and the fit of the autofocus model's response to it",
+    )
+    br.add_argument(
+        "--trials",
+        type=int,
+        default=90,
+        help="seeded trials (the trained families among them are used)",
+    )
+    br.add_argument(
+        "--seed",
+        type=int,
+        default=43,
+        help="trial seed (the autofocus benchmark's is 31: keep calibration off it)",
+    )
     br.add_argument("--json", type=Path, default=None, help="write results here")
     br.set_defaults(func=_cmd_bench_aenet_response)
     bm = benches.add_parser("models", help="held-out metrics of every model vs baselines")
@@ -362,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
+        level=args.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
     )
     try:

@@ -56,8 +56,9 @@ def start_defocus_dof(seed: int) -> float:
     return float(rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 20.0))
 
 
-def run_demo(out_dir: Path | None = None, seed: int = 1, evaluator: str = "aenet",
-             progress=print) -> int:
+def run_demo(
+    out_dir: Path | None = None, seed: int = 1, evaluator: str = "aenet", progress=print
+) -> int:
     """Run the demo; exit status 0 when autofocus converged."""
     out = Path(out_dir) if out_dir else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     logs = out / "logs"
@@ -67,18 +68,34 @@ def run_demo(out_dir: Path | None = None, seed: int = 1, evaluator: str = "aenet
     with tempfile.TemporaryDirectory(prefix="sfd-", dir="/tmp") as sock_dir:
         frames, commands, results = (f"ipc://{sock_dir}/{n}" for n in ("f", "c", "r"))
         procs = {
-            "acquire": _start("acquire", [
-                "acquire", "--frames", frames, "--commands", commands, "--seed", str(seed),
-                "--start-defocus-dof", f"{defocus}"], logs),
-            "infer": _start("infer", [
-                "infer", "--frames", frames, "--results", results, "--evaluator", evaluator],
-                logs),
+            "acquire": _start(
+                "acquire",
+                [
+                    "acquire",
+                    "--frames",
+                    frames,
+                    "--commands",
+                    commands,
+                    "--seed",
+                    str(seed),
+                    "--start-defocus-dof",
+                    f"{defocus}",
+                ],
+                logs,
+            ),
+            "infer": _start(
+                "infer",
+                ["infer", "--frames", frames, "--results", results, "--evaluator", evaluator],
+                logs,
+            ),
         }
         outcome_path = out / "autofocus.json"
         t0 = time.monotonic()
-        control = _start("control", [
-            "control", "--commands", commands, "--results", results,
-            "--out", str(outcome_path)], logs)
+        control = _start(
+            "control",
+            ["control", "--commands", commands, "--results", results, "--out", str(outcome_path)],
+            logs,
+        )
         procs["control"] = control
         problems = []
         try:
@@ -104,9 +121,11 @@ def run_demo(out_dir: Path | None = None, seed: int = 1, evaluator: str = "aenet
         "initial_error_um": outcome["initial_error_um"],
         "final_error_um": outcome["final_error_um"],
         "dof_um": outcome["dof_um"],
-        "final_error_dof": (outcome["final_error_um"] / outcome["dof_um"]
-                            if outcome["final_error_um"] is not None and outcome["dof_um"]
-                            else None),
+        "final_error_dof": (
+            outcome["final_error_um"] / outcome["dof_um"]
+            if outcome["final_error_um"] is not None and outcome["dof_um"]
+            else None
+        ),
         "start_defocus_dof": defocus,
         "seed": seed,
         "message": outcome["message"],
@@ -129,7 +148,9 @@ def _print_summary(s: dict, out: Path, progress) -> None:
     progress(f"  frames           {s['frames']}")
     if err is not None:
         progress(f"  initial error    {s['initial_error_um']:.2f} µm")
-        progress(f"  final error      {err:.2f} µm = {s['final_error_dof']:.2f} DoF "
-                 f"(DoF {s['dof_um']:.2f} µm; success ≤ 0.5 DoF)")
+        progress(
+            f"  final error      {err:.2f} µm = {s['final_error_dof']:.2f} DoF "
+            f"(DoF {s['dof_um']:.2f} µm; success ≤ 0.5 DoF)"
+        )
     progress(f"  autofocus time   {s['autofocus_seconds']:.2f} s")
     progress(f"  wrote            {out / 'summary.json'}, {out / 'focus_trace.png'}")

@@ -35,11 +35,14 @@ def _packages() -> list[Check]:
     checks = [
         Check("python", True, platform.python_version()),
         Check("scopeflow", True, _version("scopeflow") or "source tree"),
-        Check("pyzmq", True, f"{zmq.__version__} (libzmq {zmq.zmq_version()}, "
-                             f"CURVE {'yes' if zmq.has('curve') else 'no'})"),
+        Check(
+            "pyzmq",
+            True,
+            f"{zmq.__version__} (libzmq {zmq.zmq_version()}, "
+            f"CURVE {'yes' if zmq.has('curve') else 'no'})",
+        ),
     ]
-    for dist in ("numpy", "opencv-python-headless", "pydantic", "prometheus-client",
-                 "matplotlib"):
+    for dist in ("numpy", "opencv-python-headless", "pydantic", "prometheus-client", "matplotlib"):
         v = _version(dist)
         checks.append(Check(dist, v is not None, v or "missing: pip install -e ."))
     return checks
@@ -64,8 +67,13 @@ def _gpu_names() -> list[str]:
     if smi is None:
         return []
     try:
-        res = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=False)
+        res = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in res.stdout.splitlines() if line.strip()]
@@ -82,8 +90,15 @@ def _hardware() -> list[Check]:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         checks.append(Check("memory", True, f"{pages * size / 2**30:.1f} GiB"))
     gpus = _gpu_names()
-    checks.append(Check("gpu", bool(gpus), ", ".join(gpus) if gpus else "none found "
-                        "(nvidia-smi absent or no device); CPU backends are used"))
+    checks.append(
+        Check(
+            "gpu",
+            bool(gpus),
+            ", ".join(gpus)
+            if gpus
+            else "none found (nvidia-smi absent or no device); CPU backends are used",
+        )
+    )
     return checks
 
 

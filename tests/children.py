@@ -13,8 +13,15 @@ from scopeflow.schemas.state import MicroscopeState
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LosslessSender, send
 
-STATE = MicroscopeState(wd_um=5000.0, wd_target_um=5000.0, settled=True, stage_x_um=0.0,
-                        stage_y_um=0.0, magnification=1000.0, pixel_size_nm=10.0)
+STATE = MicroscopeState(
+    wd_um=5000.0,
+    wd_target_um=5000.0,
+    settled=True,
+    stage_x_um=0.0,
+    stage_y_um=0.0,
+    magnification=1000.0,
+    pixel_size_nm=10.0,
+)
 
 
 def frame_pixels(seed: int, image_id: int, shape=(256, 256)) -> np.ndarray:
@@ -25,10 +32,16 @@ def frame_pixels(seed: int, image_id: int, shape=(256, 256)) -> np.ndarray:
 def header_for(image_id: int, shape=(256, 256), monotonic_ns: int | None = None) -> ImageHeader:
     now = time.time_ns()
     return ImageHeader(
-        series_id=1, series_unique_id="test-series", image_id=image_id, shape=shape,
-        dtype="uint16", start_time_ns=now, stop_time_ns=now,
+        series_id=1,
+        series_unique_id="test-series",
+        image_id=image_id,
+        shape=shape,
+        dtype="uint16",
+        start_time_ns=now,
+        stop_time_ns=now,
         monotonic_ns=monotonic_ns if monotonic_ns is not None else time.monotonic_ns(),
-        command_seq=0, state=STATE,
+        command_seq=0,
+        state=STATE,
     )
 
 

@@ -26,7 +26,8 @@ def no_leaked_threads() -> Iterator[None]:
     deadline = time.monotonic() + 5.0
     while True:
         leaked = [
-            t for t in threading.enumerate()
+            t
+            for t in threading.enumerate()
             if t.ident not in before and t.is_alive() and not t.daemon
         ]
         if not leaked or time.monotonic() > deadline:

@@ -43,17 +43,30 @@ def running(node) -> Iterator[threading.Thread]:
 
 @contextmanager
 def pipeline(
-    ipc_dir: Path, microscope: Microscope, *, evaluator: str = "normalized_variance",
-    with_infer: bool = True, metrics_port: int | None = None, **acquire_options,
+    ipc_dir: Path,
+    microscope: Microscope,
+    *,
+    evaluator: str = "normalized_variance",
+    with_infer: bool = True,
+    metrics_port: int | None = None,
+    **acquire_options,
 ) -> Iterator[Pipeline]:
     """An acquisition node (and an inference node) on ipc endpoints in ``ipc_dir``."""
     ctx = zmq.Context()
     frames, commands, results = (f"ipc://{ipc_dir}/{n}" for n in ("f", "c", "r"))
-    acq = AcquireNode(microscope, AcquireConfig(
-        frames_endpoint=frames, commands_endpoint=commands, **acquire_options),
-        ctx=ctx, metrics_port=metrics_port)
-    inf = InferNode(InferConfig(frames_endpoint=frames, results_endpoint=results,
-                                model=evaluator), ctx=ctx) if with_infer else None
+    acq = AcquireNode(
+        microscope,
+        AcquireConfig(frames_endpoint=frames, commands_endpoint=commands, **acquire_options),
+        ctx=ctx,
+        metrics_port=metrics_port,
+    )
+    inf = (
+        InferNode(
+            InferConfig(frames_endpoint=frames, results_endpoint=results, model=evaluator), ctx=ctx
+        )
+        if with_infer
+        else None
+    )
     try:
         with running(acq):
             if inf is None:
@@ -73,8 +86,12 @@ def seeded_trial(seed: int, rng_seed: int, families: tuple[str, ...]) -> tuple[S
     alpha = float(rng.choice([2.0, 3.0, 5.0]))
     start_dof = float(rng.uniform(-20.0, 20.0))
     cfg = SEMConfig(
-        seed=seed, family=families[seed % len(families)], pixel_size_nm=pixel_nm,
-        beam_semiangle_mrad=alpha, dose_e_per_px=float(rng.uniform(20.0, 200.0)),
-        start_wd_um=5000.0 + start_dof * depth_of_field_um(pixel_nm, alpha), settle_s=0.0,
+        seed=seed,
+        family=families[seed % len(families)],
+        pixel_size_nm=pixel_nm,
+        beam_semiangle_mrad=alpha,
+        dose_e_per_px=float(rng.uniform(20.0, 200.0)),
+        start_wd_um=5000.0 + start_dof * depth_of_field_um(pixel_nm, alpha),
+        settle_s=0.0,
     )
     return cfg, start_dof

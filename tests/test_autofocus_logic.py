@@ -12,8 +12,14 @@ from scopeflow.schemas.state import Limits
 
 DOF = 3.0
 FOCUS = 5000.0
-LIMITS = Limits(wd_min_um=1000, wd_max_um=9000, stage_x_min_um=-1, stage_x_max_um=1,
-                stage_y_min_um=-1, stage_y_max_um=1)
+LIMITS = Limits(
+    wd_min_um=1000,
+    wd_max_um=9000,
+    stage_x_min_um=-1,
+    stage_x_max_um=1,
+    stage_y_min_um=-1,
+    stage_y_max_um=1,
+)
 
 
 def lorentzian(wd: float, focus: float = FOCUS) -> float:

@@ -18,8 +18,16 @@ def test_doctor_reports_versions_backends_and_hardware():
     res = subprocess.run([*SF, "doctor", "--json"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     checks = {c["name"]: c for c in json.loads(res.stdout)}
-    for name in ("python", "pyzmq", "numpy", "backend onnxruntime", "backend torch",
-                 "backend tensorrt", "cpu", "gpu"):
+    for name in (
+        "python",
+        "pyzmq",
+        "numpy",
+        "backend onnxruntime",
+        "backend torch",
+        "backend tensorrt",
+        "cpu",
+        "gpu",
+    ):
         assert name in checks
     assert checks["backend onnxruntime"]["ok"]
     assert "CPUExecutionProvider" in checks["backend onnxruntime"]["detail"]
@@ -31,8 +39,12 @@ def test_doctor_reports_versions_backends_and_hardware():
 
 def test_bench_transport_quick_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([*SF, "--log-level", "WARNING", "bench", "transport", "--quick",
-                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [*SF, "--log-level", "WARNING", "bench", "transport", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "GB/s" in res.stdout and "loop latency" in res.stdout
     data = json.loads(out.read_text())
@@ -50,26 +62,51 @@ def test_bench_transport_quick_writes_the_documented_json(tmp_path):
 
 
 def test_nodes_refuse_a_public_command_endpoint_without_curve():
-    res = subprocess.run([*SF, "node", "acquire", "--commands", "tcp://0.0.0.0:5999",
-                          "--frames", "tcp://127.0.0.1:*", "--frame-size", "64"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            *SF,
+            "node",
+            "acquire",
+            "--commands",
+            "tcp://0.0.0.0:5999",
+            "--frames",
+            "tcp://127.0.0.1:*",
+            "--frame-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "CURVE" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_every_subcommand_has_help():
     parser = build_parser()
-    for argv in (["node", "acquire"], ["node", "infer"], ["node", "control"], ["demo"],
-                 ["doctor"], ["bench", "transport"], ["bench", "models"],
-                 ["train", "aenet"], ["export", "acnet"]):
+    for argv in (
+        ["node", "acquire"],
+        ["node", "infer"],
+        ["node", "control"],
+        ["demo"],
+        ["doctor"],
+        ["bench", "transport"],
+        ["bench", "models"],
+        ["train", "aenet"],
+        ["export", "acnet"],
+    ):
         args = parser.parse_args(argv)
         assert callable(args.func)
 
 
 def test_bench_simulate_writes_a_row_per_simulator(tmp_path):
     out = tmp_path / "sim.json"
-    res = subprocess.run([*SF, "bench", "simulate", "--repeats", "2", "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [*SF, "bench", "simulate", "--repeats", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     rows = {r["case"]: r for r in json.loads(out.read_text())["simulate"]}
     assert {"chip tile 1920×1200 RGB", "insitu 1024²", "insitu 2048²"} <= set(rows)
@@ -81,13 +118,21 @@ def test_bench_simulate_writes_a_row_per_simulator(tmp_path):
 
 def test_bench_models_quick_writes_the_documented_json(tmp_path):
     out = tmp_path / "models.json"
-    res = subprocess.run([*SF, "bench", "models", "--quick", "--json", str(out)],
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [*SF, "bench", "models", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(out.read_text())
     aenet = data["aenet"]
-    for key in ("within_one_level", "spearman_abs_dz", "heldout_within_one_level",
-                "max_score_change_under_gain_offset"):
+    for key in (
+        "within_one_level",
+        "spearman_abs_dz",
+        "heldout_within_one_level",
+        "max_score_change_under_gain_offset",
+    ):
         assert isinstance(aenet[key], float)
     den = data["denoiser"]
     for modality in ("sem", "insitu"):
@@ -108,16 +153,31 @@ def test_bench_models_quick_writes_the_documented_json(tmp_path):
 
 def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
     out = tmp_path / "af.json"
-    res = subprocess.run([*SF, "bench", "autofocus", "--quick", "--trials", "3",
-                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [*SF, "bench", "autofocus", "--quick", "--trials", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(out.read_text())
     assert data["trials"] == 3
-    assert set(data["methods"]) == {"scopeflow", "search-normalized-variance",
-                                    "search-tenengrad", "mapfost", "scopeflow-aenet-only"}
+    assert set(data["methods"]) == {
+        "scopeflow",
+        "search-normalized-variance",
+        "search-tenengrad",
+        "mapfost",
+        "scopeflow-aenet-only",
+    }
     for name, m in data["methods"].items():
-        for key in ("frames_median", "frames_p95", "success_rate", "final_error_dof_median",
-                    "final_error_dof_p95", "seconds_median"):
+        for key in (
+            "frames_median",
+            "frames_p95",
+            "success_rate",
+            "final_error_dof_median",
+            "final_error_dof_p95",
+            "seconds_median",
+        ):
             assert isinstance(m[key], float), (name, key)
         assert "success_rate_heldout" in m
         # Every trial of every method is in the rows, and the summary is computed from them.
@@ -135,13 +195,20 @@ def test_bench_autofocus_quick_writes_the_documented_json_and_figure(tmp_path):
 
 def test_bench_aenet_response_writes_the_binned_curve_and_the_fit(tmp_path):
     out = tmp_path / "resp.json"
-    res = subprocess.run([*SF, "bench", "aenet-response", "--trials", "3", "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [*SF, "bench", "aenet-response", "--trials", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(out.read_text())
     assert data["readings"] == sum(b["n"] for b in data["bins"]) > 0
-    assert set(data["fitted"]) == set(data["shipped"]) == {
-        "dead_zone_dof", "dead_zone_softness_dof", "dead_zone_reading_dof", "scale_floor"}
+    assert (
+        set(data["fitted"])
+        == set(data["shipped"])
+        == {"dead_zone_dof", "dead_zone_softness_dof", "dead_zone_reading_dof", "scale_floor"}
+    )
     ll = data["log_likelihood"]
     # The fit starts from the shipped values and only climbs; AENet's real readings are
     # explained better with a dead zone than by the straight V.

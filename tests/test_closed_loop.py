@@ -35,19 +35,32 @@ def test_closed_loop_converges_from_up_to_20_dof_in_95_percent_of_trials(ipc_dir
         assert out.final_error_um == pytest.approx(error_dof * out.dof_um, abs=1e-6)
         assert out.frames == len(out.records) >= 2
     successes = [o for o in outcomes if o[3] == "converged" and o[4] <= 0.5]
-    table = "\n".join(f"seed {o[0]} {o[1]}: start {o[2]:+.1f} DoF -> {o[3]}, error {o[4]:.2f} "
-                      f"DoF, {o[5]} frames" for o in outcomes)
+    table = "\n".join(
+        f"seed {o[0]} {o[1]}: start {o[2]:+.1f} DoF -> {o[3]}, error {o[4]:.2f} DoF, {o[5]} frames"
+        for o in outcomes
+    )
     assert len(successes) >= 0.95 * N_TRIALS, table
 
 
 def test_demo_runs_three_processes_and_writes_the_summary(tmp_path):
     out = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "scopeflow", "demo", "--out", str(out),
-                          "--seed", "3"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "scopeflow", "demo", "--out", str(out), "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("job", "evaluator", "stop_reason", "frames", "initial_error_um",
-                "final_error_um", "dof_um"):
+    for key in (
+        "job",
+        "evaluator",
+        "stop_reason",
+        "frames",
+        "initial_error_um",
+        "final_error_um",
+        "dof_um",
+    ):
         assert key in summary
     assert summary["job"] == "autofocus"
     assert summary["stop_reason"] == "converged"
@@ -77,12 +90,14 @@ EVALUATORS = ("normalized_variance", "aenet")
     ("fault", "signal"),
     [("blanked_beam", "blank"), ("detector_off", "blank"), ("saturated", "saturated")],
 )
-def test_frame_without_signal_stops_with_no_signal_without_moving(ipc_dir, fault, signal,
-                                                                  evaluator):
+def test_frame_without_signal_stops_with_no_signal_without_moving(
+    ipc_dir, fault, signal, evaluator
+):
     start = 5000.0 + 8 * depth_of_field_um(10.0, 3.0)
     gain = {"blanked_beam": None, "detector_off": 1e-6, "saturated": 5000.0}[fault]
-    sem = SimulatedSEM(SEMConfig(frame_shape=(128, 128), start_wd_um=start, settle_s=0.0,
-                                 gain_dn_per_e=gain))
+    sem = SimulatedSEM(
+        SEMConfig(frame_shape=(128, 128), start_wd_um=start, settle_s=0.0, gain_dn_per_e=gain)
+    )
     if fault == "blanked_beam":
         sem.set_dose_e_per_px(0.0)  # reported in the frame's state, as a beam blanker does
     out = _autofocus(ipc_dir, sem, evaluator)
@@ -95,9 +110,15 @@ def test_frame_without_signal_stops_with_no_signal_without_moving(ipc_dir, fault
 @pytest.mark.parametrize("evaluator", EVALUATORS)
 def test_focus_beyond_the_wd_limit_stops_with_limit_and_stays_inside(ipc_dir, evaluator):
     dof = depth_of_field_um(10.0, 3.0)
-    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), focus_wd_um=5000.0,
-                                 start_wd_um=5000.0 - 15 * dof, wd_max_um=5000.0 - 6 * dof,
-                                 settle_s=0.0))
+    sem = SimulatedSEM(
+        SEMConfig(
+            frame_shape=(256, 256),
+            focus_wd_um=5000.0,
+            start_wd_um=5000.0 - 15 * dof,
+            wd_max_um=5000.0 - 6 * dof,
+            settle_s=0.0,
+        )
+    )
     out = _autofocus(ipc_dir, sem, evaluator)
     assert out.stop_reason == "limit"
     assert all(r.wd_um <= sem.limits().wd_max_um for r in out.records)

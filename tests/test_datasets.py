@@ -28,11 +28,18 @@ def test_coco_annotations_round_trip_masks_boxes_areas_and_tracks():
         a = disk(shape, (10, 10 + 5 * frame), 4)
         b = np.zeros(shape, bool)
         b[20:30, 40:52] = True
-        coco.add(AnnotatedImage(np.zeros(shape, np.uint16), [
-            ObjectTruth("particle", a, {"track_id": 1}),
-            ObjectTruth("decoy", b, {"track_id": 2, "speed": 9.5}),
-            ObjectTruth("particle", np.zeros(shape, bool), {"track_id": 3}),  # out of view
-        ], {"frame_index": frame}), f"images/{frame:06d}.tif")
+        coco.add(
+            AnnotatedImage(
+                np.zeros(shape, np.uint16),
+                [
+                    ObjectTruth("particle", a, {"track_id": 1}),
+                    ObjectTruth("decoy", b, {"track_id": 2, "speed": 9.5}),
+                    ObjectTruth("particle", np.zeros(shape, bool), {"track_id": 3}),  # out of view
+                ],
+                {"frame_index": frame},
+            ),
+            f"images/{frame:06d}.tif",
+        )
     doc = json.loads(json.dumps(coco.to_dict()))  # what lands on disk
     assert [c["name"] for c in doc["categories"]] == ["particle", "decoy"]
     assert len(doc["annotations"]) == 6  # empty masks are not annotated
@@ -52,11 +59,17 @@ def test_coco_annotations_round_trip_masks_boxes_areas_and_tracks():
 def test_coco_refuses_masks_of_the_wrong_shape_and_reserved_keys():
     coco = CocoBuilder("test")
     with pytest.raises(ValueError, match="mask of shape"):
-        coco.add(AnnotatedImage(np.zeros((4, 4), np.uint8),
-                                [ObjectTruth("x", np.ones((3, 4), bool))]), "a.png")
+        coco.add(
+            AnnotatedImage(np.zeros((4, 4), np.uint8), [ObjectTruth("x", np.ones((3, 4), bool))]),
+            "a.png",
+        )
     with pytest.raises(ValueError, match="COCO keys"):
-        coco.add(AnnotatedImage(np.zeros((4, 4), np.uint8),
-                                [ObjectTruth("x", np.ones((4, 4), bool), {"bbox": 1})]), "b.png")
+        coco.add(
+            AnnotatedImage(
+                np.zeros((4, 4), np.uint8), [ObjectTruth("x", np.ones((4, 4), bool), {"bbox": 1})]
+            ),
+            "b.png",
+        )
 
 
 def small_sem(seed: int, ideal: bool = False) -> SEMFocusSource:
@@ -107,9 +120,24 @@ def test_contact_sheet_draws_outlines_in_category_colours():
 
 def test_simulate_cli_writes_a_dataset(tmp_path):
     out = tmp_path / "sem"
-    res = subprocess.run([sys.executable, "-m", "scopeflow", "simulate", "sem", "--n", "2",
-                          "--seed", "3", "--out", str(out)], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopeflow",
+            "simulate",
+            "sem",
+            "--n",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     for name in ("annotations.json", "metadata.json", "contact_sheet.png"):
         assert (out / name).exists()
@@ -130,8 +158,9 @@ def test_ideal_flake_dataset_on_disk_shows_the_predicted_contrast(tmp_path):
 
     from scopeflow.datasets.sources import dataset_source
 
-    write_dataset(dataset_source("flakes", seed=1, ideal=True), 4, tmp_path,
-                  progress=lambda _: None)
+    write_dataset(
+        dataset_source("flakes", seed=1, ideal=True), 4, tmp_path, progress=lambda _: None
+    )
     doc = json.loads((tmp_path / "annotations.json").read_text())
     names = {c["id"]: c["name"] for c in doc["categories"]}
     checked = {"graphene": 0, "hBN": 0}
@@ -160,15 +189,20 @@ def test_datasets_are_deterministic_under_a_seed(tmp_path, kind, n):
     from scopeflow.datasets.sources import dataset_source
 
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        write_dataset(dataset_source(kind, seed=seed, ideal=False), n, tmp_path / name,
-                      progress=lambda _: None)
-    docs = {name: json.loads((tmp_path / name / "annotations.json").read_text())
-            for name in "abc"}
+        write_dataset(
+            dataset_source(kind, seed=seed, ideal=False),
+            n,
+            tmp_path / name,
+            progress=lambda _: None,
+        )
+    docs = {name: json.loads((tmp_path / name / "annotations.json").read_text()) for name in "abc"}
     assert docs["a"] == docs["b"]
     assert docs["a"] != docs["c"]
     for entry in docs["a"]["images"]:
-        np.testing.assert_array_equal(load_image(tmp_path / "a" / entry["file_name"]),
-                                      load_image(tmp_path / "b" / entry["file_name"]))
+        np.testing.assert_array_equal(
+            load_image(tmp_path / "a" / entry["file_name"]),
+            load_image(tmp_path / "b" / entry["file_name"]),
+        )
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert meta["seed"] == 5 and meta["source"] == kind
 
@@ -176,13 +210,30 @@ def test_datasets_are_deterministic_under_a_seed(tmp_path, kind, n):
 def test_same_seed_gives_identical_files_across_processes(tmp_path):
     # Separate processes: catches library state that differs on first use (it did once).
     for name in ("a", "b"):
-        res = subprocess.run([sys.executable, "-m", "scopeflow", "simulate", "sem", "--n", "6",
-                              "--seed", "4", "--ideal", "--out", str(tmp_path / name)],
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scopeflow",
+                "simulate",
+                "sem",
+                "--n",
+                "6",
+                "--seed",
+                "4",
+                "--ideal",
+                "--out",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
     files = sorted((tmp_path / "a" / "images").iterdir())
     assert len(files) == 6
     for f in files:
         assert f.read_bytes() == (tmp_path / "b" / "images" / f.name).read_bytes(), f.name
     assert (tmp_path / "a" / "annotations.json").read_text() == (
-        tmp_path / "b" / "annotations.json").read_text()
+        tmp_path / "b" / "annotations.json"
+    ).read_text()

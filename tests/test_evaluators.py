@@ -16,8 +16,7 @@ DOF = depth_of_field_um(10.0, 3.0)
 
 
 def frames_through_focus(offsets_dof, **kw) -> list[np.ndarray]:
-    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), settle_s=0.0, dose_e_per_px=200.0,
-                                 **kw))
+    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), settle_s=0.0, dose_e_per_px=200.0, **kw))
     out = []
     for k in offsets_dof:
         sem.set_wd(5000.0 + k * DOF)
@@ -31,7 +30,7 @@ def test_every_metric_peaks_at_focus_and_falls_away_from_it(name):
     scores = [get_evaluator(name)(f) for f in frames_through_focus(offsets, family="grains")]
     peak = offsets.index(0)
     assert int(np.argmax(scores)) == peak
-    assert all(a < b for a, b in pairwise(scores[:peak + 1]))
+    assert all(a < b for a, b in pairwise(scores[: peak + 1]))
     assert all(a > b for a, b in pairwise(scores[peak:]))
 
 

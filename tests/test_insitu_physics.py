@@ -38,20 +38,32 @@ WATER_NM, SINX_NM, LAMBDA_WATER_NM, LAMBDA_SINX_NM = 150.0, 100.0, 185.0, 144.0
 COCO_KEYS = {"id", "image_id", "category_id", "segmentation", "bbox", "area", "iscrowd"}
 
 
-
-def beer_lambert(dose: float, t_particle_nm: float = 0.0, lambda_particle_nm: float = 40.0,
-                 water_nm: float = WATER_NM) -> float:
+def beer_lambert(
+    dose: float,
+    t_particle_nm: float = 0.0,
+    lambda_particle_nm: float = 40.0,
+    water_nm: float = WATER_NM,
+) -> float:
     """Mean counts through a particle that displaces its thickness of water (Yao et al. 2020)."""
-    return dose * math.exp(-(t_particle_nm / lambda_particle_nm
-                             + (water_nm - t_particle_nm) / LAMBDA_WATER_NM
-                             + SINX_NM / LAMBDA_SINX_NM))
+    return dose * math.exp(
+        -(
+            t_particle_nm / lambda_particle_nm
+            + (water_nm - t_particle_nm) / LAMBDA_WATER_NM
+            + SINX_NM / LAMBDA_SINX_NM
+        )
+    )
 
 
 def quiet(**overrides) -> InSituConfig:
     """A field with only the particles given: no random particles, decoys, drift or rotation."""
-    settings = dict(frame_shape=(128, 128), particle_density_per_um2=0.0,
-                    decoy_density_per_um2=0.0, drift_x_nm_per_s=0.0, drift_y_nm_per_s=0.0,
-                    rotation_rad2_per_s=0.0)
+    settings = dict(
+        frame_shape=(128, 128),
+        particle_density_per_um2=0.0,
+        decoy_density_per_um2=0.0,
+        drift_x_nm_per_s=0.0,
+        drift_y_nm_per_s=0.0,
+        rotation_rad2_per_s=0.0,
+    )
     settings.update(overrides)
     return InSituConfig(**settings)
 
@@ -75,31 +87,43 @@ def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
 
 
 def particles_by_id(sample: AnnotatedImage) -> dict[int, dict]:
-    return {o.attributes["track_id"]: o.attributes for o in sample.objects
-            if o.category == "particle"}
+    return {
+        o.attributes["track_id"]: o.attributes for o in sample.objects if o.category == "particle"
+    }
 
 
 # -- shapes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("shape", "volume_nm3", "area_nm2", "max_thickness_nm"), [
-    # sphere r = s; rod r = s/2, length = aspect·s; cube edge 1.6 s; prism edge 3 s, height s
-    (Shape("sphere", 10.0), 4 / 3 * math.pi * 10.0 ** 3, math.pi * 100.0, 20.0),
-    (Shape("rod", 8.0, 3.5, 0.7), math.pi * 16.0 * 20.0 + 4 / 3 * math.pi * 64.0,
-     8.0 * 20.0 + math.pi * 16.0, 8.0),
-    (Shape("cube", 10.0, angle_rad=0.3), 16.0 ** 3, 16.0 ** 2, 16.0),
-    (Shape("prism", 6.0, angle_rad=1.1), math.sqrt(3) / 4 * 18.0 ** 2 * 6.0,
-     math.sqrt(3) / 4 * 18.0 ** 2, 6.0),
-])
-def test_projected_thickness_integrates_to_the_volume(shape: Shape, volume_nm3: float,
-                                                      area_nm2: float,
-                                                      max_thickness_nm: float) -> None:
+@pytest.mark.parametrize(
+    ("shape", "volume_nm3", "area_nm2", "max_thickness_nm"),
+    [
+        # sphere r = s; rod r = s/2, length = aspect·s; cube edge 1.6 s; prism edge 3 s, height s
+        (Shape("sphere", 10.0), 4 / 3 * math.pi * 10.0**3, math.pi * 100.0, 20.0),
+        (
+            Shape("rod", 8.0, 3.5, 0.7),
+            math.pi * 16.0 * 20.0 + 4 / 3 * math.pi * 64.0,
+            8.0 * 20.0 + math.pi * 16.0,
+            8.0,
+        ),
+        (Shape("cube", 10.0, angle_rad=0.3), 16.0**3, 16.0**2, 16.0),
+        (
+            Shape("prism", 6.0, angle_rad=1.1),
+            math.sqrt(3) / 4 * 18.0**2 * 6.0,
+            math.sqrt(3) / 4 * 18.0**2,
+            6.0,
+        ),
+    ],
+)
+def test_projected_thickness_integrates_to_the_volume(
+    shape: Shape, volume_nm3: float, area_nm2: float, max_thickness_nm: float
+) -> None:
     pixel_nm = 0.2
     half = shape.bound_radius_nm() + 2.0
     axis = np.arange(-half, half + pixel_nm, pixel_nm, dtype=np.float32)
     thickness, inside = shape.thickness_nm(axis[None, :], axis[:, None], pixel_nm)
-    assert thickness.sum() * pixel_nm ** 2 == pytest.approx(volume_nm3, rel=0.01)
-    assert inside.sum() * pixel_nm ** 2 == pytest.approx(area_nm2, rel=0.02)
+    assert thickness.sum() * pixel_nm**2 == pytest.approx(volume_nm3, rel=0.01)
+    assert inside.sum() * pixel_nm**2 == pytest.approx(area_nm2, rel=0.02)
     assert thickness.max() == pytest.approx(max_thickness_nm, rel=0.01)
     assert shape.volume_nm3() == pytest.approx(volume_nm3)
     assert not inside[0].any() and not inside[-1].any()  # the bound holds the projection
@@ -113,8 +137,9 @@ def test_projected_thickness_integrates_to_the_volume(shape: Shape, volume_nm3: 
 def test_ideal_counts_follow_beer_lambert_through_a_cube(edge_nm: float, lambda_nm: float) -> None:
     dose = 2000.0
     cube = Shape("cube", edge_nm / 1.6)  # face-on: a slab of thickness = edge
-    cfg = quiet(dose_e_per_px=dose, lambda_particle_nm=lambda_nm,
-                particles=((still(cube), (0.0, 0.0)),))
+    cfg = quiet(
+        dose_e_per_px=dose, lambda_particle_nm=lambda_nm, particles=((still(cube), (0.0, 0.0)),)
+    )
     sample = frames(cfg, ideal=True)[0]
     image = sample.image.astype(np.float64)
     (obj,) = sample.objects
@@ -129,12 +154,16 @@ def test_ideal_counts_follow_beer_lambert_through_a_cube(edge_nm: float, lambda_
 def test_ideal_counts_follow_the_sphere_thickness_profile() -> None:
     dose, radius, lam, pixel = 3000.0, 12.0, 30.0, 0.5
     # Put the centre on a pixel centre: the 128² field's centre lies at pixel 63.5.
-    cfg = quiet(dose_e_per_px=dose, lambda_particle_nm=lam, pixel_size_nm=pixel,
-                particles=((still(Shape("sphere", radius)), (0.25, 0.25)),))
+    cfg = quiet(
+        dose_e_per_px=dose,
+        lambda_particle_nm=lam,
+        pixel_size_nm=pixel,
+        particles=((still(Shape("sphere", radius)), (0.25, 0.25)),),
+    )
     image = frames(cfg, ideal=True)[0].image.astype(np.float64)
     rows, cols = np.mgrid[:128, :128]
     rho = np.hypot(cols - 64, rows - 64) * pixel
-    thickness = 2.0 * np.sqrt(np.clip(radius ** 2 - rho ** 2, 0.0, None))
+    thickness = 2.0 * np.sqrt(np.clip(radius**2 - rho**2, 0.0, None))
     expected = np.vectorize(lambda t: beer_lambert(dose, t, lam))(thickness)
     assert np.abs(image - expected).max() <= 0.5 + 1e-3
     assert image[64, 64] == pytest.approx(beer_lambert(dose, 2 * radius, lam), abs=0.5)
@@ -142,8 +171,12 @@ def test_ideal_counts_follow_the_sphere_thickness_profile() -> None:
 
 def test_noisy_mean_counts_follow_beer_lambert() -> None:
     dose, edge, lam = 5000.0, 40.0, 40.0
-    cfg = quiet(frame_shape=(192, 192), dose_e_per_px=dose, lambda_particle_nm=lam,
-                particles=((still(Shape("cube", edge / 1.6)), (0.0, 0.0)),))
+    cfg = quiet(
+        frame_shape=(192, 192),
+        dose_e_per_px=dose,
+        lambda_particle_nm=lam,
+        particles=((still(Shape("cube", edge / 1.6)), (0.0, 0.0)),),
+    )
     sample = frames(cfg)[0]  # Poisson noise and the transfer function on
     image = sample.image.astype(np.float64)
     mask = sample.objects[0].mask.astype(np.uint8)
@@ -166,13 +199,18 @@ def test_noise_is_poisson_at_the_set_dose(dose: float) -> None:
 
 def test_camera_gain_and_offset_scale_the_poisson_noise() -> None:
     dose, gain, offset = 2000.0, 2.5, 100.0
-    cfg = quiet(frame_shape=(256, 256), dose_e_per_px=dose, transfer=False, gain_dn_per_e=gain,
-                offset_dn=offset)
+    cfg = quiet(
+        frame_shape=(256, 256),
+        dose_e_per_px=dose,
+        transfer=False,
+        gain_dn_per_e=gain,
+        offset_dn=offset,
+    )
     dn = frames(cfg)[0].image.astype(np.float64)
     mean = beer_lambert(dose)
     assert dn.mean() - offset == pytest.approx(gain * mean, rel=0.002)
     # var(DN) = gain² · var(counts) + rounding to whole DN (1/12).
-    assert dn.var() == pytest.approx(gain ** 2 * mean + 1 / 12, rel=0.03)
+    assert dn.var() == pytest.approx(gain**2 * mean + 1 / 12, rel=0.03)
 
 
 def mtf(q: np.ndarray, q_half: float = 0.25, floor: float = 0.1) -> np.ndarray:
@@ -224,8 +262,12 @@ def isolated_particles(sample: AnnotatedImage, gap_px: int = 4) -> list:
 
 
 def test_ground_truth_centroids_match_the_rendered_particles() -> None:
-    cfg = InSituConfig(frame_shape=(384, 384), particle_density_per_um2=per_um2(16, 384),
-                       decoy_density_per_um2=0.0, seed=7)
+    cfg = InSituConfig(
+        frame_shape=(384, 384),
+        particle_density_per_um2=per_um2(16, 384),
+        decoy_density_per_um2=0.0,
+        seed=7,
+    )
     checked = 0
     for ideal in (True, False):
         sample = frames(cfg, n=4, ideal=ideal)[-1]
@@ -253,16 +295,21 @@ def test_ground_truth_centroids_match_the_rendered_particles() -> None:
 
 
 def test_decoy_streaks_are_centred_on_their_truth() -> None:
-    cfg = InSituConfig(frame_shape=(384, 384), particle_density_per_um2=0.0,
-                       decoy_density_per_um2=per_um2(5, 384), seed=1)
+    cfg = InSituConfig(
+        frame_shape=(384, 384),
+        particle_density_per_um2=0.0,
+        decoy_density_per_um2=per_um2(5, 384),
+        seed=1,
+    )
     checked = 0
     for sample in frames(cfg, n=3, ideal=True):
         background = sample.attributes["background_counts"]
         image = sample.image.astype(np.float64)
         for obj in sample.objects:
             region = cv2.dilate(obj.mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-            if obj.attributes["truncated"] or any((region & other.mask).any()
-                                                  for other in sample.objects if other is not obj):
+            if obj.attributes["truncated"] or any(
+                (region & other.mask).any() for other in sample.objects if other is not obj
+            ):
                 continue
             rows, cols = np.nonzero(region)
             change = image[rows, cols] - background
@@ -277,9 +324,14 @@ def test_decoy_streaks_are_centred_on_their_truth() -> None:
 
 
 def test_track_ids_persist_and_attributes_are_consistent() -> None:
-    cfg = InSituConfig(frame_shape=(256, 256), particle_density_per_um2=per_um2(10, 256),
-                       decoy_density_per_um2=per_um2(4, 256), seed=2,
-                       diffusion_spread=0.0, motion_weights=(("brownian", 1.0),))
+    cfg = InSituConfig(
+        frame_shape=(256, 256),
+        particle_density_per_um2=per_um2(10, 256),
+        decoy_density_per_um2=per_um2(4, 256),
+        seed=2,
+        diffusion_spread=0.0,
+        motion_weights=(("brownian", 1.0),),
+    )
     samples = frames(cfg, n=4, ideal=True)
     p = cfg.pixel_size_nm
     for k, sample in enumerate(samples):
@@ -308,16 +360,20 @@ def test_track_ids_persist_and_attributes_are_consistent() -> None:
 
 
 def test_frames_are_deterministic_under_a_seed() -> None:
-    dense = dict(frame_shape=(128, 128), particle_density_per_um2=per_um2(6, 128),
-                 decoy_density_per_um2=per_um2(3, 128))
+    dense = dict(
+        frame_shape=(128, 128),
+        particle_density_per_um2=per_um2(6, 128),
+        decoy_density_per_um2=per_um2(3, 128),
+    )
     cfg = InSituConfig(**dense, seed=5)
     a, b = frames(cfg, n=3), frames(cfg, n=3)
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.image, y.image)
         assert x.attributes == y.attributes
         assert [o.attributes for o in x.objects] == [o.attributes for o in y.objects]
-        assert all(np.array_equal(o.mask, p.mask) for o, p in zip(x.objects, y.objects,
-                                                                   strict=True))
+        assert all(
+            np.array_equal(o.mask, p.mask) for o, p in zip(x.objects, y.objects, strict=True)
+        )
     other = frames(InSituConfig(**dense, seed=6))
     assert not np.array_equal(a[0].image, other[0].image)
     # Noise has its own stream: ideal and noisy videos share their dynamics.
@@ -328,8 +384,9 @@ def test_frames_are_deterministic_under_a_seed() -> None:
 # -- motion laws -------------------------------------------------------------------------------
 
 
-def trajectories(spec: ParticleSpec, n_particles: int, steps: int, dt_s: float,
-                 seed: int = 0) -> np.ndarray:
+def trajectories(
+    spec: ParticleSpec, n_particles: int, steps: int, dt_s: float, seed: int = 0
+) -> np.ndarray:
     """Unwrapped positions (steps + 1, particles, 2) without contacts."""
     rng = np.random.default_rng(seed)
     pop = Population(1e7, rng, track_ids(), coalescence=False)
@@ -374,8 +431,8 @@ def test_confined_msd_saturates_at_the_confinement() -> None:
     spec = ParticleSpec(Shape("sphere", 2.0), "confined", d, confinement_nm=spread)
     path = trajectories(spec, 400, 200, dt, seed=2)
     lags = [1, 3, 50]
-    tau = spread ** 2 / d  # OU relaxation time
-    expected = 4 * spread ** 2 * (1 - np.exp(-np.array(lags) * dt / tau))
+    tau = spread**2 / d  # OU relaxation time
+    expected = 4 * spread**2 * (1 - np.exp(-np.array(lags) * dt / tau))
     assert time_averaged_msd(path, lags) == pytest.approx(expected, rel=0.08)
 
 
@@ -397,10 +454,9 @@ def test_growing_spheres_coalesce_into_one_track() -> None:
     (survivor,) = pop.particles()
     r = r0 + 11 * dt * growth
     assert survivor.track_id == a
-    assert survivor.shape.scale_nm == pytest.approx((2 * r ** 3) ** (1 / 3))  # volume kept
+    assert survivor.shape.scale_nm == pytest.approx((2 * r**3) ** (1 / 3))  # volume kept
     assert survivor.xy_nm == pytest.approx((gap / 2, 0.0))  # centre of mass
-    assert pop.ended()[b] == {"time_s": pytest.approx(1.1), "reason": "coalesced",
-                              "merged_into": a}
+    assert pop.ended()[b] == {"time_s": pytest.approx(1.1), "reason": "coalesced", "merged_into": a}
 
 
 def test_the_larger_particle_absorbs_the_smaller_at_the_centre_of_mass() -> None:
@@ -410,7 +466,7 @@ def test_the_larger_particle_absorbs_the_smaller_at_the_centre_of_mass() -> None
     (event,) = pop.step(0.1)
     assert (event["survivor"], event["absorbed"]) == (big, small)
     (survivor,) = pop.particles()
-    v_small, v_big = 4.0 ** 3, 6.0 ** 3  # ∝ r³
+    v_small, v_big = 4.0**3, 6.0**3  # ∝ r³
     assert survivor.shape.scale_nm == pytest.approx((v_small + v_big) ** (1 / 3))
     assert survivor.xy_nm[0] == pytest.approx(9.9 * v_big / (v_small + v_big))
 
@@ -423,7 +479,8 @@ def test_coalescence_ends_a_track_in_the_video_ground_truth() -> None:
     assert ids[:11] == [[1, 2]] * 11
     assert ids[11:] == [[1]] * 3  # track 2 ends at frame 11 and never comes back
     assert samples[11].attributes["events"] == [
-        {"type": "coalescence", "survivor": 1, "absorbed": 2, "time_s": pytest.approx(1.1)}]
+        {"type": "coalescence", "survivor": 1, "absorbed": 2, "time_s": pytest.approx(1.1)}
+    ]
     merged = next(o for o in samples[12].objects if o.category == "particle")
     assert mask_centroid(merged.mask) == pytest.approx((63.5, 63.5), abs=0.5)
     r = 5.0 + 1.2  # grown for 1.2 s at frame 12
@@ -446,11 +503,20 @@ def test_particles_grow_then_dissolve() -> None:
 
 def test_decoys_move_faster_than_particles() -> None:
     d, speed, fps, turn = 50.0, 300.0, 10.0, 1.0
-    cfg = InSituConfig(frame_shape=(256, 256), particle_density_per_um2=per_um2(10, 256),
-                       decoy_density_per_um2=per_um2(6, 256), seed=4,
-                       diffusion_nm2_per_s=d, diffusion_spread=0.0, fps=fps,
-                       motion_weights=(("brownian", 1.0),), decoy_speed_nm_per_s=speed,
-                       decoy_turn_rad2_per_s=turn, drift_x_nm_per_s=0.0, drift_y_nm_per_s=0.0)
+    cfg = InSituConfig(
+        frame_shape=(256, 256),
+        particle_density_per_um2=per_um2(10, 256),
+        decoy_density_per_um2=per_um2(6, 256),
+        seed=4,
+        diffusion_nm2_per_s=d,
+        diffusion_spread=0.0,
+        fps=fps,
+        motion_weights=(("brownian", 1.0),),
+        decoy_speed_nm_per_s=speed,
+        decoy_turn_rad2_per_s=turn,
+        drift_x_nm_per_s=0.0,
+        drift_y_nm_per_s=0.0,
+    )
     samples = frames(cfg, n=8, ideal=True)
     p, dt = cfg.pixel_size_nm, 1.0 / fps
     particle_steps, decoy_steps, decoy_ratios = [], [], []
@@ -480,8 +546,13 @@ def test_decoys_move_faster_than_particles() -> None:
 
 
 def test_camera_frame_index_follows_its_clock() -> None:
-    cfg = InSituConfig(frame_shape=(128, 128), particle_density_per_um2=per_um2(6, 128),
-                       decoy_density_per_um2=0.0, fps=10.0, seed=3)
+    cfg = InSituConfig(
+        frame_shape=(128, 128),
+        particle_density_per_um2=per_um2(6, 128),
+        decoy_density_per_um2=0.0,
+        fps=10.0,
+        seed=3,
+    )
     clock = FakeClock()
     cam = SimulatedInSituCamera(cfg, clock=clock, sleep=clock.sleep)
     assert cam.frame_index == -1
@@ -513,8 +584,9 @@ def test_camera_waiting_on_a_stopped_clock_raises() -> None:
 @pytest.mark.parametrize("size", [512, 1024, 2048, 4096])
 def test_frame_sizes_and_dtype(size: int) -> None:
     clock = FakeClock()
-    cam = SimulatedInSituCamera(InSituConfig(frame_shape=(size, size), seed=1), clock=clock,
-                                sleep=clock.sleep)
+    cam = SimulatedInSituCamera(
+        InSituConfig(frame_shape=(size, size), seed=1), clock=clock, sleep=clock.sleep
+    )
     frame = cam.acquire()
     assert frame.pixels.shape == (size, size) and frame.pixels.dtype == np.uint16
     # Mostly liquid: the median is the background's Beer–Lambert count.
@@ -522,8 +594,13 @@ def test_frame_sizes_and_dtype(size: int) -> None:
 
 
 def test_is_a_microscope_with_state_and_limits() -> None:
-    cfg = quiet(fps=25.0, pixel_size_nm=0.4, detector_pixel_um=15.0, dose_e_per_px=1500.0,
-                max_wd_step_um=20.0)
+    cfg = quiet(
+        fps=25.0,
+        pixel_size_nm=0.4,
+        detector_pixel_um=15.0,
+        dose_e_per_px=1500.0,
+        max_wd_step_um=20.0,
+    )
     clock = FakeClock()
     cam = SimulatedInSituCamera(cfg, clock=clock, sleep=clock.sleep)
     assert isinstance(cam, Microscope)
@@ -551,8 +628,12 @@ def test_is_a_microscope_with_state_and_limits() -> None:
 
 def test_stage_moves_and_drift_shift_the_field() -> None:
     drift = (10.0, -5.0)  # nm/s
-    cfg = quiet(frame_shape=(256, 256), particles=((still(Shape("cube", 6.0)), (0.0, 0.0)),),
-                drift_x_nm_per_s=drift[0], drift_y_nm_per_s=drift[1])
+    cfg = quiet(
+        frame_shape=(256, 256),
+        particles=((still(Shape("cube", 6.0)), (0.0, 0.0)),),
+        drift_x_nm_per_s=drift[0],
+        drift_y_nm_per_s=drift[1],
+    )
     clock = FakeClock()
     cam = SimulatedInSituCamera(cfg, clock=clock, sleep=clock.sleep)
     p, centre = cfg.pixel_size_nm, 127.5
@@ -581,9 +662,19 @@ def test_video_source_is_a_dataset_source_with_full_metadata() -> None:
     meta = json.loads(json.dumps(source.metadata()))
     assert meta["seed"] == 9
     settings = meta["simulator"]
-    for key in ("dose_e_per_px", "lambda_particle_nm", "lambda_water_nm", "lambda_sinx_nm",
-                "water_thickness_nm", "sinx_thickness_nm", "pixel_size_nm", "fps",
-                "diffusion_nm2_per_s", "mtf_half_cycles_per_px", "mtf_floor"):
+    for key in (
+        "dose_e_per_px",
+        "lambda_particle_nm",
+        "lambda_water_nm",
+        "lambda_sinx_nm",
+        "water_thickness_nm",
+        "sinx_thickness_nm",
+        "pixel_size_nm",
+        "fps",
+        "diffusion_nm2_per_s",
+        "mtf_half_cycles_per_px",
+        "mtf_floor",
+    ):
         assert key in settings
     derived = meta["derived"]
     assert derived["background_transmission"] == pytest.approx(beer_lambert(1.0))

@@ -20,18 +20,30 @@ from scopeflow.schemas.state import Limits, depth_of_field_um
 
 from harness import pipeline, seeded_trial
 
-LIMITS = Limits(wd_min_um=1000.0, wd_max_um=9000.0, stage_x_min_um=-1e4, stage_x_max_um=1e4,
-                stage_y_min_um=-1e4, stage_y_max_um=1e4)
+LIMITS = Limits(
+    wd_min_um=1000.0,
+    wd_max_um=9000.0,
+    stage_x_min_um=-1e4,
+    stage_x_max_um=1e4,
+    stage_y_min_um=-1e4,
+    stage_y_max_um=1e4,
+)
 DOF = 2.0
 
 
-def geometric_reading(wd_um: float, focus_um: float, *, gain: float = 1.0,
-                      signal: str = "ok") -> FrameReading:
+def geometric_reading(
+    wd_um: float, focus_um: float, *, gain: float = 1.0, signal: str = "ok"
+) -> FrameReading:
     """What an ideal AENet and sharpness would say of a frame at ``wd_um``: |Δz| in DoF (times
     ``gain``, a specimen AENet misjudges) and a log-sharpness V about focus."""
     u = abs(wd_um - focus_um) / DOF
-    return FrameReading(wd_um, signal, gain * u, (math.log(math.hypot(u, 0.25)), 0.05, 0.0, 0.0),
-                        math.exp(1.0 - 0.2 * min(u, 5.0)))
+    return FrameReading(
+        wd_um,
+        signal,
+        gain * u,
+        (math.log(math.hypot(u, 0.25)), 0.05, 0.0, 0.0),
+        math.exp(1.0 - 0.2 * min(u, 5.0)),
+    )
 
 
 def run_machine(af: LearnedAutofocus, read) -> int:
@@ -155,8 +167,11 @@ def test_signal_lost_mid_run_stops_at_the_sharpest_frame_instead_of_wandering():
 
     def read(wd):
         seen.append(wd)
-        return geometric_reading(wd, focus) if len(seen) < 3 else \
-            FrameReading(wd, "blank", None, None, None)
+        return (
+            geometric_reading(wd, focus)
+            if len(seen) < 3
+            else FrameReading(wd, "blank", None, None, None)
+        )
 
     af = LearnedAutofocus(start, LIMITS, DOF)
     frames = run_machine(af, read)
@@ -212,8 +227,9 @@ def trial_config(seed: int) -> tuple[SEMConfig, float]:
 
 def _learned(ipc_dir, sem: SimulatedSEM, **control):
     with pipeline(ipc_dir, sem, evaluator="aenet") as p:
-        return run_control(ControlConfig(p.commands, p.results, timeout_s=10.0, **control),
-                           ctx=p.ctx)
+        return run_control(
+            ControlConfig(p.commands, p.results, timeout_s=10.0, **control), ctx=p.ctx
+        )
 
 
 def test_aenet_acnet_autofocus_over_sockets_converges_from_20_dof(ipc_dir):
@@ -227,8 +243,10 @@ def test_aenet_acnet_autofocus_over_sockets_converges_from_20_dof(ipc_dir):
         assert out.final_error_um == pytest.approx(error_dof * out.dof_um, abs=1e-6)
         outcomes.append((seed, cfg.family, start_dof, out.stop_reason, error_dof, out.frames))
     good = [o for o in outcomes if o[3] == "converged" and o[4] <= 0.5]
-    table = "\n".join(f"seed {o[0]} {o[1]}: start {o[2]:+.1f} DoF -> {o[3]}, error {o[4]:.2f} "
-                      f"DoF, {o[5]} frames" for o in outcomes)
+    table = "\n".join(
+        f"seed {o[0]} {o[1]}: start {o[2]:+.1f} DoF -> {o[3]}, error {o[4]:.2f} DoF, {o[5]} frames"
+        for o in outcomes
+    )
     assert len(good) >= 0.95 * N_TRIALS, table
     # Issue #5: converged within 5 frames (every frame counted, the first included) in ≥ 95 %.
     within_five = [o for o in good if o[5] <= 5]
@@ -237,8 +255,15 @@ def test_aenet_acnet_autofocus_over_sockets_converges_from_20_dof(ipc_dir):
 
 def test_over_sockets_large_moves_are_split_to_the_device_maximum(ipc_dir):
     dof = depth_of_field_um(10.0, 3.0)
-    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), start_wd_um=5000.0 + 18 * dof,
-                                 settle_s=0.0, max_wd_step_um=4 * dof, family="grains"))
+    sem = SimulatedSEM(
+        SEMConfig(
+            frame_shape=(256, 256),
+            start_wd_um=5000.0 + 18 * dof,
+            settle_s=0.0,
+            max_wd_step_um=4 * dof,
+            family="grains",
+        )
+    )
     out = _learned(ipc_dir, sem)
     assert out.stop_reason == "converged", out.message  # no move was refused as too large
     assert abs(sem.state().wd_um - sem.true_focus_wd_um()) <= 0.5 * dof
@@ -249,9 +274,16 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
     # Drift in µm per second of the simulator's clock: the tracker follows time, not frames.
     # At the ~100–200 frames/s of this loop, 1.5 DoF/s is 0.75–1.5 DoF per 100 frames.
     drift = 1.5 * dof
-    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), start_wd_um=5000.0 - 9 * dof,
-                                 settle_s=0.0, family="nanoparticles", dose_e_per_px=80.0,
-                                 focus_drift_um_per_s=drift))
+    sem = SimulatedSEM(
+        SEMConfig(
+            frame_shape=(256, 256),
+            start_wd_um=5000.0 - 9 * dof,
+            settle_s=0.0,
+            family="nanoparticles",
+            dose_e_per_px=80.0,
+            focus_drift_um_per_s=drift,
+        )
+    )
     out = _learned(ipc_dir, sem, track_frames=1000)
     assert out.stop_reason == "converged", out.message
     track = out.tracking
@@ -262,7 +294,6 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
     assert track["in_focus_fraction"] >= 0.95, track["refocus_count"]
     assert track["extra_frames"] / track["live_frames"] * 100 <= 2.0
     assert track["drift_um_per_s"] == pytest.approx(drift, rel=0.25)
-
 
 
 def test_response_fit_recovers_a_known_dead_zone():

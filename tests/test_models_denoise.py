@@ -129,16 +129,19 @@ def test_tiled_equals_untiled(ort_session, sem_pair):
     assert float(diff.max()) <= TILED_MAX_DIFF, float(diff.max())
 
 
-@pytest.mark.parametrize("frame, message", [
-    (np.zeros((32, 32, 3), np.uint8), "single-channel"),
-    (np.zeros((4, 32, 32), np.uint16), "single-channel"),
-    (np.zeros(32, np.uint16), "dimensions"),
-    (np.zeros((0, 32), np.uint16), "empty"),
-    (np.full((32, 32), np.nan, np.float32), "NaN"),
-    (np.full((32, 32), np.inf, np.float32), "NaN or inf"),
-    (np.zeros((32, 32), np.int32), "uint8, uint16 or float32"),
-    ([[1, 2], [3, 4]], "numpy array"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((32, 32, 3), np.uint8), "single-channel"),
+        (np.zeros((4, 32, 32), np.uint16), "single-channel"),
+        (np.zeros(32, np.uint16), "dimensions"),
+        (np.zeros((0, 32), np.uint16), "empty"),
+        (np.full((32, 32), np.nan, np.float32), "NaN"),
+        (np.full((32, 32), np.inf, np.float32), "NaN or inf"),
+        (np.zeros((32, 32), np.int32), "uint8, uint16 or float32"),
+        ([[1, 2], [3, 4]], "numpy array"),
+    ],
+)
 def test_bad_input_is_refused(ort_session, frame, message):
     with pytest.raises(ValueError, match=message):
         model.Denoiser(ort_session).denoise(frame)

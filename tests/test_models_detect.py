@@ -44,7 +44,8 @@ def shipped(name: str) -> bool:
 
 needs_shipped = pytest.mark.skipif(
     not (shipped("flake_detector") and shipped("particle_detector")),
-    reason="detector weights are not shipped: run 'scopeflow train' and 'scopeflow export'")
+    reason="detector weights are not shipped: run 'scopeflow train' and 'scopeflow export'",
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,9 @@ def particle_detector() -> particle_model.ParticleDetector:
 
 def iou(det: Detection, mask: np.ndarray) -> float:
     assert det.mask is not None
-    pred = mask_utils.decode({"size": list(det.mask.size),
-                              "counts": det.mask.counts.encode()}).astype(bool)
+    pred = mask_utils.decode(
+        {"size": list(det.mask.size), "counts": det.mask.counts.encode()}
+    ).astype(bool)
     return float((pred & mask).sum() / (pred | mask).sum())
 
 
@@ -70,16 +72,18 @@ def check_wire(dets: list[Detection], shape: tuple[int, int]) -> None:
         again = Detection.model_validate_json(det.model_dump_json())
         assert again == det
         assert det.mask is not None and tuple(det.mask.size) == shape
-        decoded = mask_utils.decode({"size": list(det.mask.size),
-                                     "counts": det.mask.counts.encode()})
+        decoded = mask_utils.decode(
+            {"size": list(det.mask.size), "counts": det.mask.counts.encode()}
+        )
         assert int(decoded.sum()) == det.area_px
         x, y, w, h = det.bbox_xywh_px
-        assert decoded[int(y):int(y + h), int(x):int(x + w)].sum() == det.area_px
+        assert decoded[int(y) : int(y + h), int(x) : int(x + w)].sum() == det.area_px
 
 
 # -- networks -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("module", "channels", "classes"),
-                         [(flake_model, 3, 8), (particle_model, 1, 2)])
+@pytest.mark.parametrize(
+    ("module", "channels", "classes"), [(flake_model, 3, 8), (particle_model, 1, 2)]
+)
 def test_forward_shapes_and_probabilities(module, channels, classes):
     net = module.build().eval()
     x = torch.randn(2, channels, 48, 80) * 0.2
@@ -145,8 +149,12 @@ def clear_flake_tile() -> tuple[np.ndarray, object]:
     for image in source.images(40):
         for obj in image.objects:
             a = obj.attributes
-            if (a["material"] == "graphene" and 1 <= a["layers"] <= 3 and a["area_px"] > 3000
-                    and not a["truncated"]):
+            if (
+                a["material"] == "graphene"
+                and 1 <= a["layers"] <= 3
+                and a["area_px"] > 3000
+                and not a["truncated"]
+            ):
                 return image.image, obj
     raise AssertionError("no clear thin graphene flake in 40 tiles")
 
@@ -170,9 +178,13 @@ def test_shipped_flake_detector_finds_a_clear_graphene_flake(flake_detector):
 def particle_frame(shape: tuple[int, int] = (512, 512)) -> tuple[np.ndarray, np.ndarray]:
     """A frame with one still 10 nm gold sphere in the middle (and the default decoys)."""
     spec = ParticleSpec(Shape("sphere", 10.0))
-    config = InSituConfig(frame_shape=shape, particle_density_per_um2=0.0,
-                          particles=((spec, (0.0, 0.0)),), dose_e_per_px=1000.0,
-                          seed=particle_training.TEST_SEED + 99)
+    config = InSituConfig(
+        frame_shape=shape,
+        particle_density_per_um2=0.0,
+        particles=((spec, (0.0, 0.0)),),
+        dose_e_per_px=1000.0,
+        seed=particle_training.TEST_SEED + 99,
+    )
     image = InSituScene(config).render((0.0, 0.0))
     mask = next(o.mask for o in image.objects if o.category == "particle")
     return image.image, mask
@@ -195,7 +207,8 @@ def test_tiled_equals_untiled(flake_detector, particle_detector):
     frame, _ = particle_frame((512, 512))
     whole = particle_detector.probabilities(frame)
     parts = particle_model.ParticleDetector(particle_detector.session, tile=256).probabilities(
-        frame)
+        frame
+    )
     assert parts.shape == whole.shape
     assert np.abs(parts - whole).max() < 0.02
     config = OpticalConfig(camera=CameraConfig(shape=(512, 768)))
@@ -209,9 +222,13 @@ def test_tiled_equals_untiled(flake_detector, particle_detector):
 @needs_shipped
 def test_bad_frames_raise_clear_errors(flake_detector, particle_detector):
     rgb = np.full((64, 64, 3), 100, np.uint8)
-    for bad, match in ((rgb[..., 0], "RGB"), (rgb[..., :2], "RGB"),
-                       (rgb.astype(np.int32), "pixel type"), (rgb[:8], "smaller"),
-                       ([[1, 2, 3]], "numpy")):
+    for bad, match in (
+        (rgb[..., 0], "RGB"),
+        (rgb[..., :2], "RGB"),
+        (rgb.astype(np.int32), "pixel type"),
+        (rgb[:8], "smaller"),
+        ([[1, 2, 3]], "numpy"),
+    ):
         with pytest.raises(ValueError, match=match):
             flake_detector.detect(bad)
     nan = rgb.astype(np.float32) / 255
@@ -279,8 +296,10 @@ def test_an_empty_small_frame_has_no_particles(particle_detector):
 @needs_shipped
 def test_instance_thresholds_are_the_best_of_their_grid(particle_detector):
     chosen = particle_training.choose_instance_thresholds(
-        particle_detector.session, particle_training.validation_specs(quick=True),
-        progress=lambda _: None)
+        particle_detector.session,
+        particle_training.validation_specs(quick=True),
+        progress=lambda _: None,
+    )
     grid = chosen["grid"]
     assert len(grid) == len(particle_training.AREA_GRID_PX) * len(particle_training.SCORE_GRID)
     assert chosen["chosen"]["f1"] == max(row["f1"] for row in grid)

@@ -28,8 +28,9 @@ DOF_UM = 10.0 / 3.0  # 10 nm pixels at 3 mrad
 
 def sem_frames(offsets_dof: list[float], size: int = 256, **kw) -> list[np.ndarray]:
     """Frames of one simulated SEM at the given defocus values (DoF units)."""
-    cfg = replace(SEMConfig(), frame_shape=(size, size), settle_s=0.0, seed=3,
-                  dose_e_per_px=100.0, **kw)
+    cfg = replace(
+        SEMConfig(), frame_shape=(size, size), settle_s=0.0, seed=3, dose_e_per_px=100.0, **kw
+    )
     sem = SimulatedSEM(cfg)
     out = []
     for dz in offsets_dof:
@@ -40,8 +41,10 @@ def sem_frames(offsets_dof: list[float], size: int = 256, **kw) -> list[np.ndarr
 
 @pytest.fixture(scope="module")
 def shipped() -> dict[str, object]:
-    return {"aenet": AENet(backends.load("aenet", "onnxruntime")),
-            "acnet": ACNet(backends.load("acnet", "onnxruntime"))}
+    return {
+        "aenet": AENet(backends.load("aenet", "onnxruntime")),
+        "acnet": ACNet(backends.load("acnet", "onnxruntime")),
+    }
 
 
 # -- level mapping and statistics ---------------------------------------------------------------
@@ -56,8 +59,7 @@ def test_level_mapping_is_documented_log_bands():
     assert np.all(np.diff(levels) <= 0)
     # The score's floor is the level (up to rounding at the exact band edges).
     edges = np.isclose(u[:, None], np.asarray(aenet.LEVEL_EDGES_DOF)).any(axis=1)
-    assert np.array_equal(aenet.level_from_score(aenet.score_from_dof(u))[~edges],
-                          levels[~edges])
+    assert np.array_equal(aenet.level_from_score(aenet.score_from_dof(u))[~edges], levels[~edges])
     assert aenet.dof_from_log_u(aenet.log_u_target(7.0)) == pytest.approx(7.0, rel=1e-5)
 
 
@@ -66,7 +68,8 @@ def test_spearman_uses_average_ranks():
     assert spearman(np.array([1, 2, 3, 4.0]), np.array([4, 3, 2, 1.0])) == pytest.approx(-1.0)
     # Ties: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4) give 0.9487 (scipy agrees).
     assert spearman(np.array([1, 1, 3, 4.0]), np.array([1, 2, 3, 4.0])) == pytest.approx(
-        0.9486833, abs=1e-6)
+        0.9486833, abs=1e-6
+    )
 
 
 # -- networks, export, parity -------------------------------------------------------------------
@@ -160,15 +163,19 @@ def test_aenet_reads_colour_and_8_bit_frames(shipped):
 def test_acnet_gets_the_sign_from_two_frames(shipped):
     """Start 12 DoF above focus, step 6 DoF down: both frames above focus, so move down."""
     before, now = sem_frames([12.0, 6.0], family="nanoparticles")
-    obs = [Observation(shipped["aenet"].evaluate(before), 6.0),
-           Observation(shipped["aenet"].evaluate(now), 0.0)]
+    obs = [
+        Observation(shipped["aenet"].evaluate(before), 6.0),
+        Observation(shipped["aenet"].evaluate(now), 0.0),
+    ]
     proposal = shipped["acnet"].propose(obs)
     assert proposal.correction_dof < 0
     assert 2.0 <= -proposal.correction_dof <= 12.0
     # Mirror image: below focus, stepping up.
     before, now = sem_frames([-12.0, -6.0], family="nanoparticles")
-    obs = [Observation(shipped["aenet"].evaluate(before), -6.0),
-           Observation(shipped["aenet"].evaluate(now), 0.0)]
+    obs = [
+        Observation(shipped["aenet"].evaluate(before), -6.0),
+        Observation(shipped["aenet"].evaluate(now), 0.0),
+    ]
     assert shipped["acnet"].propose(obs).correction_dof > 0
 
 
@@ -178,22 +185,26 @@ class _Unused:
         raise AssertionError("bad input must be refused before the model runs")
 
 
-@pytest.mark.parametrize(("frame", "message"), [
-    (np.full((128, 128), np.nan, np.float32), "NaN or inf"),
-    (np.zeros((4, 128, 128), np.float32), r"\(H, W\) or \(H, W, 3\)"),
-    (np.zeros((128, 128, 4), np.uint8), "4 channels"),
-    (np.zeros((32, 256), np.uint16), "smaller than one 64×64 patch"),
-    (np.zeros(128, np.uint16), "shape"),
-    (np.zeros((128, 128), bool), "dtype"),
-])
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (np.full((128, 128), np.nan, np.float32), "NaN or inf"),
+        (np.zeros((4, 128, 128), np.float32), r"\(H, W\) or \(H, W, 3\)"),
+        (np.zeros((128, 128, 4), np.uint8), "4 channels"),
+        (np.zeros((32, 256), np.uint16), "smaller than one 64×64 patch"),
+        (np.zeros(128, np.uint16), "shape"),
+        (np.zeros((128, 128), bool), "dtype"),
+    ],
+)
 def test_aenet_refuses_bad_frames_with_a_clear_message(frame, message):
     with pytest.raises(ValueError, match=message):
         AENet(_Unused()).evaluate(frame)
 
 
 def test_acnet_refuses_bad_observations():
-    result = AENetResult(score=5.0, level=5, abs_defocus_dof=3.0,
-                         features=np.zeros(4, np.float32), signal_ok=True)
+    result = AENetResult(
+        score=5.0, level=5, abs_defocus_dof=3.0, features=np.zeros(4, np.float32), signal_ok=True
+    )
     model = ACNet(_Unused())
     with pytest.raises(ValueError, match="at least one observation"):
         model.propose([])

@@ -62,10 +62,15 @@ def listening(ctx: zmq.Context, endpoint: str, *kinds: str) -> Iterator[Listener
 
 
 def test_aenet_node_scores_sem_frames_and_its_defocus_tracks_the_truth(ipc_dir):
-    sem = SimulatedSEM(SEMConfig(frame_shape=(384, 384), settle_s=0.0, seed=5,
-                                 start_wd_um=SEMConfig().focus_wd_um + 25.0))
-    with (pipeline(ipc_dir, sem, evaluator="aenet", mode="continuous", frame_rate_hz=20.0) as p,
-          listening(p.ctx, p.results, "focus") as results):
+    sem = SimulatedSEM(
+        SEMConfig(
+            frame_shape=(384, 384), settle_s=0.0, seed=5, start_wd_um=SEMConfig().focus_wd_um + 25.0
+        )
+    )
+    with (
+        pipeline(ipc_dir, sem, evaluator="aenet", mode="continuous", frame_rate_hz=20.0) as p,
+        listening(p.ctx, p.results, "focus") as results,
+    ):
         est = results.next().header
     assert isinstance(est, FocusEstimate) and est.evaluator == "aenet" and est.signal == "ok"
     assert 0.0 <= est.score <= 9.0 and est.quality_level == int(np.floor(est.score))
@@ -76,11 +81,12 @@ def test_aenet_node_scores_sem_frames_and_its_defocus_tracks_the_truth(ipc_dir):
 
 
 def test_denoiser_node_publishes_a_cleaner_frame_of_the_same_image(ipc_dir):
-    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), settle_s=0.0, seed=2,
-                                 dose_e_per_px=15.0))
-    with (pipeline(ipc_dir, sem, evaluator="denoiser", mode="continuous",
-                  frame_rate_hz=10.0) as p, listening(p.ctx, p.frames, "image") as frames,
-          listening(p.ctx, p.results, "denoised") as results):
+    sem = SimulatedSEM(SEMConfig(frame_shape=(256, 256), settle_s=0.0, seed=2, dose_e_per_px=15.0))
+    with (
+        pipeline(ipc_dir, sem, evaluator="denoiser", mode="continuous", frame_rate_hz=10.0) as p,
+        listening(p.ctx, p.frames, "image") as frames,
+        listening(p.ctx, p.results, "denoised") as results,
+    ):
         out = results.next()
         seen: dict[int, np.ndarray] = {}
         while out.header.image_id not in seen:
@@ -99,8 +105,12 @@ def test_denoiser_node_publishes_a_cleaner_frame_of_the_same_image(ipc_dir):
 
 def test_flake_detector_node_reports_flakes_with_masks(ipc_dir):
     scope = SimulatedOpticalMicroscope(OpticalConfig(seed=3))
-    with pipeline(ipc_dir, scope, evaluator="flake_detector", mode="continuous",
-                  frame_rate_hz=2.0) as p, listening(p.ctx, p.results, "detections") as results:
+    with (
+        pipeline(
+            ipc_dir, scope, evaluator="flake_detector", mode="continuous", frame_rate_hz=2.0
+        ) as p,
+        listening(p.ctx, p.results, "detections") as results,
+    ):
         msg = results.next(60.0)
     res = msg.header
     assert isinstance(res, DetectionsResult) and res.model == "flake_detector"
@@ -113,8 +123,12 @@ def test_flake_detector_node_reports_flakes_with_masks(ipc_dir):
 
 def test_particle_detector_node_finds_the_particles_of_an_insitu_frame(ipc_dir):
     camera = SimulatedInSituCamera(InSituConfig(frame_shape=(512, 512), fps=5.0, seed=4))
-    with pipeline(ipc_dir, camera, evaluator="particle_detector", mode="continuous",
-                  frame_rate_hz=5.0) as p, listening(p.ctx, p.results, "detections") as results:
+    with (
+        pipeline(
+            ipc_dir, camera, evaluator="particle_detector", mode="continuous", frame_rate_hz=5.0
+        ) as p,
+        listening(p.ctx, p.results, "detections") as results,
+    ):
         res = results.next(60.0).header
     assert isinstance(res, DetectionsResult) and res.model == "particle_detector"
     assert res.detections and all(d.category == "particle" for d in res.detections)
@@ -125,21 +139,29 @@ def test_particle_detector_node_finds_the_particles_of_an_insitu_frame(ipc_dir):
 
 
 @pytest.mark.parametrize("model", ["aenet", "denoiser", "particle_detector"])
-def test_a_frame_the_model_cannot_take_is_counted_and_the_node_keeps_serving(
-        ipc_dir, model):
+def test_a_frame_the_model_cannot_take_is_counted_and_the_node_keeps_serving(ipc_dir, model):
     ctx = zmq.Context()
     frames = f"ipc://{ipc_dir}/f"
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(frames)
-    node = InferNode(InferConfig(frames_endpoint=frames, results_endpoint=f"ipc://{ipc_dir}/r",
-                                 model=model, backend="onnxruntime"), ctx=ctx)
+    node = InferNode(
+        InferConfig(
+            frames_endpoint=frames,
+            results_endpoint=f"ipc://{ipc_dir}/r",
+            model=model,
+            backend="onnxruntime",
+        ),
+        ctx=ctx,
+    )
     rng = np.random.default_rng(0)
     good = rng.poisson(200.0, (128, 128)).astype(np.uint16)
     two_channels = np.stack([good, good], axis=-1)  # neither grey nor RGB
     try:
-        with (listening(ctx, f"ipc://{ipc_dir}/r", "focus", "denoised", "detections")
-              as results, running(node)):
+        with (
+            listening(ctx, f"ipc://{ipc_dir}/r", "focus", "denoised", "detections") as results,
+            running(node),
+        ):
             time.sleep(0.5)  # let both subscriptions reach their PUBs
             send(pub, header_for(1, two_channels.shape), [two_channels])
             time.sleep(0.3)  # 'latest' would merge the two frames if they arrived together

@@ -57,25 +57,37 @@ def raw_request(ctx: zmq.Context, endpoint: str, parts: list[bytes]) -> dict:
 V = '"protocol_version":"1.0"'
 BAD_COMMANDS = [
     ([b"command", b"{oops"], "bad_json"),
-    ([b"command", b'{"protocol_version":"9.0","seq":1,"command":"get_state"}'],
-     "unsupported_version"),
-    ([b"command", ('{' + V + ',"seq":2,"command":"self_destruct"}').encode()], "unknown_command"),
-    ([b"command", ('{' + V + ',"seq":3,"command":"set_wd","wd_um":NaN}').encode()],
-     "invalid_message"),
-    ([b"command", ('{' + V + ',"seq":4,"command":"set_wd","wd_um":"5000"}').encode()],
-     "invalid_message"),
-    ([b"command", ('{' + V + ',"seq":5,"command":"set_wd","wd_um":999999}').encode()], "limit"),
-    ([b"command", ('{' + V + ',"seq":6,"command":"move_stage","x_um":1e5,"y_um":0}').encode()],
-     "limit"),
-    ([b"command", ('{' + V + ',"seq":true,"command":"nope"}').encode()], "unknown_command"),
-    ([b"command", ('{' + V + ',"seq":7,"command":"' + "x" * 9000 + '"}').encode()],
-     "unknown_command"),
+    (
+        [b"command", b'{"protocol_version":"9.0","seq":1,"command":"get_state"}'],
+        "unsupported_version",
+    ),
+    ([b"command", ("{" + V + ',"seq":2,"command":"self_destruct"}').encode()], "unknown_command"),
+    (
+        [b"command", ("{" + V + ',"seq":3,"command":"set_wd","wd_um":NaN}').encode()],
+        "invalid_message",
+    ),
+    (
+        [b"command", ("{" + V + ',"seq":4,"command":"set_wd","wd_um":"5000"}').encode()],
+        "invalid_message",
+    ),
+    ([b"command", ("{" + V + ',"seq":5,"command":"set_wd","wd_um":999999}').encode()], "limit"),
+    (
+        [b"command", ("{" + V + ',"seq":6,"command":"move_stage","x_um":1e5,"y_um":0}').encode()],
+        "limit",
+    ),
+    ([b"command", ("{" + V + ',"seq":true,"command":"nope"}').encode()], "unknown_command"),
+    (
+        [b"command", ("{" + V + ',"seq":7,"command":"' + "x" * 9000 + '"}').encode()],
+        "unknown_command",
+    ),
     ([b"reply", b"{}"], "unsupported_version"),
-    ([b"image", ('{' + V + '}').encode()], "invalid_message"),
+    ([b"image", ("{" + V + "}").encode()], "invalid_message"),
     ([b"gibberish", b"{}"], "unknown_kind"),
     ([b"command"], "invalid_message"),
-    ([b"command", b'{"protocol_version":"1.0","seq":8,"x":' + b"[" * 3000 + b"]" * 3000 + b"}"],
-     "bad_json"),
+    (
+        [b"command", b'{"protocol_version":"1.0","seq":8,"x":' + b"[" * 3000 + b"]" * 3000 + b"}"],
+        "bad_json",
+    ),
 ]
 
 
@@ -89,8 +101,9 @@ def test_every_bad_command_is_answered_counted_and_the_node_keeps_serving(ipc_di
             assert answer["code"] == code, (parts[:1], answer)
             assert len(answer["reason"]) > 5
         # A valid request still works, and nothing moved.
-        ok = raw_request(p.ctx, p.commands, [b"command", ('{' + V + ',"seq":9,'
-                                                         '"command":"get_state"}').encode()])
+        ok = raw_request(
+            p.ctx, p.commands, [b"command", ("{" + V + ',"seq":9,"command":"get_state"}').encode()]
+        )
         assert ok["kind"] == "reply" and ok["seq"] == 9
         assert ok["state"]["wd_um"] == pytest.approx(sem.config.focus_wd_um)
         metrics = p.acquire.metrics
@@ -106,8 +119,11 @@ def test_every_bad_command_is_answered_counted_and_the_node_keeps_serving(ipc_di
 
 def test_errors_echo_the_seq_when_it_can_be_read(ipc_dir):
     with pipeline(ipc_dir, small_sem(), with_infer=False) as p:
-        answer = raw_request(p.ctx, p.commands, [b"command", ('{' + V + ',"seq":41,'
-                             '"command":"set_wd","wd_um":-5}').encode()])
+        answer = raw_request(
+            p.ctx,
+            p.commands,
+            [b"command", ("{" + V + ',"seq":41,"command":"set_wd","wd_um":-5}').encode()],
+        )
         assert answer["seq"] == 41 and answer["code"] == "limit"
 
 
@@ -161,7 +177,8 @@ def test_rate_limit_refuses_a_flood(ipc_dir):
     assert codes[:5] == ["ok"] * 5
     assert codes.count("rate_limited") >= 10
     assert p.acquire.metrics.value("commands_rejected", code="rate_limited") == codes.count(
-        "rate_limited")
+        "rate_limited"
+    )
 
 
 def test_inference_node_rejects_bad_frames_and_keeps_serving(ipc_dir):
@@ -170,8 +187,9 @@ def test_inference_node_rejects_bad_frames_and_keeps_serving(ipc_dir):
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(frames)
-    node = InferNode(InferConfig(frames_endpoint=frames, results_endpoint=f"ipc://{ipc_dir}/r"),
-                     ctx=ctx)
+    node = InferNode(
+        InferConfig(frames_endpoint=frames, results_endpoint=f"ipc://{ipc_dir}/r"), ctx=ctx
+    )
     sub = ResultSubscriber(ctx, f"ipc://{ipc_dir}/r", NodeMetrics("test"))
     good = np.random.default_rng(0).integers(0, 4000, (64, 64), dtype=np.uint16)
     hdr = json.loads(header_for(0, (64, 64)).model_dump_json(exclude_none=True))
@@ -190,14 +208,14 @@ def test_inference_node_rejects_bad_frames_and_keeps_serving(ipc_dir):
             time.sleep(0.3)  # let the node's subscription reach our PUB
             for parts in bad:
                 pub.send_multipart(parts)
-            pub.send_multipart([b"image", b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}",
-                                good.tobytes()])
+            pub.send_multipart(
+                [b"image", b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}", good.tobytes()]
+            )
             send(pub, header_for(7, (64, 64)), [good])
             est = sub.wait_for(7, 0, timeout_s=10)
             assert est.signal == "ok" and est.score > 0
             assert node.metrics.value("messages_rejected") == len(bad) + 1
-            for code in ("bad_json", "unsupported_version", "buffer_mismatch",
-                         "invalid_message"):
+            for code in ("bad_json", "unsupported_version", "buffer_mismatch", "invalid_message"):
                 assert node.metrics.value("messages_rejected", code=code) >= 1
     finally:
         sub.close()
@@ -215,9 +233,17 @@ def test_stale_results_are_ignored_and_counted(ipc_dir):
     state = header_for(0).state
 
     def estimate(image_id: int, command_seq: int, series: str = "s1") -> FocusEstimate:
-        return FocusEstimate(series_unique_id=series, image_id=image_id,
-                             command_seq=command_seq, evaluator="x", score=float(image_id),
-                             signal="ok", monotonic_ns=1, computed_monotonic_ns=2, state=state)
+        return FocusEstimate(
+            series_unique_id=series,
+            image_id=image_id,
+            command_seq=command_seq,
+            evaluator="x",
+            score=float(image_id),
+            signal="ok",
+            monotonic_ns=1,
+            computed_monotonic_ns=2,
+            state=state,
+        )
 
     got = {}
 
@@ -229,8 +255,7 @@ def test_stale_results_are_ignored_and_counted(ipc_dir):
         time.sleep(0.3)
         waiter.start()
         # Taken before the controller's last move (command_seq 4): stale, whatever the image_id.
-        for msg in (estimate(5, 3), estimate(6, 2), estimate(9, 8, series="other"),
-                    estimate(7, 4)):
+        for msg in (estimate(5, 3), estimate(6, 2), estimate(9, 8, series="other"), estimate(7, 4)):
             send(pub, msg)
             time.sleep(0.1)  # separate deliveries, so 'latest' does not merge them
         waiter.join(10)
@@ -261,8 +286,9 @@ def test_silent_microscope_stops_the_controller_with_timeout(ipc_dir):
 
 def test_controller_without_inference_node_stops_with_timeout(ipc_dir):
     with pipeline(ipc_dir, small_sem(), with_infer=False) as p:
-        out = run_control(ControlConfig(p.commands, p.results, timeout_s=0.5,
-                                        ready_timeout_s=1.0), ctx=p.ctx)
+        out = run_control(
+            ControlConfig(p.commands, p.results, timeout_s=0.5, ready_timeout_s=1.0), ctx=p.ctx
+        )
     assert out.stop_reason == "timeout"
     assert "inference node" in out.message
     assert out.frames == 0
@@ -271,15 +297,21 @@ def test_controller_without_inference_node_stops_with_timeout(ipc_dir):
 def test_microscope_vanishing_mid_run_stops_with_timeout(ipc_dir):
     ctx = zmq.Context()
     sem = small_sem(start_wd_um=5040.0)
-    acq = AcquireNode(sem, AcquireConfig(frames_endpoint=f"ipc://{ipc_dir}/f",
-                                         commands_endpoint=f"ipc://{ipc_dir}/c"), ctx=ctx)
-    inf = InferNode(InferConfig(frames_endpoint=f"ipc://{ipc_dir}/f",
-                                results_endpoint=f"ipc://{ipc_dir}/r"), ctx=ctx)
+    acq = AcquireNode(
+        sem,
+        AcquireConfig(frames_endpoint=f"ipc://{ipc_dir}/f", commands_endpoint=f"ipc://{ipc_dir}/c"),
+        ctx=ctx,
+    )
+    inf = InferNode(
+        InferConfig(frames_endpoint=f"ipc://{ipc_dir}/f", results_endpoint=f"ipc://{ipc_dir}/r"),
+        ctx=ctx,
+    )
     result = {}
 
     def control() -> None:
-        result["out"] = run_control(ControlConfig(f"ipc://{ipc_dir}/c", f"ipc://{ipc_dir}/r",
-                                                  timeout_s=1.0), ctx=ctx)
+        result["out"] = run_control(
+            ControlConfig(f"ipc://{ipc_dir}/c", f"ipc://{ipc_dir}/r", timeout_s=1.0), ctx=ctx
+        )
 
     with running(inf):
         acq_thread = threading.Thread(target=acq.run)
@@ -323,8 +355,14 @@ def test_lossless_output_delivers_every_frame_in_order(ipc_dir):
     metrics = NodeMetrics("recorder")
     receiver = LosslessReceiver(pull, metrics)
     try:
-        with pipeline(ipc_dir, small_sem(), with_infer=False, mode="continuous",
-                      frame_rate_hz=300.0, lossless_endpoint=f"ipc://{ipc_dir}/rec") as p:
+        with pipeline(
+            ipc_dir,
+            small_sem(),
+            with_infer=False,
+            mode="continuous",
+            frame_rate_hz=300.0,
+            lossless_endpoint=f"ipc://{ipc_dir}/rec",
+        ) as p:
             ids = []
             kinds = []
             while len(ids) < 60:
@@ -369,14 +407,21 @@ def test_public_command_endpoint_with_curve_serves_only_key_holders(tmp_path, ip
     _, client_secret = zmq.auth.create_certificates(tmp_path / "clients", "control")
     _, stranger_secret = zmq.auth.create_certificates(tmp_path / "private", "stranger")
     ctx = zmq.Context()
-    node = AcquireNode(small_sem(), AcquireConfig(
-        frames_endpoint=f"ipc://{ipc_dir}/f", commands_endpoint="tcp://0.0.0.0:*",
-        curve=CurveServerKeys(server_secret, tmp_path / "clients")), ctx=ctx)
+    node = AcquireNode(
+        small_sem(),
+        AcquireConfig(
+            frames_endpoint=f"ipc://{ipc_dir}/f",
+            commands_endpoint="tcp://0.0.0.0:*",
+            curve=CurveServerKeys(server_secret, tmp_path / "clients"),
+        ),
+        ctx=ctx,
+    )
     endpoint = "tcp://127.0.0.1:" + node.commands_endpoint.rsplit(":", 1)[1]
     try:
         with running(node):
-            trusted = MicroscopeClient(ctx, endpoint, timeout_s=5,
-                                       curve=CurveClientKeys(client_secret, server_public))
+            trusted = MicroscopeClient(
+                ctx, endpoint, timeout_s=5, curve=CurveClientKeys(client_secret, server_public)
+            )
             assert trusted.set_wd(5003.0).state.wd_um == pytest.approx(5003.0)
             trusted.close()
             for curve in (CurveClientKeys(stranger_secret, server_public), None):
@@ -451,8 +496,9 @@ class StrictLensSEM(SimulatedSEM):
 
 
 def test_an_adapter_limit_refusal_does_not_advance_command_seq(ipc_dir):
-    with pipeline(ipc_dir, StrictLensSEM(SEMConfig(frame_shape=(64, 64), settle_s=0.0)),
-                  with_infer=False) as p:
+    with pipeline(
+        ipc_dir, StrictLensSEM(SEMConfig(frame_shape=(64, 64), settle_s=0.0)), with_infer=False
+    ) as p:
         client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)
         try:
             assert client.set_wd(5004.0).command_seq == 1

@@ -46,7 +46,6 @@ from fakes import FakeClock
 R, G, B = 0, 1, 2  # channel order of every RGB array here
 
 
-
 def make_sim(config: OpticalConfig) -> tuple[SimulatedOpticalMicroscope, FakeClock]:
     clock = FakeClock()
     return SimulatedOpticalMicroscope(config, clock=clock, sleep=clock.sleep), clock
@@ -100,11 +99,14 @@ def test_bare_substrate_limits() -> None:
     expected = abs((n_si[0] - n_ox[0] ** 2) / (n_si[0] + n_ox[0] ** 2)) ** 2
     assert quarter[0] == pytest.approx(expected, rel=1e-9)
     # A film with the oxide's own index is just more oxide.
-    thicker = stack_reflectance(WAVELENGTHS_NM, [(sio2_index(WAVELENGTHS_NM), 40.0),
-                                                 (sio2_index(WAVELENGTHS_NM), 250.0)],
-                                si_index(WAVELENGTHS_NM))
-    single = stack_reflectance(WAVELENGTHS_NM, [(sio2_index(WAVELENGTHS_NM), 290.0)],
-                               si_index(WAVELENGTHS_NM))
+    thicker = stack_reflectance(
+        WAVELENGTHS_NM,
+        [(sio2_index(WAVELENGTHS_NM), 40.0), (sio2_index(WAVELENGTHS_NM), 250.0)],
+        si_index(WAVELENGTHS_NM),
+    )
+    single = stack_reflectance(
+        WAVELENGTHS_NM, [(sio2_index(WAVELENGTHS_NM), 290.0)], si_index(WAVELENGTHS_NM)
+    )
     np.testing.assert_allclose(thicker, single, rtol=1e-10)
     # And a film of zero thickness changes nothing.
     assert np.all(contrast_rgb(SpectralModel(), GRAPHENE, 0.0, 285.0) == 0.0)
@@ -118,10 +120,18 @@ def test_green_channel_follows_the_monochromatic_blake_contrast() -> None:
         r1, r2, r3 = (n0 - n1) / (n0 + n1), (n1 - n2) / (n1 + n2), (n2 - n3) / (n2 + n3)
         f1, f2 = 2 * math.pi * n1 * d1 / lam, 2 * math.pi * n2 * 90.0 / lam
         e = np.exp
-        num = (r1 * e(1j * (f1 + f2)) + r2 * e(-1j * (f1 - f2)) + r3 * e(-1j * (f1 + f2))
-               + r1 * r2 * r3 * e(1j * (f1 - f2)))
-        den = (e(1j * (f1 + f2)) + r1 * r2 * e(-1j * (f1 - f2)) + r1 * r3 * e(-1j * (f1 + f2))
-               + r2 * r3 * e(1j * (f1 - f2)))
+        num = (
+            r1 * e(1j * (f1 + f2))
+            + r2 * e(-1j * (f1 - f2))
+            + r3 * e(-1j * (f1 + f2))
+            + r1 * r2 * r3 * e(1j * (f1 - f2))
+        )
+        den = (
+            e(1j * (f1 + f2))
+            + r1 * r2 * e(-1j * (f1 - f2))
+            + r1 * r3 * e(-1j * (f1 + f2))
+            + r2 * r3 * e(1j * (f1 - f2))
+        )
         return abs(num / den) ** 2
 
     mono = blake(0.335, 540.0) / blake(0.0, 540.0) - 1.0
@@ -145,8 +155,9 @@ def test_monolayer_graphene_on_90nm_matches_the_sanity_values() -> None:
 
 def test_green_contrast_grows_close_to_linearly_for_one_to_three_layers() -> None:
     model = SpectralModel()
-    green = np.array([contrast_rgb(model, GRAPHENE, GRAPHENE.thickness_nm(n), 90.0)[G]
-                      for n in (1, 2, 3)])
+    green = np.array(
+        [contrast_rgb(model, GRAPHENE, GRAPHENE.thickness_nm(n), 90.0)[G] for n in (1, 2, 3)]
+    )
     np.testing.assert_allclose(green, [-0.14, -0.26, -0.37], atol=0.03)  # DESIGN §5
     # Each layer changes the phase by 2π·n·0.335/λ ≈ 0.01 rad, so the contrast is linear in N
     # to first order; the quadratic term is ≲ 10 % of the linear one at 3 layers. A line through
@@ -172,9 +183,12 @@ def test_contrast_table_matches_direct_integration() -> None:
     for oxide in (90.0, 91.37, 284.9, 300.0):
         for material, nm in ((GRAPHENE, 0.67), (HBN, 30.0)):
             # Linear interpolation on a 0.25 nm grid: < 1e-5 in reflectance, < 1e-4 relative.
-            np.testing.assert_allclose(table.contrast_rgb(material, nm, oxide),
-                                       contrast_rgb(model, material, nm, oxide), rtol=1e-4,
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                table.contrast_rgb(material, nm, oxide),
+                contrast_rgb(model, material, nm, oxide),
+                rtol=1e-4,
+                atol=1e-5,
+            )
 
 
 # -- ideal images against the model --------------------------------------------------------------
@@ -182,13 +196,15 @@ def test_contrast_table_matches_direct_integration() -> None:
 
 @pytest.fixture(scope="module", params=[285.0, 90.0], ids=["285nm", "90nm"])
 def ideal_images(request):
-    config = OpticalConfig(chip=ChipConfig(oxide_nm=request.param),
-                           camera=CameraConfig(bit_depth=16))
+    config = OpticalConfig(
+        chip=ChipConfig(oxide_nm=request.param), camera=CameraConfig(bit_depth=16)
+    )
     return list(FlakeChipSource(config, seed=5, ideal=True).images(5))
 
 
-def measured_contrast(image: np.ndarray, mask: np.ndarray, occupied: np.ndarray,
-                      ring_px: int = 25) -> tuple[np.ndarray, int, int] | None:
+def measured_contrast(
+    image: np.ndarray, mask: np.ndarray, occupied: np.ndarray, ring_px: int = 25
+) -> tuple[np.ndarray, int, int] | None:
     """mean(image in eroded mask) / mean(nearby bare background) − 1 per channel."""
     m8 = mask.astype(np.uint8)
     inner = cv2.erode(m8, np.ones((5, 5), np.uint8)).astype(bool)
@@ -198,8 +214,7 @@ def measured_contrast(image: np.ndarray, mask: np.ndarray, occupied: np.ndarray,
     if inner.sum() < 20 or ring.sum() < 50:
         return None
     img = image.astype(np.float64)
-    return img[inner].mean(axis=0) / img[ring].mean(axis=0) - 1.0, int(inner.sum()), int(
-        ring.sum())
+    return img[inner].mean(axis=0) / img[ring].mean(axis=0) - 1.0, int(inner.sum()), int(ring.sum())
 
 
 def test_ideal_images_show_each_object_at_its_expected_contrast(ideal_images) -> None:
@@ -214,8 +229,11 @@ def test_ideal_images_show_each_object_at_its_expected_contrast(ideal_images) ->
                 continue
             measured, _, _ = result
             expected = np.array(obj.attributes["expected_contrast_rgb"])
-            assert np.max(np.abs(measured - expected)) <= 0.01, (obj.category,
-                                                                 obj.attributes, measured)
+            assert np.max(np.abs(measured - expected)) <= 0.01, (
+                obj.category,
+                obj.attributes,
+                measured,
+            )
             checked[obj.category] += 1
     assert checked["graphene"] + checked["hBN"] >= 10, checked
     assert checked["dirt"] >= 1, checked
@@ -242,7 +260,8 @@ def test_realistic_images_keep_the_contrast_of_large_flakes() -> None:
             m8 = obj.mask.astype(np.uint8)
             inner = cv2.erode(m8, np.ones((9, 9), np.uint8)).astype(bool)
             ring = cv2.dilate(m8, np.ones((51, 51), np.uint8)).astype(bool) & ~cv2.dilate(
-                occupied.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+                occupied.astype(np.uint8), np.ones((15, 15), np.uint8)
+            ).astype(bool)
             if inner.sum() < 300 or ring.sum() < 300:
                 continue
             measured = image[inner].mean(axis=0) / image[ring].mean(axis=0) - 1.0
@@ -286,8 +305,13 @@ def test_truth_attributes(ideal_images) -> None:
 
 
 def flake_tile_sim(**extra) -> tuple[SimulatedOpticalMicroscope, FakeClock]:
-    cfg = OpticalConfig(camera=dataclasses.replace(SMALL, vignetting_corner=1.0),
-                        z_backlash_um=0.0, stage_backlash_um=0.0, seed=2, **extra)
+    cfg = OpticalConfig(
+        camera=dataclasses.replace(SMALL, vignetting_corner=1.0),
+        z_backlash_um=0.0,
+        stage_backlash_um=0.0,
+        seed=2,
+        **extra,
+    )
     sim, clock = make_sim(cfg)
     obj = first_flake(sim, min_layers=3)
     sim.move_stage(*obj.centre_um)
@@ -315,10 +339,11 @@ def test_sharpness_is_highest_at_focus_and_falls_monotonically() -> None:
 
 def test_tilted_and_bowed_focus_surface() -> None:
     tilt_x, tilt_y, bow = 4.0, -2.0, 5.0
-    sim, _ = flake_tile_sim(focus_tilt_x_um_per_mm=tilt_x, focus_tilt_y_um_per_mm=tilt_y,
-                            focus_bow_um=bow)
+    sim, _ = flake_tile_sim(
+        focus_tilt_x_um_per_mm=tilt_x, focus_tilt_y_um_per_mm=tilt_y, focus_bow_um=bow
+    )
     x, y = sim.state().stage_x_um, sim.state().stage_y_um
-    half_diag2 = (10_000.0 ** 2 + 10_000.0 ** 2) / 4
+    half_diag2 = (10_000.0**2 + 10_000.0**2) / 4
     expected = 2500.0 + tilt_x * x / 1000 + tilt_y * y / 1000 + bow * (x * x + y * y) / half_diag2
     assert sim.true_focus_z_um() == pytest.approx(expected, abs=1e-9)
     # The sharpest Z of a scan in 0.5 µm steps is the true focus of this tile.
@@ -357,15 +382,16 @@ def test_camera_noise_is_shot_plus_read_noise() -> None:
         g = camera.gain_dn_per_e
         assert dn.mean() == pytest.approx(camera.black_level_dn + g * mean_e, rel=2e-3)
         # Poisson: variance = mean (e⁻), plus read noise², plus rounding (1/12 DN²).
-        expected_var = g * g * (mean_e + cfg.read_noise_e ** 2) + 1.0 / 12.0
+        expected_var = g * g * (mean_e + cfg.read_noise_e**2) + 1.0 / 12.0
         assert dn.var(axis=0) == pytest.approx([expected_var] * 3, rel=0.05)
 
 
 def test_full_well_and_output_range_saturate() -> None:
     cfg = CameraConfig(shape=(32, 32), bit_depth=8, gain_dn_per_e=1.0)
     camera = Camera(cfg, np.ones(3), np.full(3, 0.2))
-    assert np.all(camera.read_out(np.full((32, 32, 3), 1e5, np.float32),
-                                  np.random.default_rng(0)) == 255)
+    assert np.all(
+        camera.read_out(np.full((32, 32, 3), 1e5, np.float32), np.random.default_rng(0)) == 255
+    )
     cfg16 = CameraConfig(shape=(32, 32), bit_depth=16, gain_dn_per_e=1.0, read_noise_e=0.0)
     camera16 = Camera(cfg16, np.ones(3), np.full(3, 0.2))
     out = camera16.read_out(np.full((32, 32, 3), 1e5, np.float32), np.random.default_rng(0))
@@ -376,8 +402,9 @@ def test_full_well_and_output_range_saturate() -> None:
 def test_eight_and_sixteen_bit_output_show_the_same_scene() -> None:
     frames = {}
     for bits in (8, 16):
-        sim, _ = make_sim(OpticalConfig(camera=dataclasses.replace(SMALL, bit_depth=bits),
-                                        ideal=True, seed=4))
+        sim, _ = make_sim(
+            OpticalConfig(camera=dataclasses.replace(SMALL, bit_depth=bits), ideal=True, seed=4)
+        )
         frames[bits] = sim.acquire().pixels
     assert frames[8].dtype == np.uint8 and frames[16].dtype == np.uint16
     # Automatic gain puts the substrate at the same fraction of either range.
@@ -385,10 +412,16 @@ def test_eight_and_sixteen_bit_output_show_the_same_scene() -> None:
 
 
 def test_vignetting_darkens_the_corners_as_configured() -> None:
-    empty = ChipConfig(flakes_per_mm2=0.0, residue_per_mm2=0.0, dirt_per_mm2=0.0,
-                       oxide_gradient_nm_per_mm=0.0, oxide_bow_nm=0.0)
-    cfg = OpticalConfig(chip=empty, camera=dataclasses.replace(SMALL, vignetting_corner=0.7,
-                                                               shape=(241, 321)))
+    empty = ChipConfig(
+        flakes_per_mm2=0.0,
+        residue_per_mm2=0.0,
+        dirt_per_mm2=0.0,
+        oxide_gradient_nm_per_mm=0.0,
+        oxide_bow_nm=0.0,
+    )
+    cfg = OpticalConfig(
+        chip=empty, camera=dataclasses.replace(SMALL, vignetting_corner=0.7, shape=(241, 321))
+    )
     sim, _ = make_sim(cfg)
     _, clean = sim.acquire_with_clean()
     black = sim.camera.black_level_dn
@@ -401,15 +434,24 @@ def test_vignetting_darkens_the_corners_as_configured() -> None:
 
 
 def test_oxide_gradient_changes_the_background_colour() -> None:
-    chip = ChipConfig(oxide_gradient_nm_per_mm=20.0, oxide_gradient_angle_deg=0.0,
-                      oxide_bow_nm=0.0, flakes_per_mm2=0.0, residue_per_mm2=0.0,
-                      dirt_per_mm2=0.0)
+    chip = ChipConfig(
+        oxide_gradient_nm_per_mm=20.0,
+        oxide_gradient_angle_deg=0.0,
+        oxide_bow_nm=0.0,
+        flakes_per_mm2=0.0,
+        residue_per_mm2=0.0,
+        dirt_per_mm2=0.0,
+    )
     means, oxide = {}, {}
     for white_balance in (None, "mirror"):
         for ideal in (True, False):
-            sim, _ = make_sim(OpticalConfig(
-                chip=chip, ideal=ideal,
-                camera=dataclasses.replace(SMALL, white_balance=white_balance)))
+            sim, _ = make_sim(
+                OpticalConfig(
+                    chip=chip,
+                    ideal=ideal,
+                    camera=dataclasses.replace(SMALL, white_balance=white_balance),
+                )
+            )
             for x in (-3000.0, 3000.0):
                 sim.move_stage(x, 0.0)
                 frame, annotated = sim.acquire_with_truth()
@@ -424,7 +466,8 @@ def test_oxide_gradient_changes_the_background_colour() -> None:
     assert oxide[3000.0][0] == pytest.approx(345.0, abs=0.1)
     model = SpectralModel()
     expected_ratio = reflectance_rgb(model, None, 0.0, 345.0) / reflectance_rgb(
-        model, None, 0.0, 225.0)
+        model, None, 0.0, 225.0
+    )
     measured_ratio = means[(None, True, 3000.0)] / means[(None, True, -3000.0)]
     np.testing.assert_allclose(measured_ratio, expected_ratio, rtol=0.01)
     # White balance scales channels, so the ratios stay; noise and vignetting average out.
@@ -435,7 +478,8 @@ def test_oxide_gradient_changes_the_background_colour() -> None:
         return rgb / rgb.sum()
 
     shift = chromaticity(means[("mirror", False, 3000.0)]) - chromaticity(
-        means[("mirror", False, -3000.0)])
+        means[("mirror", False, -3000.0)]
+    )
     assert np.max(np.abs(shift)) > 0.05  # a visible change of colour, not just brightness
 
 
@@ -462,8 +506,9 @@ def test_is_a_microscope_and_limits_are_enforced() -> None:
 
 def test_z_drive_settles_as_a_first_order_lag_with_backlash() -> None:
     settle, backlash = 0.05, 0.3
-    sim, clock = make_sim(OpticalConfig(camera=SMALL, z_settle_s=settle,
-                                        z_backlash_um=backlash, **FLAT_FOCUS))
+    sim, clock = make_sim(
+        OpticalConfig(camera=SMALL, z_settle_s=settle, z_backlash_um=backlash, **FLAT_FOCUS)
+    )
     z0 = 2500.0
     sim.set_wd(z0 + 10.0, wait=False)
     assert not sim.state().settled
@@ -483,9 +528,14 @@ def test_z_drive_settles_as_a_first_order_lag_with_backlash() -> None:
 
 def test_stage_moves_take_time_and_have_backlash() -> None:
     speed, settle, backlash = 10_000.0, 0.1, 2.0
-    cfg = OpticalConfig(camera=dataclasses.replace(SMALL, shape=(256, 256)), ideal=True, seed=2,
-                        stage_speed_um_per_s=speed, stage_settle_s=settle,
-                        stage_backlash_um=backlash)
+    cfg = OpticalConfig(
+        camera=dataclasses.replace(SMALL, shape=(256, 256)),
+        ideal=True,
+        seed=2,
+        stage_speed_um_per_s=speed,
+        stage_settle_s=settle,
+        stage_backlash_um=backlash,
+    )
     sim, clock = make_sim(cfg)
     obj = first_flake(sim, min_layers=10)
     x, y = obj.centre_um
@@ -506,8 +556,9 @@ def test_stage_moves_take_time_and_have_backlash() -> None:
     assert truth_above.attributes["actual_x_um"] == pytest.approx(x + backlash)
     assert above.state.stage_x_um == x
     # The image moves by backlash / pixel (2 µm / 0.293 µm = 6.8 px) to the left.
-    shift, _ = cv2.phaseCorrelate(below.pixels[..., G].astype(np.float64),
-                                  above.pixels[..., G].astype(np.float64))
+    shift, _ = cv2.phaseCorrelate(
+        below.pixels[..., G].astype(np.float64), above.pixels[..., G].astype(np.float64)
+    )
     assert shift[0] == pytest.approx(-backlash / cfg.pixel_um, abs=0.3)
     assert shift[1] == pytest.approx(0.0, abs=0.3)
 
@@ -520,8 +571,10 @@ def test_same_seed_same_chip_images_and_truth() -> None:
 
     def run(seed: int):
         source = FlakeChipSource(cfg, seed=seed)
-        return [(a.image, [(o.category, o.attributes, o.mask) for o in a.objects])
-                for a in source.images(3)]
+        return [
+            (a.image, [(o.category, o.attributes, o.mask) for o in a.objects])
+            for a in source.images(3)
+        ]
 
     first, again, other = run(11), run(11), run(12)
     source = FlakeChipSource(cfg, seed=11)  # the same tiles on every call, too
@@ -549,8 +602,11 @@ def test_chip_cells_do_not_depend_on_query_order() -> None:
                 np.testing.assert_array_equal(pa, pb)
     # Objects stay inside their cell and never overlap.
     for obj in a:
-        assert all(math.dist(obj.centre_um, o.centre_um) > obj.radius_um + o.radius_um
-                   for o in a if o is not obj)
+        assert all(
+            math.dist(obj.centre_um, o.centre_um) > obj.radius_um + o.radius_um
+            for o in a
+            if o is not obj
+        )
 
 
 def test_flake_chip_source_is_a_dataset_source() -> None:

@@ -46,8 +46,16 @@ dtypes = st.sampled_from(["uint8", "uint16", "uint32", "float32"])
 
 def image_header(shape, dtype, state, truth, image_id=0, seq=0) -> ImageHeader:
     return ImageHeader(
-        series_id=1, series_unique_id="s-1", image_id=image_id, shape=shape, dtype=dtype,
-        start_time_ns=10, stop_time_ns=20, monotonic_ns=30, command_seq=seq, state=state,
+        series_id=1,
+        series_unique_id="s-1",
+        image_id=image_id,
+        shape=shape,
+        dtype=dtype,
+        start_time_ns=10,
+        stop_time_ns=20,
+        monotonic_ns=30,
+        command_seq=seq,
+        state=state,
         truth=truth,
     )
 
@@ -67,28 +75,56 @@ def test_image_round_trip(shape, dtype, state, truth, image_id, seq):
 @settings(max_examples=100, deadline=None)
 @given(state=states, wd=finite, x=finite, y=finite, seq=st.integers(1, 2**63 - 1))
 def test_command_and_reply_round_trip(state, wd, x, y, seq):
-    limits = Limits(wd_min_um=-1e5, wd_max_um=1e5, stage_x_min_um=-1e5, stage_x_max_um=1e5,
-                    stage_y_min_um=-1e5, stage_y_max_um=1e5)
-    for cmd in (SetWD(seq=seq, wd_um=wd), MoveStage(seq=seq, x_um=x, y_um=y),
-                Acquire(seq=seq), GetState(seq=seq)):
+    limits = Limits(
+        wd_min_um=-1e5,
+        wd_max_um=1e5,
+        stage_x_min_um=-1e5,
+        stage_x_max_um=1e5,
+        stage_y_min_um=-1e5,
+        stage_y_max_um=1e5,
+    )
+    for cmd in (
+        SetWD(seq=seq, wd_um=wd),
+        MoveStage(seq=seq, x_um=x, y_um=y),
+        Acquire(seq=seq),
+        GetState(seq=seq),
+    ):
         assert decode(encode(cmd)).header == cmd
-    reply = Reply(seq=seq, command="acquire", state=state, limits=limits, command_seq=2,
-                  image_id=3, series_unique_id="acq-1")
+    reply = Reply(
+        seq=seq,
+        command="acquire",
+        state=state,
+        limits=limits,
+        command_seq=2,
+        image_id=3,
+        series_unique_id="acq-1",
+    )
     assert decode(encode(reply)).header == reply
 
 
 @settings(max_examples=50, deadline=None)
 @given(state=states, truth=truths, score=st.floats(0, 1e6), image_id=u63)
 def test_results_round_trip(state, truth, score, image_id):
-    est = FocusEstimate(series_unique_id="a.b:c-1", image_id=image_id, command_seq=2,
-                        evaluator="tenengrad", score=score, signal="ok", monotonic_ns=1,
-                        computed_monotonic_ns=2, state=state, truth=truth)
+    est = FocusEstimate(
+        series_unique_id="a.b:c-1",
+        image_id=image_id,
+        command_seq=2,
+        evaluator="tenengrad",
+        score=score,
+        signal="ok",
+        monotonic_ns=1,
+        computed_monotonic_ns=2,
+        state=state,
+        truth=truth,
+    )
     assert decode(encode(est)).header == est
-    status = NodeStatus(node="n", role="infer", pid=1, uptime_s=0.5, monotonic_ns=3,
-                        counters={"frames_received": 4})
+    status = NodeStatus(
+        node="n", role="infer", pid=1, uptime_s=0.5, monotonic_ns=3, counters={"frames_received": 4}
+    )
     assert decode(encode(status)).header == status
-    start = SeriesStart(series_id=1, series_unique_id="s", source="sim", start_time_ns=1,
-                        state=state)
+    start = SeriesStart(
+        series_id=1, series_unique_id="s", source="sim", start_time_ns=1, state=state
+    )
     assert decode(encode(start)).header == start
     end = SeriesEnd(series_id=1, series_unique_id="s", images=5, stop_time_ns=2)
     assert decode(encode(end)).header == end
@@ -102,8 +138,15 @@ def test_every_header_carries_the_protocol_version():
 
 
 def _image_parts(**override):
-    state = MicroscopeState(wd_um=5000.0, wd_target_um=5000.0, settled=True, stage_x_um=0.0,
-                            stage_y_um=0.0, magnification=1000.0, pixel_size_nm=10.0)
+    state = MicroscopeState(
+        wd_um=5000.0,
+        wd_target_um=5000.0,
+        settled=True,
+        stage_x_um=0.0,
+        stage_y_um=0.0,
+        magnification=1000.0,
+        pixel_size_nm=10.0,
+    )
     header = json.loads(image_header((4, 3), "uint16", state, None).model_dump_json())
     header.update(override)
     return [b"image", json.dumps(header).encode(), np.zeros((4, 3), np.uint16).tobytes()]
@@ -126,14 +169,22 @@ def _image_parts(**override):
         (_image_parts(image_id="7"), "invalid_message"),
         (_image_parts(image_id=-1), "invalid_message"),
         (_image_parts(shape=[0, 3]), "invalid_message"),
-        ([b"command", b'{"protocol_version":"1.0","seq":1,"command":"explode"}'],
-         "unknown_command"),
-        ([b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":NaN}'],
-         "invalid_message"),
-        ([b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":1e999}'],
-         "invalid_message"),
-        ([b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":5e6}'],
-         "invalid_message"),
+        (
+            [b"command", b'{"protocol_version":"1.0","seq":1,"command":"explode"}'],
+            "unknown_command",
+        ),
+        (
+            [b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":NaN}'],
+            "invalid_message",
+        ),
+        (
+            [b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":1e999}'],
+            "invalid_message",
+        ),
+        (
+            [b"command", b'{"protocol_version":"1.0","seq":1,"command":"set_wd","wd_um":5e6}'],
+            "invalid_message",
+        ),
     ],
 )
 def test_malformed_messages_are_rejected_with_a_reason(parts, code):
@@ -154,8 +205,14 @@ def test_nan_in_nested_state_is_rejected():
 
 def test_limits_must_be_ordered():
     with pytest.raises(ValueError, match="wd_min_um"):
-        Limits(wd_min_um=10, wd_max_um=1, stage_x_min_um=0, stage_x_max_um=1,
-               stage_y_min_um=0, stage_y_max_um=1)
+        Limits(
+            wd_min_um=10,
+            wd_max_um=1,
+            stage_x_min_um=0,
+            stage_x_max_um=1,
+            stage_y_min_um=0,
+            stage_y_max_um=1,
+        )
 
 
 def test_depth_of_field_follows_pixel_size_over_angle():
@@ -192,8 +249,14 @@ def test_headers_must_be_plain_utf8_json_without_duplicate_keys(raw):
 @pytest.mark.parametrize("version", ["².0", "1", "1.0.0", "", "01.2345"])
 def test_odd_version_strings_are_rejected_not_crashing(version):
     with pytest.raises(ProtocolError) as info:
-        decode([b"command", json.dumps(
-            {"protocol_version": version, "seq": 1, "command": "get_state"}).encode()])
+        decode(
+            [
+                b"command",
+                json.dumps(
+                    {"protocol_version": version, "seq": 1, "command": "get_state"}
+                ).encode(),
+            ]
+        )
     assert info.value.code == "unsupported_version"
 
 
@@ -210,8 +273,12 @@ def test_image_times_must_be_ordered():
 
 
 def test_deeply_nested_headers_are_rejected_not_crashing():
-    deep = b'{"protocol_version":"1.0","seq":1,"command":"get_state","x":' + b"[" * 5000 \
-        + b"]" * 5000 + b"}"
+    deep = (
+        b'{"protocol_version":"1.0","seq":1,"command":"get_state","x":'
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}"
+    )
     with pytest.raises(ProtocolError) as info:
         decode([b"command", deep])
     assert info.value.code == "bad_json"

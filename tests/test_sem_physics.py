@@ -75,8 +75,9 @@ def test_is_a_microscope_and_limits_are_enforced(particles) -> None:
 
 
 def test_state_frame_and_truth(particles) -> None:
-    cfg = SEMConfig(frame_shape=(96, 128), pixel_size_nm=8.0, beam_semiangle_mrad=4.0,
-                    start_wd_um=5012.0)
+    cfg = SEMConfig(
+        frame_shape=(96, 128), pixel_size_nm=8.0, beam_semiangle_mrad=4.0, start_wd_um=5012.0
+    )
     sim, _ = make_sim(cfg, particles)
     frame = sim.acquire()
     state = frame.state
@@ -117,9 +118,17 @@ def point_spread(pixel_nm: float, alpha_mrad: float, defocus_um: float, **extra)
     """Image of a single bright texture pixel, background removed (noise-free)."""
     # The texture pixel (128, 128) is centred at 128.5 texture pixels; put it at the field centre.
     centre_um = 128.5 * pixel_nm * 1e-3
-    cfg = SEMConfig(frame_shape=(160, 160), texture=POINT, texture_pixel_nm=pixel_nm,
-                    pixel_size_nm=pixel_nm, beam_semiangle_mrad=alpha_mrad, probe_fwhm_nm=0.0,
-                    start_stage_x_um=centre_um, start_stage_y_um=centre_um, **extra)
+    cfg = SEMConfig(
+        frame_shape=(160, 160),
+        texture=POINT,
+        texture_pixel_nm=pixel_nm,
+        pixel_size_nm=pixel_nm,
+        beam_semiangle_mrad=alpha_mrad,
+        probe_fwhm_nm=0.0,
+        start_stage_x_um=centre_um,
+        start_stage_y_um=centre_um,
+        **extra,
+    )
     sim, _ = make_sim(cfg)
     clean = clean_at(sim, cfg.focus_wd_um + defocus_um)
     border = np.concatenate([clean[:4].ravel(), clean[-4:].ravel()])
@@ -131,11 +140,14 @@ def second_moments(psf: np.ndarray, radius: float) -> tuple[float, float, float]
     ys, xs = np.mgrid[: psf.shape[0], : psf.shape[1]].astype(np.float64)
     w = np.clip(psf, 0.0, None)
     cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
-    w = np.where((xs - cx) ** 2 + (ys - cy) ** 2 <= radius ** 2, w, 0.0)
+    w = np.where((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2, w, 0.0)
     w /= w.sum()
     cx, cy = (w * xs).sum(), (w * ys).sum()
-    return ((w * (xs - cx) ** 2).sum(), (w * (ys - cy) ** 2).sum(),
-            (w * (xs - cx) * (ys - cy)).sum())
+    return (
+        (w * (xs - cx) ** 2).sum(),
+        (w * (ys - cy) ** 2).sum(),
+        (w * (xs - cx) * (ys - cy)).sum(),
+    )
 
 
 @pytest.mark.parametrize(("pixel_nm", "alpha_mrad"), [(10.0, 3.0), (20.0, 3.0), (10.0, 6.0)])
@@ -146,8 +158,9 @@ def test_blur_disk_diameter_is_two_alpha_dz_over_pixel(pixel_nm: float, alpha_mr
     focus_var, _, _ = second_moments(point_spread(pixel_nm, alpha_mrad, 0.0), 10.0)
     for defocus_um in (15.0, -25.0, 60.0):
         expected_px = 2 * alpha_mrad * 1e-3 * abs(defocus_um) * 1e3 / pixel_nm
-        var_x, var_y, _ = second_moments(point_spread(pixel_nm, alpha_mrad, defocus_um),
-                                         expected_px / 2 + 6)
+        var_x, var_y, _ = second_moments(
+            point_spread(pixel_nm, alpha_mrad, defocus_um), expected_px / 2 + 6
+        )
         for var in (var_x, var_y):
             measured_px = 4 * math.sqrt(var - focus_var)
             assert measured_px == pytest.approx(expected_px, rel=0.03), (defocus_um, measured_px)
@@ -157,8 +170,14 @@ def half_sharpness_defocus_um(pixel_nm: float, alpha_mrad: float) -> float:
     """The defocus at which gradient energy falls to half its in-focus value (bisection)."""
     # The texture pixel equals the frame pixel, so the content is the same in pixel units for
     # every pixel size: only the blur in pixels, 2α|Δz|/p, differs.
-    cfg = SEMConfig(frame_shape=(128, 128), texture=random_texture(7), texture_pixel_nm=pixel_nm,
-                    pixel_size_nm=pixel_nm, beam_semiangle_mrad=alpha_mrad, probe_fwhm_nm=0.0)
+    cfg = SEMConfig(
+        frame_shape=(128, 128),
+        texture=random_texture(7),
+        texture_pixel_nm=pixel_nm,
+        pixel_size_nm=pixel_nm,
+        beam_semiangle_mrad=alpha_mrad,
+        probe_fwhm_nm=0.0,
+    )
     sim, _ = make_sim(cfg)
     in_focus = gradient_energy(clean_at(sim, 5000.0))
     lo, hi = 0.0, 20.0 * pixel_nm / alpha_mrad
@@ -221,7 +240,7 @@ def test_psf_at_a_line_focus_is_a_line_at_any_angle(angle: float) -> None:
     var_x, var_y, cov = second_moments(psf, length_px / 2 + 6)
     spread = math.hypot(0.5 * (var_x - var_y), cov)
     major, minor = 0.5 * (var_x + var_y) + spread, 0.5 * (var_x + var_y) - spread
-    assert major - focus_var == pytest.approx(length_px ** 2 / 16, rel=0.15)
+    assert major - focus_var == pytest.approx(length_px**2 / 16, rel=0.15)
     assert abs(minor - focus_var) < 0.1
     assert angle_between(long_axis_deg(var_x, var_y, cov), angle + 90.0) < 3.0
 
@@ -256,8 +275,14 @@ def test_astigmatism_flips_image_anisotropy_through_focus(particles) -> None:
 
 def test_tilted_sample_is_sharp_where_the_focus_plane_meets_it() -> None:
     tilt = 60.0
-    cfg = SEMConfig(frame_shape=(128, 256), texture=random_texture(11), texture_pixel_nm=20.0,
-                    pixel_size_nm=20.0, beam_semiangle_mrad=10.0, tilt_x_deg=tilt)
+    cfg = SEMConfig(
+        frame_shape=(128, 256),
+        texture=random_texture(11),
+        texture_pixel_nm=20.0,
+        pixel_size_nm=20.0,
+        beam_semiangle_mrad=10.0,
+        tilt_x_deg=tilt,
+    )
     sim, _ = make_sim(cfg)
     quarter_um = 256 * 20.0e-3 / 4
     slope = math.tan(math.radians(tilt))
@@ -277,10 +302,18 @@ def test_tilted_sample_is_sharp_where_the_focus_plane_meets_it() -> None:
 FLAT = np.ones((64, 64), np.float32)  # a constant texture maps to SE yield 1.0
 
 
-def flat_frame(dose: float, read_noise_e: float, gain: float = 20.0, offset: float = 500.0,
-               seed: int = 0) -> np.ndarray:
-    cfg = SEMConfig(frame_shape=(256, 256), texture=FLAT, dose_e_per_px=dose,
-                    read_noise_e=read_noise_e, gain_dn_per_e=gain, offset_dn=offset, seed=seed)
+def flat_frame(
+    dose: float, read_noise_e: float, gain: float = 20.0, offset: float = 500.0, seed: int = 0
+) -> np.ndarray:
+    cfg = SEMConfig(
+        frame_shape=(256, 256),
+        texture=FLAT,
+        dose_e_per_px=dose,
+        read_noise_e=read_noise_e,
+        gain_dn_per_e=gain,
+        offset_dn=offset,
+        seed=seed,
+    )
     sim, _ = make_sim(cfg)
     return sim.acquire().pixels.astype(np.float64)
 
@@ -298,7 +331,7 @@ def test_shot_noise_variance_equals_gain_times_signal() -> None:
 def test_read_noise_adds_in_quadrature() -> None:
     gain, offset, dose, read_noise = 20.0, 500.0, 10.0, 3.0
     pixels = flat_frame(dose, read_noise, gain, offset)
-    assert pixels.var() == pytest.approx(gain ** 2 * (dose + read_noise ** 2), rel=0.05)
+    assert pixels.var() == pytest.approx(gain**2 * (dose + read_noise**2), rel=0.05)
 
 
 def test_relative_noise_falls_as_one_over_sqrt_dose() -> None:
@@ -320,12 +353,18 @@ def test_low_dose_counts_are_poisson_integers() -> None:
 
 
 def test_detector_saturates_at_the_dtype_maximum() -> None:
-    cfg = SEMConfig(frame_shape=(64, 64), texture=FLAT, dose_e_per_px=100.0,
-                    gain_dn_per_e=1000.0)
+    cfg = SEMConfig(frame_shape=(64, 64), texture=FLAT, dose_e_per_px=100.0, gain_dn_per_e=1000.0)
     sim, _ = make_sim(cfg)
     assert np.all(sim.acquire().pixels == np.iinfo(np.uint16).max)
-    sim8, _ = make_sim(SEMConfig(frame_shape=(64, 64), texture=FLAT, dtype="uint8",
-                                 dose_e_per_px=500.0, gain_dn_per_e=1.0))
+    sim8, _ = make_sim(
+        SEMConfig(
+            frame_shape=(64, 64),
+            texture=FLAT,
+            dtype="uint8",
+            dose_e_per_px=500.0,
+            gain_dn_per_e=1.0,
+        )
+    )
     pixels = sim8.acquire().pixels
     assert pixels.dtype == np.uint8 and pixels.max() == 255
 
@@ -337,8 +376,13 @@ def test_scan_line_jitter_shifts_lines_by_the_configured_rms() -> None:
     stripes = np.tile(np.sin(2 * np.pi * x / period_px), (64, 1)).astype(np.float32)
     shifts = {}
     for jitter in (0.0, 1.5):
-        cfg = SEMConfig(frame_shape=(256, 128), texture=stripes, texture_pixel_nm=10.0,
-                        line_jitter_px=jitter, probe_fwhm_nm=0.0)
+        cfg = SEMConfig(
+            frame_shape=(256, 128),
+            texture=stripes,
+            texture_pixel_nm=10.0,
+            line_jitter_px=jitter,
+            probe_fwhm_nm=0.0,
+        )
         sim, _ = make_sim(cfg)
         _, clean = sim.acquire_with_clean()
         cols = np.arange(clean.shape[1])
@@ -351,8 +395,13 @@ def test_scan_line_jitter_shifts_lines_by_the_configured_rms() -> None:
 
 def test_charging_changes_brightness_over_time() -> None:
     fraction, tau, offset = 0.2, 10.0, 500.0
-    cfg = SEMConfig(frame_shape=(64, 64), texture=FLAT, charging_fraction=fraction,
-                    charging_tau_s=tau, offset_dn=offset)
+    cfg = SEMConfig(
+        frame_shape=(64, 64),
+        texture=FLAT,
+        charging_fraction=fraction,
+        charging_tau_s=tau,
+        offset_dn=offset,
+    )
     sim, clock = make_sim(cfg)
     _, before = sim.acquire_with_clean()
     clock.t += tau
@@ -367,8 +416,13 @@ def test_charging_changes_brightness_over_time() -> None:
 def test_stage_drift_moves_the_image() -> None:
     pixel_nm, drift_x, drift_y, dt = 10.0, 30.0, -20.0, 2.0  # nm/s, s
     texture = random_texture(5, blur_px=2.0)
-    cfg = SEMConfig(frame_shape=(128, 128), texture=texture, texture_pixel_nm=pixel_nm,
-                    stage_drift_x_nm_per_s=drift_x, stage_drift_y_nm_per_s=drift_y)
+    cfg = SEMConfig(
+        frame_shape=(128, 128),
+        texture=texture,
+        texture_pixel_nm=pixel_nm,
+        stage_drift_x_nm_per_s=drift_x,
+        stage_drift_y_nm_per_s=drift_y,
+    )
     sim, clock = make_sim(cfg)
     _, first = sim.acquire_with_clean()
     clock.t += dt
@@ -380,10 +434,15 @@ def test_stage_drift_moves_the_image() -> None:
     assert dy == pytest.approx(-drift_y * dt / pixel_nm, abs=0.2)
     assert (frame.state.stage_x_um, frame.state.stage_y_um) == (0.0, 0.0)  # encoder sees none
     # The drifted frame is the frame of a stage moved by drift·t without drift.
-    still, _ = make_sim(SEMConfig(frame_shape=(128, 128), texture=texture,
-                                  texture_pixel_nm=pixel_nm,
-                                  start_stage_x_um=drift_x * dt * 1e-3,
-                                  start_stage_y_um=drift_y * dt * 1e-3))
+    still, _ = make_sim(
+        SEMConfig(
+            frame_shape=(128, 128),
+            texture=texture,
+            texture_pixel_nm=pixel_nm,
+            start_stage_x_um=drift_x * dt * 1e-3,
+            start_stage_y_um=drift_y * dt * 1e-3,
+        )
+    )
     _, moved = still.acquire_with_clean()
     assert np.allclose(second, moved, rtol=1e-4, atol=1.0)
 
@@ -418,19 +477,24 @@ def test_wd_actuator_settles_over_settle_time() -> None:
 
 
 def test_wd_backlash_after_reversal() -> None:
-    sim, _ = make_sim(SEMConfig(frame_shape=(32, 32), texture=FLAT, backlash_um=2.0,
-                                settle_s=0.0))
+    sim, _ = make_sim(SEMConfig(frame_shape=(32, 32), texture=FLAT, backlash_um=2.0, settle_s=0.0))
     # Exact when approached from below, +backlash when approached from above; a reversal
     # smaller than the backlash does not move.
-    for command, actual in ((5010.0, 5010.0), (5005.0, 5007.0), (5000.0, 5002.0),
-                            (5001.0, 5002.0), (5004.0, 5004.0)):
+    for command, actual in (
+        (5010.0, 5010.0),
+        (5005.0, 5007.0),
+        (5000.0, 5002.0),
+        (5001.0, 5002.0),
+        (5004.0, 5004.0),
+    ):
         assert sim.set_wd(command).wd_um == pytest.approx(actual)
 
 
 def test_wait_settled_fails_when_sleep_does_not_advance_the_clock() -> None:
     clock = FakeClock()
-    sim = SimulatedSEM(SEMConfig(frame_shape=(32, 32), texture=FLAT), clock=clock,
-                       sleep=lambda _s: None)
+    sim = SimulatedSEM(
+        SEMConfig(frame_shape=(32, 32), texture=FLAT), clock=clock, sleep=lambda _s: None
+    )
     with pytest.raises(DeviceError, match="clock"):
         sim.set_wd(5010.0)
 
@@ -452,8 +516,9 @@ def test_frames_are_deterministic_under_a_seed() -> None:
     b, _ = make_sim(cfg)
     for _ in range(2):
         assert np.array_equal(a.acquire().pixels, b.acquire().pixels)
-    other, _ = make_sim(SEMConfig(frame_shape=(64, 64), family="grains", specimen_samples=256,
-                                  seed=43))
+    other, _ = make_sim(
+        SEMConfig(frame_shape=(64, 64), family="grains", specimen_samples=256, seed=43)
+    )
     assert not np.array_equal(a.acquire().pixels, other.acquire().pixels)
 
 
@@ -472,9 +537,14 @@ def test_texture_from_array_and_from_file(tmp_path) -> None:
 @pytest.mark.parametrize("family", sorted(SPECIMEN_FAMILIES))
 def test_every_family_renders(family: str) -> None:
     dtype = "uint8" if family in ("grains", "pores") else "uint16"
-    cfg = SEMConfig(frame_shape=(96, 128), family=family, specimen_samples=512, dtype=dtype,
-                    gain_dn_per_e=1.0 if dtype == "uint8" else None,
-                    offset_dn=10.0 if dtype == "uint8" else None)
+    cfg = SEMConfig(
+        frame_shape=(96, 128),
+        family=family,
+        specimen_samples=512,
+        dtype=dtype,
+        gain_dn_per_e=1.0 if dtype == "uint8" else None,
+        offset_dn=10.0 if dtype == "uint8" else None,
+    )
     sim, _ = make_sim(cfg)
     frame, clean = sim.acquire_with_clean()
     assert frame.pixels.shape == (96, 128) and frame.pixels.dtype == np.dtype(dtype)
@@ -491,8 +561,14 @@ def test_downsampling_is_anti_aliased() -> None:
     checker = (np.indices((256, 256)).sum(axis=0) % 2).astype(np.float32)
     yields = {}
     for pixel_nm in (4.0, 40.0):
-        cfg = SEMConfig(frame_shape=(64, 64), texture=checker, texture_pixel_nm=4.0,
-                        pixel_size_nm=pixel_nm, probe_fwhm_nm=0.0, offset_dn=0.0)
+        cfg = SEMConfig(
+            frame_shape=(64, 64),
+            texture=checker,
+            texture_pixel_nm=4.0,
+            pixel_size_nm=pixel_nm,
+            probe_fwhm_nm=0.0,
+            offset_dn=0.0,
+        )
         sim, _ = make_sim(cfg)
         _, clean = sim.acquire_with_clean()
         yields[pixel_nm] = clean / (sim.detector.gain_dn_per_e * cfg.dose_e_per_px)

@@ -22,8 +22,14 @@ def test_insitu_camera_streams_100_frames_to_a_lossless_consumer(ipc_dir):
     receiver = LosslessReceiver(pull, metrics)
     frames = []
     try:
-        with pipeline(ipc_dir, camera, with_infer=False, mode="continuous", frame_rate_hz=100.0,
-                      lossless_endpoint=f"ipc://{ipc_dir}/rec") as p:
+        with pipeline(
+            ipc_dir,
+            camera,
+            with_infer=False,
+            mode="continuous",
+            frame_rate_hz=100.0,
+            lossless_endpoint=f"ipc://{ipc_dir}/rec",
+        ) as p:
             while len(frames) < 100:
                 msg = receiver.poll(10_000)
                 assert msg is not None, f"stream stalled after {len(frames)} frames"

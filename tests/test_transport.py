@@ -147,9 +147,7 @@ def test_latest_policy_keeps_up_and_accounts_for_every_frame(ipc_dir):
             break
         if msg is None:
             continue
-        np.testing.assert_array_equal(
-            msg.array(), frame_pixels(5, msg.header.image_id, (64, 64))
-        )
+        np.testing.assert_array_equal(msg.array(), frame_pixels(5, msg.header.image_id, (64, 64)))
         processed.append(msg.header.image_id)
         time.sleep(0.02)  # a consumer slower than the 300 Hz stream
     child.join(10)
@@ -166,8 +164,16 @@ def test_latest_policy_keeps_up_and_accounts_for_every_frame(ipc_dir):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "tcp://", "udp://1.2.3.4:5", "tcp://127.0.0.1", "tcp://127.0.0.1:0",
-     "tcp://127.0.0.1:70000", "ipc://" + "x" * 200, "inproc://"],
+    [
+        "",
+        "tcp://",
+        "udp://1.2.3.4:5",
+        "tcp://127.0.0.1",
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:70000",
+        "ipc://" + "x" * 200,
+        "inproc://",
+    ],
 )
 def test_bad_endpoints_are_refused_with_the_fix(text):
     with pytest.raises(EndpointError):
@@ -207,8 +213,11 @@ def test_curve_admits_authorised_clients_only(tmp_path):
     def ask(secret) -> bytes | None:
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        endpoints.connect(dealer, f"tcp://127.0.0.1:{port}",
-                          curve=endpoints.CurveClientKeys(secret, server_public))
+        endpoints.connect(
+            dealer,
+            f"tcp://127.0.0.1:{port}",
+            curve=endpoints.CurveClientKeys(secret, server_public),
+        )
         dealer.send(b"ping")
         got = None
         if router.poll(1500):

@@ -73,8 +73,9 @@ class CommandServer:
         image_id: int | None = None
         try:
             if isinstance(cmd, SetWD):
-                check_wd_move(self.microscope.limits(), self.microscope.state().wd_target_um,
-                              cmd.wd_um)
+                check_wd_move(
+                    self.microscope.limits(), self.microscope.state().wd_target_um, cmd.wd_um
+                )
                 self._move(lambda: self.microscope.set_wd(cmd.wd_um, wait=cmd.wait))
             elif isinstance(cmd, MoveStage):
                 check_stage_move(self.microscope.limits(), cmd.x_um, cmd.y_um)

@@ -128,8 +128,10 @@ def check_stage_move(limits: Limits, x_um: float, y_um: float) -> None:
     """Raise LimitError unless (x_um, y_um) is finite and inside the stage limits."""
     _require_finite("x_um", x_um)
     _require_finite("y_um", y_um)
-    if not (limits.stage_x_min_um <= x_um <= limits.stage_x_max_um
-            and limits.stage_y_min_um <= y_um <= limits.stage_y_max_um):
+    if not (
+        limits.stage_x_min_um <= x_um <= limits.stage_x_max_um
+        and limits.stage_y_min_um <= y_um <= limits.stage_y_max_um
+    ):
         raise LimitError(
             f"stage position ({x_um:.3f}, {y_um:.3f}) µm is outside the limits "
             f"x [{limits.stage_x_min_um}, {limits.stage_x_max_um}], "

@@ -95,8 +95,10 @@ class AcquireNode:
         if config.lossless_endpoint:
             push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_timeout_s * 1000))
             self.lossless = LosslessSender(
-                push, self.rt.metrics,
-                capacity=config.lossless_capacity, timeout_s=config.lossless_timeout_s,
+                push,
+                self.rt.metrics,
+                capacity=config.lossless_capacity,
+                timeout_s=config.lossless_timeout_s,
             )
             self.lossless_endpoint = endpoints.bind(push, config.lossless_endpoint)
 
@@ -116,11 +118,15 @@ class AcquireNode:
         poller.register(self.frames, zmq.POLLIN)
         period = 1.0 / cfg.frame_rate_hz if cfg.mode == "continuous" else None
         next_frame = time.monotonic()
-        self._send_all(SeriesStart(
-            series_id=cfg.series_id, series_unique_id=self.series_unique_id,
-            source=getattr(self.microscope, "name", "microscope"),
-            start_time_ns=time.time_ns(), state=self.microscope.state(),
-        ))
+        self._send_all(
+            SeriesStart(
+                series_id=cfg.series_id,
+                series_unique_id=self.series_unique_id,
+                source=getattr(self.microscope, "name", "microscope"),
+                start_time_ns=time.time_ns(),
+                state=self.microscope.state(),
+            )
+        )
         reason: Literal["completed", "stopped", "error"] = "stopped"
         try:
             while not self.rt.stopping:
@@ -144,10 +150,15 @@ class AcquireNode:
             log.exception("acquisition node failed")
             raise
         finally:
-            self._send_all(SeriesEnd(
-                series_id=cfg.series_id, series_unique_id=self.series_unique_id,
-                images=self._next_image_id, stop_time_ns=time.time_ns(), reason=reason,
-            ))
+            self._send_all(
+                SeriesEnd(
+                    series_id=cfg.series_id,
+                    series_unique_id=self.series_unique_id,
+                    images=self._next_image_id,
+                    stop_time_ns=time.time_ns(),
+                    reason=reason,
+                )
+            )
             if self._auth is not None:
                 self._auth.stop()
             self.rt.close()

@@ -60,16 +60,23 @@ def sample(trials: int, seed: int, progress=print) -> dict[str, np.ndarray]:
             r = reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px)
             if r.abs_defocus_dof is None or r.features is None or frame.truth is None:
                 continue  # no signal: nothing to calibrate with
-            rows.append((trial.index, abs(frame.truth.defocus_um) / trial.dof_um,
-                         r.abs_defocus_dof, float(r.features[1])))
+            rows.append(
+                (
+                    trial.index,
+                    abs(frame.truth.defocus_um) / trial.dof_um,
+                    r.abs_defocus_dof,
+                    float(r.features[1]),
+                )
+            )
         if n % 10 == 0 or n == len(chosen):
             progress(f"  {n}/{len(chosen)} trials sampled")
     trial, dz, u, sigma = (np.array(c) for c in zip(*rows, strict=True))
     return {"trial": trial.astype(int), "abs_dz": dz, "reading": u, "sigma": sigma}
 
 
-def log_likelihood(data: dict[str, np.ndarray], config: FocusModelConfig,
-                   straight: bool = False) -> float:
+def log_likelihood(
+    data: dict[str, np.ndarray], config: FocusModelConfig, straight: bool = False
+) -> float:
     """Log-likelihood of the readings under ``config``, the gain of each trial marginalised on
     the posterior's grid and prior (``straight``: the plain V, ``g(d) = d``)."""
     log_k, log_prior = gain_grid(config)
@@ -80,8 +87,9 @@ def log_likelihood(data: dict[str, np.ndarray], config: FocusModelConfig,
         idx = np.flatnonzero(data["trial"] == t)
         ll = log_prior.copy()
         for i in idx:
-            ll += reading_loglik(float(data["reading"][i]), float(data["sigma"][i]),
-                                 np.exp(log_k) * g[i], config)
+            ll += reading_loglik(
+                float(data["reading"][i]), float(data["sigma"][i]), np.exp(log_k) * g[i], config
+            )
         top = ll.max()
         total += top + math.log(np.exp(ll - top).sum())
     return float(total)
@@ -93,14 +101,28 @@ def fit(data: dict[str, np.ndarray], start: FocusModelConfig) -> FocusModelConfi
 
     def config_of(theta: np.ndarray) -> FocusModelConfig:
         d0, log_soft, log_reading, log_scale = theta
-        return replace(start, dead_zone_dof=float(d0), dead_zone_softness_dof=math.exp(log_soft),
-                       dead_zone_reading_dof=math.exp(log_reading),
-                       scale_floor=math.exp(log_scale))
+        return replace(
+            start,
+            dead_zone_dof=float(d0),
+            dead_zone_softness_dof=math.exp(log_soft),
+            dead_zone_reading_dof=math.exp(log_reading),
+            scale_floor=math.exp(log_scale),
+        )
 
-    theta0 = np.array([start.dead_zone_dof, math.log(start.dead_zone_softness_dof),
-                       math.log(start.dead_zone_reading_dof), math.log(start.scale_floor)])
-    best = minimize(lambda th: -log_likelihood(data, config_of(th)), theta0,
-                    method="Nelder-Mead", options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-2})
+    theta0 = np.array(
+        [
+            start.dead_zone_dof,
+            math.log(start.dead_zone_softness_dof),
+            math.log(start.dead_zone_reading_dof),
+            math.log(start.scale_floor),
+        ]
+    )
+    best = minimize(
+        lambda th: -log_likelihood(data, config_of(th)),
+        theta0,
+        method="Nelder-Mead",
+        options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-2},
+    )
     return config_of(best.x)
 
 
@@ -116,17 +138,27 @@ def run(trials: int = 90, seed: int = 43, progress=print) -> dict[str, Any]:
         if inside.any():
             u = data["reading"][inside]
             mid = (lo + hi) / 2
-            bins.append({"abs_dz_dof": [lo, hi], "n": int(inside.sum()),
-                         "reading_median": float(np.median(u)),
-                         "reading_q10": float(np.quantile(u, 0.1)),
-                         "reading_q90": float(np.quantile(u, 0.9)),
-                         "shipped_g": float(aenet_response(mid, shipped)),
-                         "fitted_g": float(aenet_response(mid, fitted))})
+            bins.append(
+                {
+                    "abs_dz_dof": [lo, hi],
+                    "n": int(inside.sum()),
+                    "reading_median": float(np.median(u)),
+                    "reading_q10": float(np.quantile(u, 0.1)),
+                    "reading_q90": float(np.quantile(u, 0.9)),
+                    "shipped_g": float(aenet_response(mid, shipped)),
+                    "fitted_g": float(aenet_response(mid, fitted)),
+                }
+            )
     return {
-        "trials": trials, "seed": seed, "readings": len(data["reading"]), "bins": bins,
+        "trials": trials,
+        "seed": seed,
+        "readings": len(data["reading"]),
+        "bins": bins,
         "shipped": {k: getattr(shipped, k) for k in FITTED},
         "fitted": {k: getattr(fitted, k) for k in FITTED},
-        "log_likelihood": {"shipped": log_likelihood(data, shipped),
-                           "fitted": log_likelihood(data, fitted),
-                           "straight_v": log_likelihood(data, shipped, straight=True)},
+        "log_likelihood": {
+            "shipped": log_likelihood(data, shipped),
+            "fitted": log_likelihood(data, fitted),
+            "straight_v": log_likelihood(data, shipped, straight=True),
+        },
     }

@@ -46,8 +46,13 @@ from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus
 from scopeflow.control.learned_autofocus import LearnedAutofocus
 from scopeflow.control.tracking import FocusTracker
 
-METHODS = ("scopeflow", "search-normalized-variance", "search-tenengrad", "mapfost",
-           "scopeflow-aenet-only")
+METHODS = (
+    "scopeflow",
+    "search-normalized-variance",
+    "search-tenengrad",
+    "mapfost",
+    "scopeflow-aenet-only",
+)
 SUCCESS_DOF = 0.5
 DOSE_BINS = ((0.0, 20.0), (20.0, 100.0), (100.0, 1e9))
 TRACK_FRAMES = 1000
@@ -60,8 +65,10 @@ def _learned_models():
     from scopeflow.inference.models.acnet import ACNet
     from scopeflow.inference.models.aenet import AENet
 
-    return (AENet(backends.load("aenet", "onnxruntime")),
-            ACNet(backends.load("acnet", "onnxruntime")))
+    return (
+        AENet(backends.load("aenet", "onnxruntime")),
+        ACNet(backends.load("acnet", "onnxruntime")),
+    )
 
 
 def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, Any]):
@@ -74,8 +81,12 @@ def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, 
     if method.startswith("search-"):
         metric = method.removeprefix("search-").replace("-", "_")
         machine = GoldenSectionAutofocus(start, sim.limits(), trial.dof_um, AutofocusConfig())
-        return run_loop(sim, machine, ctx[f"reader:{metric}"],
-                        tell=lambda m, r: m.tell(r.wd_um, r.sharpness or 0.0, r.signal))
+        return run_loop(
+            sim,
+            machine,
+            ctx[f"reader:{metric}"],
+            tell=lambda m, r: m.tell(r.wd_um, r.sharpness or 0.0, r.signal),
+        )
     if method == "mapfost":
         from scopeflow.bench.mapfost_baseline import run_mapfost
 
@@ -105,15 +116,24 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "final_error_dof_median": float(np.median(err)),
         "final_error_dof_p95": float(np.percentile(err, 95)),
         "seconds_median": float(np.median([r["seconds"] for r in rows])),
-        "stop_reasons": {k: int(v) for k, v in zip(*np.unique(
-            [r["stop_reason"] for r in rows], return_counts=True), strict=True)},
+        "stop_reasons": {
+            k: int(v)
+            for k, v in zip(
+                *np.unique([r["stop_reason"] for r in rows], return_counts=True), strict=True
+            )
+        },
     }
 
 
-def run_tracking(reader: FrameReader, cache: SpecimenCache, trials: list[Trial],
-                 frames: int = TRACK_FRAMES,
-                 drift_dof_per_100: float = TRACK_DRIFT_DOF_PER_100, tilt_deg: float = 0.0,
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run_tracking(
+    reader: FrameReader,
+    cache: SpecimenCache,
+    trials: list[Trial],
+    frames: int = TRACK_FRAMES,
+    drift_dof_per_100: float = TRACK_DRIFT_DOF_PER_100,
+    tilt_deg: float = 0.0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Focus tracking, one run per trial (its specimen, dose, optics), one time unit per frame.
 
     ``tilt_deg`` 0: thermal focus drift of ``drift_dof_per_100`` DoF per 100 frames. Otherwise
@@ -126,15 +146,22 @@ def run_tracking(reader: FrameReader, cache: SpecimenCache, trials: list[Trial],
         dof = trial.dof_um
         focus_rate_um = drift_dof_per_100 / 100.0 * dof  # per time unit (frame)
         if tilt_deg:
-            moving = {"tilt_x_deg": tilt_deg, "focus_drift_um_per_s": 0.0,
-                      "stage_drift_x_nm_per_s": focus_rate_um / math.tan(math.radians(
-                          tilt_deg)) * 1e3}
+            moving = {
+                "tilt_x_deg": tilt_deg,
+                "focus_drift_um_per_s": 0.0,
+                "stage_drift_x_nm_per_s": focus_rate_um / math.tan(math.radians(tilt_deg)) * 1e3,
+            }
         else:
             moving = {"focus_drift_um_per_s": focus_rate_um}
-        cfg = replace(trial.config, start_wd_um=trial.config.focus_wd_um, astigmatism_um=0.0,
-                      **moving)
-        sim = SimulatedSEM(cfg, clock=lambda c=clock: c[0], sleep=lambda s: None,
-                           specimen=cache.microscope(trial).specimen)
+        cfg = replace(
+            trial.config, start_wd_um=trial.config.focus_wd_um, astigmatism_um=0.0, **moving
+        )
+        sim = SimulatedSEM(
+            cfg,
+            clock=lambda c=clock: c[0],
+            sleep=lambda s: None,
+            specimen=cache.microscope(trial).specimen,
+        )
         tracker = FocusTracker(sim.state().wd_target_um, dof, sim.limits())
         live = inside = 0
         errors = []
@@ -143,33 +170,48 @@ def run_tracking(reader: FrameReader, cache: SpecimenCache, trials: list[Trial],
             if wd != sim.state().wd_target_um:
                 sim.set_wd(wd)
             frame = sim.acquire()
-            tracker.tell(reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px),
-                         kind, clock[0])
+            tracker.tell(
+                reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px), kind, clock[0]
+            )
             if kind == "live":
                 live += 1
                 e = abs(frame.truth.defocus_um) / dof
                 errors.append(e)
                 inside += e <= SUCCESS_DOF
             clock[0] += 1.0
-        runs.append({"family": trial.family, "dose": trial.dose, "dof_um": dof,
-                     "in_focus_fraction": inside / frames,
-                     "extra_frames_per_100": 100.0 * tracker.extra_frames / frames,
-                     "refocus_count": tracker.refocus_count,
-                     "abs_error_dof_p95": float(np.percentile(errors, 95)),
-                     "drift_estimate_dof_per_100": tracker.velocity_um * 100.0 / dof})
-        progress(f"  tracking {trial.family}, dose {trial.dose:.0f}, tilt {tilt_deg:g}°: in focus "
-                 f"{runs[-1]['in_focus_fraction']:.3f}, extra frames/100 "
-                 f"{runs[-1]['extra_frames_per_100']:.2f}")
+        runs.append(
+            {
+                "family": trial.family,
+                "dose": trial.dose,
+                "dof_um": dof,
+                "in_focus_fraction": inside / frames,
+                "extra_frames_per_100": 100.0 * tracker.extra_frames / frames,
+                "refocus_count": tracker.refocus_count,
+                "abs_error_dof_p95": float(np.percentile(errors, 95)),
+                "drift_estimate_dof_per_100": tracker.velocity_um * 100.0 / dof,
+            }
+        )
+        progress(
+            f"  tracking {trial.family}, dose {trial.dose:.0f}, tilt {tilt_deg:g}°: in focus "
+            f"{runs[-1]['in_focus_fraction']:.3f}, extra frames/100 "
+            f"{runs[-1]['extra_frames_per_100']:.2f}"
+        )
     total = frames * len(runs)
     return {
         "in_focus_fraction": sum(r["in_focus_fraction"] * frames for r in runs) / total,
         "extra_frames_per_100": sum(r["extra_frames_per_100"] for r in runs) / len(runs),
-        "frames": frames, "drift_dof_per_100_frames": drift_dof_per_100, "runs": runs,
+        "frames": frames,
+        "drift_dof_per_100_frames": drift_dof_per_100,
+        "runs": runs,
         "tilt_deg": tilt_deg,
-        "protocol": "starts in focus; " + (
-            f"specimen tilted {tilt_deg:g}° moving under the beam" if tilt_deg else
-            "thermal focus drift, linear") + "; live frames at the tracker's predicted focus; "
-            "refocus probes at ±1 DoF count as extra frames",
+        "protocol": "starts in focus; "
+        + (
+            f"specimen tilted {tilt_deg:g}° moving under the beam"
+            if tilt_deg
+            else "thermal focus drift, linear"
+        )
+        + "; live frames at the tracker's predicted focus; "
+        "refocus probes at ±1 DoF count as extra frames",
     }
 
 
@@ -186,24 +228,35 @@ def inference_ms(aenet, acnet, repeats: int = 30) -> dict[str, float]:
     return {"aenet_ms": a, "acnet_ms": c, "total_ms": a + c}
 
 
-def run(trials: int = 200, quick: bool = False, methods: tuple[str, ...] = METHODS,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    trials: int = 200,
+    quick: bool = False,
+    methods: tuple[str, ...] = METHODS,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-serialisable result."""
     frame_size = 256 if quick else 512
     aenet, acnet = _learned_models()
     cache = SpecimenCache()
-    ctx: dict[str, Any] = {"acnet": acnet, "reader": FrameReader(aenet),
-                           "reader:normalized_variance": FrameReader(None, "normalized_variance"),
-                           "reader:tenengrad": FrameReader(None, "tenengrad")}
+    ctx: dict[str, Any] = {
+        "acnet": acnet,
+        "reader": FrameReader(aenet),
+        "reader:normalized_variance": FrameReader(None, "normalized_variance"),
+        "reader:tenengrad": FrameReader(None, "tenengrad"),
+    }
     result: dict[str, Any] = {"trials": trials, "quick": quick, "frame_size": frame_size}
     if "mapfost" in methods:
         from scopeflow.bench.mapfost_baseline import calibrate_aperture, import_est_aberr
 
         ctx["est_aberr"] = import_est_aberr()
         progress("mapfost: calibrating the aperture factor once")
-        ctx["mapfost"] = calibrate_aperture(ctx["est_aberr"], cache,
-                                            n_frames=2 if quick else 8,
-                                            frame_size=frame_size, progress=progress)
+        ctx["mapfost"] = calibrate_aperture(
+            ctx["est_aberr"],
+            cache,
+            n_frames=2 if quick else 8,
+            frame_size=frame_size,
+            progress=progress,
+        )
         result["mapfost_calibration"] = ctx["mapfost"]
     trial_list = make_trials(trials, frame_size=frame_size)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -211,11 +264,19 @@ def run(trials: int = 200, quick: bool = False, methods: tuple[str, ...] = METHO
     for i, trial in enumerate(trial_list):
         for method in methods:
             r = _run_method(method, trial, cache, ctx)
-            rows[method].append({"trial": trial.index, "family": trial.family,
-                                 "heldout": trial.heldout, "dose": trial.dose,
-                                 "start_dof": trial.start_dof, "frames": r.frames,
-                                 "final_error_dof": r.final_error_dof,
-                                 "stop_reason": r.stop_reason, "seconds": r.seconds})
+            rows[method].append(
+                {
+                    "trial": trial.index,
+                    "family": trial.family,
+                    "heldout": trial.heldout,
+                    "dose": trial.dose,
+                    "start_dof": trial.start_dof,
+                    "frames": r.frames,
+                    "final_error_dof": r.final_error_dof,
+                    "stop_reason": r.stop_reason,
+                    "seconds": r.seconds,
+                }
+            )
         if (i + 1) % max(1, trials // 10) == 0:
             eta = (time.monotonic() - t0) / (i + 1) * (trials - i - 1)
             progress(f"  {i + 1}/{trials} trials, eta {eta:.0f} s")
@@ -225,28 +286,43 @@ def run(trials: int = 200, quick: bool = False, methods: tuple[str, ...] = METHO
         best = min(search, key=lambda m: result["methods"][m]["frames_median"])
         result["frames_ratio_best_search_over_scopeflow"] = (
             result["methods"][best]["frames_median"]
-            / result["methods"]["scopeflow"]["frames_median"])
+            / result["methods"]["scopeflow"]["frames_median"]
+        )
         result["best_search"] = best
     progress("tracking:")
-    track_trials = [t for t in make_trials(9, seed=53, frame_size=frame_size)
-                    if not t.heldout][:3]
+    track_trials = [t for t in make_trials(9, seed=53, frame_size=frame_size) if not t.heldout][:3]
     track_frames = 200 if quick else TRACK_FRAMES
-    result["tracking"] = run_tracking(ctx["reader:normalized_variance"], cache, track_trials,
-                                      frames=track_frames, progress=progress)
+    result["tracking"] = run_tracking(
+        ctx["reader:normalized_variance"],
+        cache,
+        track_trials,
+        frames=track_frames,
+        progress=progress,
+    )
     # The other drift the issue names: a tilted specimen moving under the beam (the field
     # changes too), at a few degrees of mounting tilt and at a strongly tilted 30°.
     result["tracking"]["tilted_specimen"] = {
-        f"{tilt:g}deg": run_tracking(ctx["reader:normalized_variance"], cache, track_trials,
-                                     frames=track_frames, tilt_deg=tilt, progress=progress)
-        for tilt in TRACK_TILTS_DEG}
+        f"{tilt:g}deg": run_tracking(
+            ctx["reader:normalized_variance"],
+            cache,
+            track_trials,
+            frames=track_frames,
+            tilt_deg=tilt,
+            progress=progress,
+        )
+        for tilt in TRACK_TILTS_DEG
+    }
     result["inference_ms_512"] = inference_ms(aenet, acnet, repeats=5 if quick else 30)
     result["rows"] = rows
     result["protocol"] = {
-        "start_dof": "uniform ±30", "doses_e_per_px": "10–500 log-uniform",
-        "pixel_sizes_nm": [5, 10, 20], "alpha_mrad": [2, 3, 5],
+        "start_dof": "uniform ±30",
+        "doses_e_per_px": "10–500 log-uniform",
+        "pixel_sizes_nm": [5, 10, 20],
+        "alpha_mrad": [2, 3, 5],
         "astigmatism": "half the trials, 0.5–3 DoF, random axis (unknown to the controllers)",
         "heldout": "every third trial uses a family held out of AENet's training",
-        "success_dof": SUCCESS_DOF, "seed": "trial i of seed 31: default_rng([31, i])",
+        "success_dof": SUCCESS_DOF,
+        "seed": "trial i of seed 31: default_rng([31, i])",
         "seconds": "controller work only (inference, fits, decisions); no rendering or settle",
     }
     return result

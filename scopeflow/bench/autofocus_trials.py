@@ -61,8 +61,9 @@ def families() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(f for f in TRAIN_FAMILIES if f not in held), held
 
 
-def make_trials(n: int, seed: int = BENCH_SEED, frame_size: int = 512,
-                start_range_dof: float = START_RANGE_DOF) -> list[Trial]:
+def make_trials(
+    n: int, seed: int = BENCH_SEED, frame_size: int = 512, start_range_dof: float = START_RANGE_DOF
+) -> list[Trial]:
     """``n`` trials; every third trial uses a held-out family."""
     trained, held = families()
     out = []
@@ -78,13 +79,22 @@ def make_trials(n: int, seed: int = BENCH_SEED, frame_size: int = 512,
         astig = float(rng.uniform(0.5, 3.0)) if rng.random() < 0.5 else 0.0
         angle = float(rng.uniform(0.0, 180.0))
         start = float(rng.uniform(-start_range_dof, start_range_dof))
-        cfg = replace(SEMConfig(), frame_shape=(frame_size, frame_size), pixel_size_nm=pixel_nm,
-                      beam_semiangle_mrad=alpha, dose_e_per_px=dose, family=family,
-                      seed=seed * 100_000 + i, astigmatism_um=astig * dof,
-                      astigmatism_angle_deg=angle, focus_wd_um=FOCUS_WD_UM,
-                      start_wd_um=FOCUS_WD_UM + start * dof, settle_s=0.0,
-                      start_stage_x_um=float(rng.uniform(-20, 20)),
-                      start_stage_y_um=float(rng.uniform(-20, 20)))
+        cfg = replace(
+            SEMConfig(),
+            frame_shape=(frame_size, frame_size),
+            pixel_size_nm=pixel_nm,
+            beam_semiangle_mrad=alpha,
+            dose_e_per_px=dose,
+            family=family,
+            seed=seed * 100_000 + i,
+            astigmatism_um=astig * dof,
+            astigmatism_angle_deg=angle,
+            focus_wd_um=FOCUS_WD_UM,
+            start_wd_um=FOCUS_WD_UM + start * dof,
+            settle_s=0.0,
+            start_stage_x_um=float(rng.uniform(-20, 20)),
+            start_stage_y_um=float(rng.uniform(-20, 20)),
+        )
         out.append(Trial(i, family, heldout, pixel_nm, alpha, dose, astig, angle, start, cfg))
     return out
 
@@ -116,8 +126,9 @@ class FrameReader:
         if self.aenet is None:
             return FrameReading(wd_um, signal, None, None, sharp, dose)
         res = self.aenet.evaluate(pixels)
-        return FrameReading(wd_um, signal, res.abs_defocus_dof,
-                            tuple(float(v) for v in res.features), sharp, dose)
+        return FrameReading(
+            wd_um, signal, res.abs_defocus_dof, tuple(float(v) for v in res.features), sharp, dose
+        )
 
 
 @dataclass
@@ -133,8 +144,12 @@ class LoopResult:
     trace: list[dict[str, float]] = field(default_factory=list)
 
 
-def run_loop(sim: SimulatedSEM, machine: Any, reader: FrameReader,
-             tell: Callable[[Any, FrameReading], None] | None = None) -> LoopResult:
+def run_loop(
+    sim: SimulatedSEM,
+    machine: Any,
+    reader: FrameReader,
+    tell: Callable[[Any, FrameReading], None] | None = None,
+) -> LoopResult:
     """Drive an ask/tell autofocus ``machine`` against ``sim``; every frame counts.
 
     ``tell``: how to hand a reading to the machine (default ``machine.tell(reading)``).
@@ -157,10 +172,15 @@ def run_loop(sim: SimulatedSEM, machine: Any, reader: FrameReader,
         reading = reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px)
         tell(machine, reading)
         work += time.perf_counter() - t0
-        trace.append({"wd_um": frame.state.wd_um,
-                      "defocus_dof": frame.truth.defocus_um / dof if frame.truth else None})
+        trace.append(
+            {
+                "wd_um": frame.state.wd_um,
+                "defocus_dof": frame.truth.defocus_um / dof if frame.truth else None,
+            }
+        )
     final = machine.final_wd_um
     sim.set_wd(final)
     err = (final - sim.true_focus_wd_um()) / dof
-    return LoopResult(len(trace), machine.stop_reason or "timeout", final, abs(err),
-                      abs(start_err), work, trace)
+    return LoopResult(
+        len(trace), machine.stop_reason or "timeout", final, abs(err), abs(start_err), work, trace
+    )

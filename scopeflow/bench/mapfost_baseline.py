@@ -39,21 +39,39 @@ def import_est_aberr():
     return est_aberr
 
 
-def estimate_defocus_um(est_aberr, im_minus: np.ndarray, im_plus: np.ndarray, test_um: float,
-                        pixel_um: float, num_aperture: float) -> float:
+def estimate_defocus_um(
+    est_aberr,
+    im_minus: np.ndarray,
+    im_plus: np.ndarray,
+    test_um: float,
+    pixel_um: float,
+    num_aperture: float,
+) -> float:
     """MAPFoSt's defocus (µm) of the WD midway between the two test images."""
     n = min(im_minus.shape)
-    ok, _, res = est_aberr([im_minus.astype(np.float32), im_plus.astype(np.float32)],
-                           [-test_um, test_um], pix_size_um=pixel_um, num_aperture=num_aperture,
-                           use_bessel=True, crop_ref=[0, 0], crop_size=(n, n),
-                           test_ims_aligned=1)
+    ok, _, res = est_aberr(
+        [im_minus.astype(np.float32), im_plus.astype(np.float32)],
+        [-test_um, test_um],
+        pix_size_um=pixel_um,
+        num_aperture=num_aperture,
+        use_bessel=True,
+        crop_ref=[0, 0],
+        crop_size=(n, n),
+        test_ims_aligned=1,
+    )
     if isinstance(ok, str) or res is None:  # it returns a traceback string instead of raising
         raise RuntimeError(f"mapfost failed: {str(ok)[-300:]}")
     return float(res.x[0])
 
 
-def run_mapfost(sim: SimulatedSEM, est_aberr, aperture_factor: float, test_dof: float = 3.0,
-                stop_dof: float = 0.25, max_iterations: int = 6) -> LoopResult:
+def run_mapfost(
+    sim: SimulatedSEM,
+    est_aberr,
+    aperture_factor: float,
+    test_dof: float = 3.0,
+    stop_dof: float = 0.25,
+    max_iterations: int = 6,
+) -> LoopResult:
     """One MAPFoSt autofocus on ``sim``; every test image counts as a frame."""
     cfg = sim.config
     dof = cfg.pixel_size_nm / cfg.beam_semiangle_mrad
@@ -70,11 +88,16 @@ def run_mapfost(sim: SimulatedSEM, est_aberr, aperture_factor: float, test_dof: 
             frame = sim.acquire()
             ims.append(frame.pixels)
             frames += 1
-            trace.append({"wd_um": frame.state.wd_um,
-                          "defocus_dof": frame.truth.defocus_um / dof if frame.truth else None})
+            trace.append(
+                {
+                    "wd_um": frame.state.wd_um,
+                    "defocus_dof": frame.truth.defocus_um / dof if frame.truth else None,
+                }
+            )
         t0 = time.perf_counter()
-        dz_um = estimate_defocus_um(est_aberr, ims[0], ims[1], test_dof * dof,
-                                    cfg.pixel_size_nm * 1e-3, na)
+        dz_um = estimate_defocus_um(
+            est_aberr, ims[0], ims[1], test_dof * dof, cfg.pixel_size_nm * 1e-3, na
+        )
         work += time.perf_counter() - t0
         centre = min(max(centre - dz_um, limits.wd_min_um), limits.wd_max_um)
         if abs(dz_um) <= stop_dof * dof:
@@ -85,21 +108,29 @@ def run_mapfost(sim: SimulatedSEM, est_aberr, aperture_factor: float, test_dof: 
     return LoopResult(frames, reason, centre, abs(err), abs(start_err), work, trace)
 
 
-def calibrate_aperture(est_aberr, cache: Any, n_frames: int = 10, frame_size: int = 512,
-                       progress=print) -> dict[str, Any]:
+def calibrate_aperture(
+    est_aberr, cache: Any, n_frames: int = 10, frame_size: int = 512, progress=print
+) -> dict[str, Any]:
     """Pick ``κ`` (num_aperture = κ·α) on calibration trials; returns the factor and errors."""
     from dataclasses import replace
 
     from scopeflow.bench.autofocus_trials import make_trials
 
-    trials = [t for t in make_trials(n_frames * 3, seed=CALIBRATION_SEED,
-                                     frame_size=frame_size) if not t.heldout][:n_frames]
+    trials = [
+        t
+        for t in make_trials(n_frames * 3, seed=CALIBRATION_SEED, frame_size=frame_size)
+        if not t.heldout
+    ][:n_frames]
     pairs = []
     rng = np.random.default_rng(CALIBRATION_SEED)
     for t in trials:
         dz = float(rng.choice([-1, 1]) * rng.uniform(2.0, 20.0))
-        trial = replace(t, config=replace(t.config, astigmatism_um=0.0,
-                                          start_wd_um=t.config.focus_wd_um + dz * t.dof_um))
+        trial = replace(
+            t,
+            config=replace(
+                t.config, astigmatism_um=0.0, start_wd_um=t.config.focus_wd_um + dz * t.dof_um
+            ),
+        )
         sim = cache.microscope(trial)
         ims = []
         for sign in (-1.0, 1.0):
@@ -110,13 +141,23 @@ def calibrate_aperture(est_aberr, cache: Any, n_frames: int = 10, frame_size: in
     for kappa in APERTURE_FACTORS:
         errs = []
         for ims, dz, t in pairs:
-            est = estimate_defocus_um(est_aberr, ims[0], ims[1], 3.0 * t.dof_um,
-                                      t.pixel_nm * 1e-3, kappa * t.alpha_mrad * 1e-3)
+            est = estimate_defocus_um(
+                est_aberr,
+                ims[0],
+                ims[1],
+                3.0 * t.dof_um,
+                t.pixel_nm * 1e-3,
+                kappa * t.alpha_mrad * 1e-3,
+            )
             errs.append(abs(est / t.dof_um - dz))
         errors[kappa] = float(np.median(errs))
         progress(f"  mapfost calibration: κ = {kappa:.2f}: median |error| {errors[kappa]:.2f} DoF")
     best = min(errors, key=errors.get)
-    return {"aperture_factor": best, "median_abs_error_dof": errors,
-            "frames": len(pairs), "seed": CALIBRATION_SEED,
-            "protocol": "trained families, no astigmatism, true defocus ±2–20 DoF, test "
-                        "images at ±3 DoF, num_aperture = κ·α"}
+    return {
+        "aperture_factor": best,
+        "median_abs_error_dof": errors,
+        "frames": len(pairs),
+        "seed": CALIBRATION_SEED,
+        "protocol": "trained families, no astigmatism, true defocus ±2–20 DoF, test "
+        "images at ±3 DoF, num_aperture = κ·α",
+    }

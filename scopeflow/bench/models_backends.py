@@ -25,7 +25,14 @@ def run(quick: bool = False, progress=print) -> list[dict]:
         diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
         ort_ms = median_ms(lambda s=ort, x=inputs: s.run(x), repeats)
         torch_ms = median_ms(lambda s=ref, x=inputs: s.run(x), repeats)
-        rows.append({"model": name, "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
-                     "torch_ms": torch_ms, "onnxruntime_ms": ort_ms,
-                     "onnxruntime_speedup": torch_ms / ort_ms, "max_abs_diff": diff})
+        rows.append(
+            {
+                "model": name,
+                "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+                "torch_ms": torch_ms,
+                "onnxruntime_ms": ort_ms,
+                "onnxruntime_speedup": torch_ms / ort_ms,
+                "max_abs_diff": diff,
+            }
+        )
     return rows

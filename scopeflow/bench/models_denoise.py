@@ -107,12 +107,14 @@ def nlm_denoise(frame: np.ndarray, factor: float) -> np.ndarray:
 
 def gaussian_denoise(frame: np.ndarray, sigma_px: float) -> np.ndarray:
     """A Gaussian filter of ``sigma_px`` pixels (reflecting borders)."""
-    return cv2.GaussianBlur(np.asarray(frame, np.float32), (0, 0), sigma_px,
-                            borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(
+        np.asarray(frame, np.float32), (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT
+    )
 
 
-def calibrate(pairs: list[data.Pair], progress: Callable[[str], None],
-              label: str) -> dict[str, float]:
+def calibrate(
+    pairs: list[data.Pair], progress: Callable[[str], None], label: str
+) -> dict[str, float]:
     """Each baseline's parameter: the best mean PSNR over the calibration ``pairs``."""
     choices: dict[str, tuple[str, tuple[float, ...], Callable[..., np.ndarray]]] = {
         "bm3d": ("bm3d_sigma_factor", BM3D_FACTORS, bm3d_denoise),
@@ -133,16 +135,22 @@ def calibrate(pairs: list[data.Pair], progress: Callable[[str], None],
             values.append(round(values[-1] * 1.5, 3))
             scores.append(score(values[-1]))
         best[key] = values[int(np.argmax(scores))]
-        progress(f"    {label} calibration {method}: "
-                 + ", ".join(f"{v:g}→{s:.2f}" for v, s in zip(values, scores, strict=True))
-                 + f" dB; chose {best[key]:g}")
+        progress(
+            f"    {label} calibration {method}: "
+            + ", ".join(f"{v:g}→{s:.2f}" for v, s in zip(values, scores, strict=True))
+            + f" dB; chose {best[key]:g}"
+        )
     return best
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def _score(pairs: list[data.Pair], runner: model.Denoiser, params: dict[str, float],
-           progress: Callable[[str], None], label: str) -> tuple[list[dict[str, Any]],
-                                                                dict[str, float]]:
+def _score(
+    pairs: list[data.Pair],
+    runner: model.Denoiser,
+    params: dict[str, float],
+    progress: Callable[[str], None],
+    label: str,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Every method on every frame: per-frame rows, and seconds per frame by method."""
     methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "scopeflow": runner.denoise,
@@ -153,8 +161,7 @@ def _score(pairs: list[data.Pair], runner: model.Denoiser, params: dict[str, flo
     }
     rows, seconds = [], {m: 0.0 for m in methods}
     for i, p in enumerate(pairs):
-        row: dict[str, Any] = {"dose": p.dose_e_per_px, "family": p.family, "psnr": {},
-                               "ssim": {}}
+        row: dict[str, Any] = {"dose": p.dose_e_per_px, "family": p.family, "psnr": {}, "ssim": {}}
         for name, fn in methods.items():
             t = time.perf_counter()
             out = fn(p.noisy)
@@ -162,8 +169,10 @@ def _score(pairs: list[data.Pair], runner: model.Denoiser, params: dict[str, flo
             row["psnr"][name] = psnr(out, p.clean)
             row["ssim"][name] = ssim(out, p.clean)
         rows.append(row)
-        progress(f"    {label} frame {i + 1}/{len(pairs)} ({p.family}, {p.dose_e_per_px:g} e⁻/px):"
-                 f" PSNR " + ", ".join(f"{m} {v:.2f}" for m, v in row["psnr"].items()))
+        progress(
+            f"    {label} frame {i + 1}/{len(pairs)} ({p.family}, {p.dose_e_per_px:g} e⁻/px):"
+            f" PSNR " + ", ".join(f"{m} {v:.2f}" for m, v in row["psnr"].items())
+        )
     return rows, {m: s / max(len(pairs), 1) for m, s in seconds.items()}
 
 
@@ -174,20 +183,29 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {m: round(float(np.mean([r[metric][m] for r in sel])), 4) for m in METHODS}
 
     doses = sorted({r["dose"] for r in rows})
-    per_dose = {f"{d:g}": {"frames": len(sel), "psnr": mean(sel, "psnr"),
-                           "ssim": mean(sel, "ssim")}
-                for d in doses for sel in [[r for r in rows if r["dose"] == d]]}
-    return {"psnr": mean(rows, "psnr"), "ssim": mean(rows, "ssim"), "frames": len(rows),
-            "doses_e_per_px": doses, "per_dose": per_dose}
+    per_dose = {
+        f"{d:g}": {"frames": len(sel), "psnr": mean(sel, "psnr"), "ssim": mean(sel, "ssim")}
+        for d in doses
+        for sel in [[r for r in rows if r["dose"] == d]]
+    }
+    return {
+        "psnr": mean(rows, "psnr"),
+        "ssim": mean(rows, "ssim"),
+        "frames": len(rows),
+        "doses_e_per_px": doses,
+        "per_dose": per_dose,
+    }
 
 
 def _timings(ort: Any, ref: Any, frame: np.ndarray, repeats: int) -> dict[str, float]:
     """Median seconds: the runner end to end on ONNX Runtime, ONNX Runtime and torch alone."""
     runner = model.Denoiser(ort)
     inputs = {model.INPUT_NAMES[0]: model.network_input(frame)[0][None]}
-    return {"frame_s": median_ms(lambda: runner.denoise(frame), repeats, warmup=2) / 1e3,
-            "ort_s": median_ms(lambda: ort.run(inputs), repeats, warmup=2) / 1e3,
-            "torch_s": median_ms(lambda: ref.run(inputs), repeats, warmup=2) / 1e3}
+    return {
+        "frame_s": median_ms(lambda: runner.denoise(frame), repeats, warmup=2) / 1e3,
+        "ort_s": median_ms(lambda: ort.run(inputs), repeats, warmup=2) / 1e3,
+        "torch_s": median_ms(lambda: ref.run(inputs), repeats, warmup=2) / 1e3,
+    }
 
 
 def speed(weights_dir: Path | None, repeats: int) -> dict[str, Any]:
@@ -215,22 +233,33 @@ def speed(weights_dir: Path | None, repeats: int) -> dict[str, Any]:
         torch.set_num_threads(threads)  # ONNX Runtime's session uses every core: so does torch
         full = _timings(ort, ref, frame, repeats)
         torch.set_num_threads(1)
-        one = _timings(OrtSession(model.NAME, model_file(model.NAME, ".onnx", weights_dir),
-                                  threads=1), ref, frame, repeats)
+        one = _timings(
+            OrtSession(model.NAME, model_file(model.NAME, ".onnx", weights_dir), threads=1),
+            ref,
+            frame,
+            repeats,
+        )
     finally:
         torch.set_num_threads(previous)
     return {
         "frames_per_s_512": round(1.0 / full["frame_s"], 2),
         "model_only_frames_per_s_512": round(1.0 / full["ort_s"], 2),
-        "backend": {"model": model.NAME, "input_shapes": {model.INPUT_NAMES[0]: [1, 2, 512, 512]},
-                    "torch_ms": round(full["torch_s"] * 1e3, 2),
-                    "onnxruntime_ms": round(full["ort_s"] * 1e3, 2),
-                    "onnxruntime_speedup": round(full["torch_s"] / full["ort_s"], 3),
-                    "max_abs_diff": diff, "threads": threads, "repeats": repeats},
-        "one_thread": {"frames_per_s_512": round(1.0 / one["frame_s"], 2),
-                       "torch_ms": round(one["torch_s"] * 1e3, 2),
-                       "onnxruntime_ms": round(one["ort_s"] * 1e3, 2),
-                       "onnxruntime_speedup": round(one["torch_s"] / one["ort_s"], 3)},
+        "backend": {
+            "model": model.NAME,
+            "input_shapes": {model.INPUT_NAMES[0]: [1, 2, 512, 512]},
+            "torch_ms": round(full["torch_s"] * 1e3, 2),
+            "onnxruntime_ms": round(full["ort_s"] * 1e3, 2),
+            "onnxruntime_speedup": round(full["torch_s"] / full["ort_s"], 3),
+            "max_abs_diff": diff,
+            "threads": threads,
+            "repeats": repeats,
+        },
+        "one_thread": {
+            "frames_per_s_512": round(1.0 / one["frame_s"], 2),
+            "torch_ms": round(one["torch_s"] * 1e3, 2),
+            "onnxruntime_ms": round(one["ort_s"] * 1e3, 2),
+            "onnxruntime_speedup": round(one["torch_s"] / one["ort_s"], 3),
+        },
     }
 
 
@@ -243,8 +272,10 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
         out[f"{modality}_vs_bm3d_met"] = p["scopeflow"] >= p["bm3d"] + 1.0
         out[f"{modality}_vs_nlm_db"] = round(p["scopeflow"] - p["nlm"], 3)
         out[f"{modality}_vs_nlm_met"] = p["scopeflow"] >= p["nlm"] + 2.0
-        worst = min(d["psnr"]["scopeflow"] - max(d["psnr"]["bm3d"] + 1.0, d["psnr"]["nlm"] + 2.0)
-                    for d in result[modality]["per_dose"].values())
+        worst = min(
+            d["psnr"]["scopeflow"] - max(d["psnr"]["bm3d"] + 1.0, d["psnr"]["nlm"] + 2.0)
+            for d in result[modality]["per_dose"].values()
+        )
         out[f"{modality}_every_dose_met"] = worst >= 0.0
     out["frames_per_s_512_met"] = result["frames_per_s_512"] >= 25.0
     out["onnxruntime_speedup_met"] = result["backend"]["onnxruntime_speedup"] >= 1.5
@@ -252,8 +283,9 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = print,
-        weights_dir: Path | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
+) -> dict[str, Any]:
     """The ``denoiser`` section of ``scopeflow bench models``, as ``{"denoiser": {...}}``.
 
     Full: 256² frames, 4 per dose (SEM 10/20/50 and 500 e⁻/px, in-situ 0.5/1/2 k e⁻/px), 3
@@ -270,11 +302,12 @@ def run(quick: bool = False, progress: Callable[[str], None] = print,
         fixed = {"bm3d_sigma_factor": 1.0, "nlm_h_factor": 1.0, "gaussian_sigma_px": 1.0}
         params = {"sem": fixed, "insitu": fixed}
     else:
-        cal_sem = data.heldout_sem(SEM_DOSES, 1, size, seed=data.CALIBRATION_SEED,
-                                   samples=samples)
+        cal_sem = data.heldout_sem(SEM_DOSES, 1, size, seed=data.CALIBRATION_SEED, samples=samples)
         cal_insitu = data.heldout_insitu(INSITU_DOSES, 1, size, seed=data.CALIBRATION_SEED)
-        params = {"sem": calibrate(cal_sem, progress, "sem"),
-                  "insitu": calibrate(cal_insitu, progress, "insitu")}
+        params = {
+            "sem": calibrate(cal_sem, progress, "sem"),
+            "insitu": calibrate(cal_insitu, progress, "insitu"),
+        }
     sem = data.heldout_sem(SEM_DOSES + SEM_HIGH_DOSES, per_dose, size, samples=samples)
     insitu = data.heldout_insitu(INSITU_DOSES, per_dose, size)
     sem_rows, sem_s = _score(sem, runner, params["sem"], progress, "sem")
@@ -282,8 +315,10 @@ def run(quick: bool = False, progress: Callable[[str], None] = print,
     low = [r for r in sem_rows if r["dose"] in SEM_DOSES]
     high = [r for r in sem_rows if r["dose"] in SEM_HIGH_DOSES]
     result: dict[str, Any] = {
-        "sem": {**_summary(low),
-                "heldout_family_frames": sum(r["family"] == data.HELDOUT_FAMILY for r in low)},
+        "sem": {
+            **_summary(low),
+            "heldout_family_frames": sum(r["family"] == data.HELDOUT_FAMILY for r in low),
+        },
         "sem_high_dose": _summary(high),
         "insitu": _summary(insitu_rows),
         "seconds_per_frame": {"sem": sem_s, "insitu": insitu_s, "frame_size": size},
@@ -293,12 +328,17 @@ def run(quick: bool = False, progress: Callable[[str], None] = print,
     result.update(speed(weights_dir, 3 if quick else 30))
     result["targets"] = _targets(result)
     result["conditions"] = {
-        "frame_size": size, "frames_per_dose": per_dose, "quick": quick,
-        "test_seed": data.TEST_SEED, "calibration_seed": data.CALIBRATION_SEED,
-        "heldout_family": data.HELDOUT_FAMILY, "heldout_shape": data.HELDOUT_SHAPE,
+        "frame_size": size,
+        "frames_per_dose": per_dose,
+        "quick": quick,
+        "test_seed": data.TEST_SEED,
+        "calibration_seed": data.CALIBRATION_SEED,
+        "heldout_family": data.HELDOUT_FAMILY,
+        "heldout_shape": data.HELDOUT_SHAPE,
         "load_average_1min_at_start": round(load, 2),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_count": os.cpu_count(),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     _report(result, progress)
     return {"denoiser": result}
@@ -316,15 +356,21 @@ def _report(r: dict[str, Any], progress: Callable[[str], None]) -> None:
             progress(f"  {key:<16} {dose:>6} {cells}")
     b = r["backend"]
     o = r["one_thread"]
-    progress(f"  512², {b['threads']} threads: {r['frames_per_s_512']:.1f} frames/s end to end on "
-             f"ONNX Runtime ({r['model_only_frames_per_s_512']:.1f} model only); torch "
-             f"{b['torch_ms']:.1f} ms vs ONNX Runtime {b['onnxruntime_ms']:.1f} ms "
-             f"({b['onnxruntime_speedup']:.2f}×), max |ONNX − torch| {b['max_abs_diff']:.1e}")
-    progress(f"  512², 1 thread: {o['frames_per_s_512']:.1f} frames/s end to end; torch "
-             f"{o['torch_ms']:.1f} ms vs ONNX Runtime {o['onnxruntime_ms']:.1f} ms "
-             f"({o['onnxruntime_speedup']:.2f}×)")
+    progress(
+        f"  512², {b['threads']} threads: {r['frames_per_s_512']:.1f} frames/s end to end on "
+        f"ONNX Runtime ({r['model_only_frames_per_s_512']:.1f} model only); torch "
+        f"{b['torch_ms']:.1f} ms vs ONNX Runtime {b['onnxruntime_ms']:.1f} ms "
+        f"({b['onnxruntime_speedup']:.2f}×), max |ONNX − torch| {b['max_abs_diff']:.1e}"
+    )
+    progress(
+        f"  512², 1 thread: {o['frames_per_s_512']:.1f} frames/s end to end; torch "
+        f"{o['torch_ms']:.1f} ms vs ONNX Runtime {o['onnxruntime_ms']:.1f} ms "
+        f"({o['onnxruntime_speedup']:.2f}×)"
+    )
     t = r["targets"]
-    progress(f"  targets: SEM +{t['sem_vs_bm3d_db']:.2f} dB vs BM3D (≥ 1), "
-             f"+{t['sem_vs_nlm_db']:.2f} dB vs NLM (≥ 2); in-situ +{t['insitu_vs_bm3d_db']:.2f} / "
-             f"+{t['insitu_vs_nlm_db']:.2f} dB; "
-             + ", ".join(f"{k} {v}" for k, v in t.items() if k.endswith("_met")))
+    progress(
+        f"  targets: SEM +{t['sem_vs_bm3d_db']:.2f} dB vs BM3D (≥ 1), "
+        f"+{t['sem_vs_nlm_db']:.2f} dB vs NLM (≥ 2); in-situ +{t['insitu_vs_bm3d_db']:.2f} / "
+        f"+{t['insitu_vs_nlm_db']:.2f} dB; "
+        + ", ".join(f"{k} {v}" for k, v in t.items() if k.endswith("_met"))
+    )

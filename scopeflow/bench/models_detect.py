@@ -93,8 +93,15 @@ class Counts:
         p = self.tp / max(self.tp + self.fp, 1)
         r = self.tp / max(self.tp + self.fn, 1)
         f1 = 2 * p * r / max(p + r, 1e-12)
-        return {"precision": p, "recall": r, "f1": f1, "tp": self.tp, "fp": self.fp,
-                "fn": self.fn, "truths": self.tp + self.fn}
+        return {
+            "precision": p,
+            "recall": r,
+            "f1": f1,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "truths": self.tp + self.fn,
+        }
 
 
 def encode(mask: np.ndarray) -> dict:
@@ -140,8 +147,9 @@ def count(pred_rles: list[dict], truths: list[Truth]) -> tuple[Counts, list[tupl
     iou = ious(pred_rles, [t.rle for t in truths])
     valid = np.array([not t.ignored for t in truths], bool)
     valid_idx = np.flatnonzero(valid)
-    pairs = [(p, int(valid_idx[t])) for p, t in greedy_match(iou[:, valid] if len(truths) else
-                                                          iou, IOU)]
+    pairs = [
+        (p, int(valid_idx[t])) for p, t in greedy_match(iou[:, valid] if len(truths) else iou, IOU)
+    ]
     matched = {p for p, _ in pairs}
     fp = 0
     for p in range(len(pred_rles)):
@@ -216,8 +224,15 @@ class ContrastGMM:
 
     name = "contrast-gmm"
     COMPONENTS: ClassVar[dict[str, int]] = {
-        "background": 2, "graphene_1L": 2, "graphene_2L": 2, "graphene_3L": 2,
-        "graphene_thick": 6, "hBN": 6, "residue": 4, "dirt": 4}
+        "background": 2,
+        "graphene_1L": 2,
+        "graphene_2L": 2,
+        "graphene_3L": 2,
+        "graphene_thick": 6,
+        "hBN": 6,
+        "residue": 4,
+        "dirt": 4,
+    }
     PIXELS_PER_CLASS = 20_000
     BACKGROUND_BAND = 0.02  # |contrast| below this in every channel: background (2.5 σ noise)
 
@@ -250,8 +265,9 @@ class ContrastGMM:
             x = np.concatenate(pools[k])
             if len(x) > self.PIXELS_PER_CLASS:
                 x = x[rng.choice(len(x), self.PIXELS_PER_CLASS, replace=False)]
-            gmm = GaussianMixture(self.COMPONENTS[name], covariance_type="full",
-                                  reg_covar=1e-5, random_state=0).fit(x)
+            gmm = GaussianMixture(
+                self.COMPONENTS[name], covariance_type="full", reg_covar=1e-5, random_state=0
+            ).fit(x)
             self.models.append(gmm)
         self.log_prior = np.log(np.maximum(counts / counts.sum(), 1e-9))
 
@@ -284,8 +300,9 @@ class ContrastGMM:
         post[0, rejected] = 1.0
         return post
 
-    def detect_from(self, loglik: np.ndarray, shape: tuple[int, int], reject: float,
-                    min_area: int) -> list[Detection]:
+    def detect_from(
+        self, loglik: np.ndarray, shape: tuple[int, int], reject: float, min_area: int
+    ) -> list[Detection]:
         probs = self.probabilities(loglik, reject)
         return instances(probs, shape, min_area)
 
@@ -305,20 +322,27 @@ class ContrastGMM:
                 for min_area in (flake_model.MIN_AREA_PX, 3 * flake_model.MIN_AREA_PX):
                     score = FlakeScore.empty()
                     for loglik, (_, image), truth in zip(logliks, tiles, truths, strict=True):
-                        score.add(self.detect_from(loglik, image.image.shape[:2], reject,
-                                                   min_area), truth)
+                        score.add(
+                            self.detect_from(loglik, image.image.shape[:2], reject, min_area), truth
+                        )
                     f1 = score.report()["f1"]
                     if f1 > best[0]:
                         best = (f1, smooth, reject, min_area)
         _, self.smooth, self.reject, self.min_area = best
-        progress(f"    gmm tuned on {len(tiles)} training tiles: smoothing {self.smooth}, "
-                 f"reject {self.reject}, min area {self.min_area} px (graphene F1 {best[0]:.3f})")
+        progress(
+            f"    gmm tuned on {len(tiles)} training tiles: smoothing {self.smooth}, "
+            f"reject {self.reject}, min area {self.min_area} px (graphene F1 {best[0]:.3f})"
+        )
 
     def setup(self) -> dict[str, Any]:
-        return {"components_per_class": self.COMPONENTS, "smoothing_px": self.smooth,
-                "reject_log_likelihood": (None if self.reject == -math.inf else self.reject),
-                "min_area_px": self.min_area, "priors": "training pixel frequencies",
-                "fitted_on": "training tiles' contrast vectors (eroded truth masks)"}
+        return {
+            "components_per_class": self.COMPONENTS,
+            "smoothing_px": self.smooth,
+            "reject_log_likelihood": (None if self.reject == -math.inf else self.reject),
+            "min_area_px": self.min_area,
+            "priors": "training pixel frequencies",
+            "fitted_on": "training tiles' contrast vectors (eroded truth masks)",
+        }
 
 
 def instances(probs: np.ndarray, shape: tuple[int, int], min_area: int) -> list[Detection]:
@@ -331,22 +355,29 @@ def instances(probs: np.ndarray, shape: tuple[int, int], min_area: int) -> list[
         name = flake_model.CLASSES[comp.class_index]
         mask, r0, c0 = flake_model.upsample_component(comp, flake_model.DOWNSAMPLE, shape)
         if mask.any():
-            found.append(flake_model.detection_from_mask(
-                mask, r0, c0, shape, name, comp.score, {"class": name}))
+            found.append(
+                flake_model.detection_from_mask(
+                    mask, r0, c0, shape, name, comp.score, {"class": name}
+                )
+            )
     return found
 
 
-def _test_specs(oxide_nm: float, chips: int, tiles: int,
-                shape: tuple[int, int] = (1200, 1920)) -> list[flake_training.ChipSpec]:
+def _test_specs(
+    oxide_nm: float, chips: int, tiles: int, shape: tuple[int, int] = (1200, 1920)
+) -> list[flake_training.ChipSpec]:
     from scopeflow.acquisition.optical import ChipConfig
 
     base = flake_training.TEST_SEED + int(oxide_nm) * 10
-    return [flake_training.ChipSpec(oxide_nm, base + i, tiles, shape=shape, chip=ChipConfig())
-            for i in range(chips)]
+    return [
+        flake_training.ChipSpec(oxide_nm, base + i, tiles, shape=shape, chip=ChipConfig())
+        for i in range(chips)
+    ]
 
 
-def _backend_times(name: str, inputs: dict[str, np.ndarray], repeats: int,
-                   weights_dir: Path | None) -> dict[str, float]:
+def _backend_times(
+    name: str, inputs: dict[str, np.ndarray], repeats: int, weights_dir: Path | None
+) -> dict[str, float]:
     """The network alone on one input: ONNX Runtime vs torch eager (same threads)."""
     import torch
 
@@ -356,19 +387,30 @@ def _backend_times(name: str, inputs: dict[str, np.ndarray], repeats: int,
     try:
         ort = backends.load(name, "onnxruntime", weights_dir)
         ref = backends.load(name, "torch", weights_dir)
-        diff = max(float(np.abs(ort.run(inputs)[k] - ref.run(inputs)[k]).max())
-                   for k in ort.output_names)
+        diff = max(
+            float(np.abs(ort.run(inputs)[k] - ref.run(inputs)[k]).max()) for k in ort.output_names
+        )
         ort_s = median_ms(lambda: ort.run(inputs), repeats) / 1e3
         torch_s = median_ms(lambda: ref.run(inputs), repeats) / 1e3
     finally:
         torch.set_num_threads(before)
-    return {"input_shape": list(next(iter(inputs.values())).shape), "threads": threads,
-            "onnxruntime_ms": ort_s * 1e3, "torch_ms": torch_s * 1e3,
-            "onnxruntime_speedup": torch_s / ort_s, "max_abs_diff": diff}
+    return {
+        "input_shape": list(next(iter(inputs.values())).shape),
+        "threads": threads,
+        "onnxruntime_ms": ort_s * 1e3,
+        "torch_ms": torch_s * 1e3,
+        "onnxruntime_speedup": torch_s / ort_s,
+        "max_abs_diff": diff,
+    }
 
 
-def _evaluate_flakes(detector: Any, gmm: ContrastGMM, specs: list[flake_training.ChipSpec],
-                     progress: Callable[[str], None], label: str) -> tuple[dict, dict]:
+def _evaluate_flakes(
+    detector: Any,
+    gmm: ContrastGMM,
+    specs: list[flake_training.ChipSpec],
+    progress: Callable[[str], None],
+    label: str,
+) -> tuple[dict, dict]:
     ours, theirs = FlakeScore.empty(), FlakeScore.empty()
     n = 0
     for _, image, _ in flake_training.samples(specs):
@@ -376,30 +418,44 @@ def _evaluate_flakes(detector: Any, gmm: ContrastGMM, specs: list[flake_training
         ours.add(detector.detect(image.image), truths)
         theirs.add(gmm.detect(image.image), truths)
         n += 1
-    progress(f"    {label}: {n} tiles; graphene 1L P/R "
-             f"{ours.per_class['graphene_1L'].report()['precision']:.3f}/"
-             f"{ours.per_class['graphene_1L'].report()['recall']:.3f} "
-             f"(gmm {theirs.per_class['graphene_1L'].report()['precision']:.3f}/"
-             f"{theirs.per_class['graphene_1L'].report()['recall']:.3f})")
+    progress(
+        f"    {label}: {n} tiles; graphene 1L P/R "
+        f"{ours.per_class['graphene_1L'].report()['precision']:.3f}/"
+        f"{ours.per_class['graphene_1L'].report()['recall']:.3f} "
+        f"(gmm {theirs.per_class['graphene_1L'].report()['precision']:.3f}/"
+        f"{theirs.per_class['graphene_1L'].report()['recall']:.3f})"
+    )
     return ours.report(), theirs.report()
 
 
-def flake_section(quick: bool = False, progress: Callable[[str], None] = print,
-                  weights_dir: Path | None = None) -> dict[str, Any]:
+def flake_section(
+    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
+) -> dict[str, Any]:
     """The ``flake_detector`` section of the models benchmark."""
     rng = np.random.default_rng(0)
-    detector = flake_model.FlakeDetector(backends.load(flake_model.NAME, "onnxruntime",
-                                                       weights_dir))
+    detector = flake_model.FlakeDetector(
+        backends.load(flake_model.NAME, "onnxruntime", weights_dir)
+    )
     progress("  flake detector: fitting the contrast-GMM baseline on training tiles")
     train_specs = flake_training.train_specs(quick)
     fit_specs = train_specs if quick else train_specs[::3]  # 8 chips, every oxide
     gmm = ContrastGMM()
     gmm.fit([s for _, _, s in flake_training.samples(fit_specs)], rng)
-    tune_specs = train_specs if quick else [
-        flake_training.ChipSpec(s.oxide_nm, s.seed, 3, s.white_balance, s.bit_depth)
-        for s in train_specs[1::3]]
-    gmm.tune([(s.contrast.astype(np.float32), image)
-              for _, image, s in flake_training.samples(tune_specs)], progress)
+    tune_specs = (
+        train_specs
+        if quick
+        else [
+            flake_training.ChipSpec(s.oxide_nm, s.seed, 3, s.white_balance, s.bit_depth)
+            for s in train_specs[1::3]
+        ]
+    )
+    gmm.tune(
+        [
+            (s.contrast.astype(np.float32), image)
+            for _, image, s in flake_training.samples(tune_specs)
+        ],
+        progress,
+    )
 
     small = (256, 384)
     chips, tiles = (1, 2) if quick else (4, 25)
@@ -407,14 +463,22 @@ def flake_section(quick: bool = False, progress: Callable[[str], None] = print,
     main_specs = _test_specs(285.0, chips, tiles, shape) + _test_specs(90.0, chips, tiles, shape)
     held_specs = _test_specs(flake_training.HELDOUT_OXIDE_NM, chips, tiles, shape)
     ours, theirs = _evaluate_flakes(detector, gmm, main_specs, progress, "285 + 90 nm")
-    held_ours, held_theirs = _evaluate_flakes(detector, gmm, held_specs, progress,
-                                              f"{flake_training.HELDOUT_OXIDE_NM:g} nm")
+    held_ours, held_theirs = _evaluate_flakes(
+        detector, gmm, held_specs, progress, f"{flake_training.HELDOUT_OXIDE_NM:g} nm"
+    )
 
     # Throughput on full tiles, end to end, ONNX Runtime.
-    frames = [im.image for _, im, _ in flake_training.samples(
-        _test_specs(285.0, 1, 2 if quick else 4))]
-    per_tile = float(np.median([median_ms(lambda f=f: detector.detect(f), 1 if quick else 3)
-                                for f in frames])) / 1e3
+    frames = [
+        im.image for _, im, _ in flake_training.samples(_test_specs(285.0, 1, 2 if quick else 4))
+    ]
+    per_tile = (
+        float(
+            np.median(
+                [median_ms(lambda f=f: detector.detect(f), 1 if quick else 3) for f in frames]
+            )
+        )
+        / 1e3
+    )
     mpx = frames[0].shape[0] * frames[0].shape[1] / 1e6
     gmm_s = median_ms(lambda: gmm.detect(frames[0]), 1 if quick else 3) / 1e3
     padded, _ = pad_to_multiple(flake_model.flake_contrast(frames[0]), flake_model.MULTIPLE)
@@ -429,23 +493,37 @@ def flake_section(quick: bool = False, progress: Callable[[str], None] = print,
         "tile_ms": per_tile * 1e3,
         "tile_shape": list(frames[0].shape),
         "network": speed,
-        "baseline": {"name": gmm.name, "graphene_1L": theirs["graphene_1L"],
-                     "layer_accuracy": theirs["layer_accuracy"], "f1": theirs["f1"],
-                     "per_class": theirs, "megapixels_per_s": mpx / gmm_s,
-                     "setup": gmm.setup()},
+        "baseline": {
+            "name": gmm.name,
+            "graphene_1L": theirs["graphene_1L"],
+            "layer_accuracy": theirs["layer_accuracy"],
+            "f1": theirs["f1"],
+            "per_class": theirs,
+            "megapixels_per_s": mpx / gmm_s,
+            "setup": gmm.setup(),
+        },
         "heldout_substrate": {
             "oxide_nm": flake_training.HELDOUT_OXIDE_NM,
             "graphene_1L": held_ours["graphene_1L"],
-            "layer_accuracy": held_ours["layer_accuracy"], "f1": held_ours["f1"],
+            "layer_accuracy": held_ours["layer_accuracy"],
+            "f1": held_ours["f1"],
             "per_class": held_ours,
-            "baseline": {"name": gmm.name, "graphene_1L": held_theirs["graphene_1L"],
-                         "layer_accuracy": held_theirs["layer_accuracy"],
-                         "f1": held_theirs["f1"]}},
-        "test_set": {"oxides_nm": [285.0, 90.0], "tiles": len(main_specs) * tiles,
-                     "heldout_tiles": len(held_specs) * tiles,
-                     "chip_seeds": [s.seed for s in main_specs + held_specs],
-                     "tile_shape": list(shape), "min_truth_area_px": FLAKE_MIN_TRUTH_PX,
-                     "iou": IOU},
+            "baseline": {
+                "name": gmm.name,
+                "graphene_1L": held_theirs["graphene_1L"],
+                "layer_accuracy": held_theirs["layer_accuracy"],
+                "f1": held_theirs["f1"],
+            },
+        },
+        "test_set": {
+            "oxides_nm": [285.0, 90.0],
+            "tiles": len(main_specs) * tiles,
+            "heldout_tiles": len(held_specs) * tiles,
+            "chip_seeds": [s.seed for s in main_specs + held_specs],
+            "tile_shape": list(shape),
+            "min_truth_area_px": FLAKE_MIN_TRUTH_PX,
+            "iou": IOU,
+        },
     }
     return out
 
@@ -472,13 +550,15 @@ class OtsuParticles:
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < self.min_area:
                 continue
-            mask = labels[y:y + h, x:x + w] == i
-            found.append(flake_model.detection_from_mask(mask, y, x, frame.shape[:2],
-                                                         "particle", 1.0, {}))
+            mask = labels[y : y + h, x : x + w] == i
+            found.append(
+                flake_model.detection_from_mask(mask, y, x, frame.shape[:2], "particle", 1.0, {})
+            )
         return found
 
-    def tune(self, frames: list[tuple[np.ndarray, list[Truth]]],
-             progress: Callable[[str], None]) -> None:
+    def tune(
+        self, frames: list[tuple[np.ndarray, list[Truth]]], progress: Callable[[str], None]
+    ) -> None:
         best = (-1.0, self.sigma_px, self.min_area)
         for sigma in (1.0, 1.5, 2.0, 3.0):
             for min_area in (8, 20, 40):
@@ -490,8 +570,10 @@ class OtsuParticles:
                 if f1 > best[0]:
                     best = (f1, sigma, min_area)
         _, self.sigma_px, self.min_area = best
-        progress(f"    otsu tuned on {len(frames)} training frames: σ {self.sigma_px} px, "
-                 f"min area {self.min_area} px (F1 {best[0]:.3f})")
+        progress(
+            f"    otsu tuned on {len(frames)} training frames: σ {self.sigma_px} px, "
+            f"min area {self.min_area} px (F1 {best[0]:.3f})"
+        )
 
 
 def particle_truths(image: Any) -> list[Truth]:
@@ -504,8 +586,11 @@ def particle_truths(image: Any) -> list[Truth]:
     return found
 
 
-def _evaluate_particles(detector: particle_model.ParticleDetector, otsu: OtsuParticles,
-                        specs: list[particle_training.SceneSpec]) -> dict[str, Any]:
+def _evaluate_particles(
+    detector: particle_model.ParticleDetector,
+    otsu: OtsuParticles,
+    specs: list[particle_training.SceneSpec],
+) -> dict[str, Any]:
     """Both methods on every frame of ``specs``: pooled and per-dose counts, detector times."""
     ours, theirs = Counts(), Counts()
     by_dose: dict[float, tuple[Counts, Counts]] = {}
@@ -526,31 +611,54 @@ def _evaluate_particles(detector: particle_model.ParticleDetector, otsu: OtsuPar
         pair[1].add(b)
         n += 1
         shape = image.image.shape
-    return {"ours": ours, "theirs": theirs, "by_dose": by_dose, "n": n, "times": times,
-            "shape": shape}
+    return {
+        "ours": ours,
+        "theirs": theirs,
+        "by_dose": by_dose,
+        "n": n,
+        "times": times,
+        "shape": shape,
+    }
 
 
 def heldout_particle_specs(quick: bool) -> list[particle_training.SceneSpec]:
     """Scenes outside the training ranges: lighter particles (mean free path 100 nm, training
     20–80 nm), so about half the contrast, in the default cell at the test doses."""
     if quick:
-        return [particle_training.SceneSpec(InSituConfig(
-            frame_shape=(256, 256), seed=particle_training.TEST_SEED + 500,
-            lambda_particle_nm=HELDOUT_LAMBDA_NM), ((0, 1000.0),))]
+        return [
+            particle_training.SceneSpec(
+                InSituConfig(
+                    frame_shape=(256, 256),
+                    seed=particle_training.TEST_SEED + 500,
+                    lambda_particle_nm=HELDOUT_LAMBDA_NM,
+                ),
+                ((0, 1000.0),),
+            )
+        ]
     doses = (500.0, 1000.0, 2000.0, 5000.0)
-    return [particle_training.SceneSpec(InSituConfig(
-        seed=particle_training.TEST_SEED + 500 + i, lambda_particle_nm=HELDOUT_LAMBDA_NM),
-        tuple((t, doses[i % 4]) for t in (0, 15, 30))) for i in range(8)]
+    return [
+        particle_training.SceneSpec(
+            InSituConfig(
+                seed=particle_training.TEST_SEED + 500 + i, lambda_particle_nm=HELDOUT_LAMBDA_NM
+            ),
+            tuple((t, doses[i % 4]) for t in (0, 15, 30)),
+        )
+        for i in range(8)
+    ]
 
 
-def particle_section(quick: bool = False, progress: Callable[[str], None] = print,
-                     weights_dir: Path | None = None) -> dict[str, Any]:
+def particle_section(
+    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
+) -> dict[str, Any]:
     """The ``particle_detector`` section of the models benchmark."""
     detector = particle_model.ParticleDetector(
-        backends.load(particle_model.NAME, "onnxruntime", weights_dir))
+        backends.load(particle_model.NAME, "onnxruntime", weights_dir)
+    )
     otsu = OtsuParticles()
-    calib = [(im.image, particle_truths(im)) for _, _, im in particle_training.frames(
-        particle_training.calibration_specs(quick))]
+    calib = [
+        (im.image, particle_truths(im))
+        for _, _, im in particle_training.frames(particle_training.calibration_specs(quick))
+    ]
     otsu.tune(calib, progress)
     main = _evaluate_particles(detector, otsu, particle_training.test_specs(quick))
     held = _evaluate_particles(detector, otsu, heldout_particle_specs(quick))
@@ -559,37 +667,60 @@ def particle_section(quick: bool = False, progress: Callable[[str], None] = prin
     r, rb = ours.report(), theirs.report()
     progress(f"    particles: {n} frames, F1 {r['f1']:.3f} (otsu {rb['f1']:.3f})")
     hr, hrb = held["ours"].report(), held["theirs"].report()
-    progress(f"    particles, held-out λ {HELDOUT_LAMBDA_NM:g} nm: {held['n']} frames, F1 "
-             f"{hr['f1']:.3f} (otsu {hrb['f1']:.3f})")
+    progress(
+        f"    particles, held-out λ {HELDOUT_LAMBDA_NM:g} nm: {held['n']} frames, F1 "
+        f"{hr['f1']:.3f} (otsu {hrb['f1']:.3f})"
+    )
     net_input = particle_model.example_inputs(np.random.default_rng(1))
     return {
-        "f1_iou50": r["f1"], "precision": r["precision"], "recall": r["recall"],
+        "f1_iou50": r["f1"],
+        "precision": r["precision"],
+        "recall": r["recall"],
         "counts": r,
-        "by_dose": {f"{d:g}": {"f1_iou50": c[0].report()["f1"],
-                               "baseline_f1_iou50": c[1].report()["f1"]}
-                    for d, c in sorted(by_dose.items())},
-        "frame_ms": float(np.median(times)) * 1e3, "frame_shape": list(shape),
-        "network": _backend_times(particle_model.NAME, net_input, 2 if quick else 10,
-                                  weights_dir),
-        "baseline": {"name": otsu.name, "f1_iou50": rb["f1"], "precision": rb["precision"],
-                     "recall": rb["recall"],
-                     "setup": {"sigma_px": otsu.sigma_px, "min_area_px": otsu.min_area,
-                               "normalisation": "the detector's fitted background",
-                               "tuned_on": "training scenes (seeds from TRAIN_SEED)"}},
+        "by_dose": {
+            f"{d:g}": {"f1_iou50": c[0].report()["f1"], "baseline_f1_iou50": c[1].report()["f1"]}
+            for d, c in sorted(by_dose.items())
+        },
+        "frame_ms": float(np.median(times)) * 1e3,
+        "frame_shape": list(shape),
+        "network": _backend_times(particle_model.NAME, net_input, 2 if quick else 10, weights_dir),
+        "baseline": {
+            "name": otsu.name,
+            "f1_iou50": rb["f1"],
+            "precision": rb["precision"],
+            "recall": rb["recall"],
+            "setup": {
+                "sigma_px": otsu.sigma_px,
+                "min_area_px": otsu.min_area,
+                "normalisation": "the detector's fitted background",
+                "tuned_on": "training scenes (seeds from TRAIN_SEED)",
+            },
+        },
         "heldout_f1_iou50": hr["f1"],
-        "heldout": {"f1_iou50": hr["f1"], "precision": hr["precision"], "recall": hr["recall"],
-                    "baseline_f1_iou50": hrb["f1"], "frames": held["n"],
-                    "lambda_particle_nm": HELDOUT_LAMBDA_NM,
-                    "what": "particles lighter than any in training (λ 100 nm vs 20–80 nm)"},
-        "test_set": {"frames": n, "scene_seeds": [s.config.seed for s in
-                                                  particle_training.test_specs(quick)],
-                     "doses_e_per_px": sorted(by_dose), "min_truth_area_px":
-                     PARTICLE_MIN_TRUTH_PX, "iou": IOU},
+        "heldout": {
+            "f1_iou50": hr["f1"],
+            "precision": hr["precision"],
+            "recall": hr["recall"],
+            "baseline_f1_iou50": hrb["f1"],
+            "frames": held["n"],
+            "lambda_particle_nm": HELDOUT_LAMBDA_NM,
+            "what": "particles lighter than any in training (λ 100 nm vs 20–80 nm)",
+        },
+        "test_set": {
+            "frames": n,
+            "scene_seeds": [s.config.seed for s in particle_training.test_specs(quick)],
+            "doses_e_per_px": sorted(by_dose),
+            "min_truth_area_px": PARTICLE_MIN_TRUTH_PX,
+            "iou": IOU,
+        },
     }
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = print,
-        weights_dir: Path | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
+) -> dict[str, Any]:
     """``flake_detector`` and ``particle_detector`` sections of ``scopeflow bench models``."""
-    return {"flake_detector": flake_section(quick, progress, weights_dir),
-            "particle_detector": particle_section(quick, progress, weights_dir)}
+    return {
+        "flake_detector": flake_section(quick, progress, weights_dir),
+        "particle_detector": particle_section(quick, progress, weights_dir),
+    }

@@ -62,8 +62,9 @@ class TorchNetSession:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
-            out = self._net(*[torch.from_numpy(np.ascontiguousarray(inputs[n]))
-                              for n in self.input_names])
+            out = self._net(
+                *[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+            )
         out = (out,) if isinstance(out, torch.Tensor) else out
         return {n: o.numpy() for n, o in zip(self.output_names, out, strict=True)}
 
@@ -102,8 +103,9 @@ def heldout_families() -> tuple[str, ...]:
         return HELDOUT_FAMILIES
 
 
-def eval_frames(families: tuple[str, ...], n: int, frame_size: int = 512,
-                seeds: tuple[int, ...] = EVAL_SEEDS) -> list[tuple[np.ndarray, dict[str, Any]]]:
+def eval_frames(
+    families: tuple[str, ...], n: int, frame_size: int = 512, seeds: tuple[int, ...] = EVAL_SEEDS
+) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """``n`` held-out frames (pixels, ground truth) over ``seeds``."""
     out: list[tuple[np.ndarray, dict[str, Any]]] = []
     per_seed = -(-n // len(seeds))
@@ -114,8 +116,7 @@ def eval_frames(families: tuple[str, ...], n: int, frame_size: int = 512,
     return out
 
 
-def _affine(frame: np.ndarray, gain: float, offset_fraction: float,
-            requantize: bool) -> np.ndarray:
+def _affine(frame: np.ndarray, gain: float, offset_fraction: float, requantize: bool) -> np.ndarray:
     x = frame.astype(np.float32)
     y = x * np.float32(gain) + np.float32(offset_fraction * float(x.mean()))
     if requantize:
@@ -124,8 +125,9 @@ def _affine(frame: np.ndarray, gain: float, offset_fraction: float,
     return y
 
 
-def _frames_table(aenet: AENet, frames: list[tuple[np.ndarray, dict[str, Any]]]
-                  ) -> dict[str, np.ndarray]:
+def _frames_table(
+    aenet: AENet, frames: list[tuple[np.ndarray, dict[str, Any]]]
+) -> dict[str, np.ndarray]:
     scores, levels, est = [], [], []
     for pixels, _ in frames:
         r = aenet.evaluate(pixels)
@@ -133,30 +135,44 @@ def _frames_table(aenet: AENet, frames: list[tuple[np.ndarray, dict[str, Any]]]
         levels.append(r.level)
         est.append(r.abs_defocus_dof)
     true_u = np.array([abs(a["defocus_dof"]) for _, a in frames])
-    return {"score": np.array(scores), "level": np.array(levels), "est": np.array(est),
-            "true_u": true_u, "true_level": np.asarray(aenet_model.level_from_dof(true_u)),
-            "dose": np.array([a["dose_e_per_px"] for _, a in frames]),
-            "family": np.array([a["family"] for _, a in frames])}
+    return {
+        "score": np.array(scores),
+        "level": np.array(levels),
+        "est": np.array(est),
+        "true_u": true_u,
+        "true_level": np.asarray(aenet_model.level_from_dof(true_u)),
+        "dose": np.array([a["dose_e_per_px"] for _, a in frames]),
+        "family": np.array([a["family"] for _, a in frames]),
+    }
 
 
 def _level_figures(t: dict[str, np.ndarray]) -> dict[str, Any]:
     off = np.abs(t["level"] - t["true_level"])
-    log_err = np.abs(np.log(np.sqrt(t["est"] ** 2 + aenet_model.U0_DOF ** 2))
-                     - np.log(np.sqrt(t["true_u"] ** 2 + aenet_model.U0_DOF ** 2)))
+    log_err = np.abs(
+        np.log(np.sqrt(t["est"] ** 2 + aenet_model.U0_DOF**2))
+        - np.log(np.sqrt(t["true_u"] ** 2 + aenet_model.U0_DOF**2))
+    )
     rho = spearman(t["score"], t["true_u"])
-    by_family = {str(f): float(np.mean(off[t["family"] == f] <= 1))
-                 for f in sorted(set(t["family"].tolist()))}
+    by_family = {
+        str(f): float(np.mean(off[t["family"] == f] <= 1))
+        for f in sorted(set(t["family"].tolist()))
+    }
     low = t["dose"] <= 30
-    return {"frames": len(off), "within_one_level": float(np.mean(off <= 1)),
-            "exact_level": float(np.mean(off == 0)),
-            "median_abs_log_error": float(np.median(log_err)),
-            "spearman_abs_dz": abs(rho), "spearman_abs_dz_signed": rho,
-            "within_one_level_by_family": by_family,
-            "within_one_level_dose_le_30": float(np.mean(off[low] <= 1)) if low.any() else None}
+    return {
+        "frames": len(off),
+        "within_one_level": float(np.mean(off <= 1)),
+        "exact_level": float(np.mean(off == 0)),
+        "median_abs_log_error": float(np.median(log_err)),
+        "spearman_abs_dz": abs(rho),
+        "spearman_abs_dz_signed": rho,
+        "within_one_level_by_family": by_family,
+        "within_one_level_dose_le_30": float(np.mean(off[low] <= 1)) if low.any() else None,
+    }
 
 
-def gain_offset_change(aenet: AENet, frames: list[tuple[np.ndarray, dict[str, Any]]],
-                       requantize: bool) -> float:
+def gain_offset_change(
+    aenet: AENet, frames: list[tuple[np.ndarray, dict[str, Any]]], requantize: bool
+) -> float:
     """Max |score(frame·g + o) − score(frame)| over frames, g in GAINS, o in OFFSETS × mean."""
     worst = 0.0
     for pixels, _ in frames:
@@ -168,10 +184,13 @@ def gain_offset_change(aenet: AENet, frames: list[tuple[np.ndarray, dict[str, An
     return worst
 
 
-def _classical(frames: list[tuple[np.ndarray, dict[str, Any]]], true_u: np.ndarray
-               ) -> dict[str, float]:
-    return {name: abs(spearman(np.array([fn(p) for p, _ in frames]), true_u))
-            for name, fn in METRICS.items()}
+def _classical(
+    frames: list[tuple[np.ndarray, dict[str, Any]]], true_u: np.ndarray
+) -> dict[str, float]:
+    return {
+        name: abs(spearman(np.array([fn(p) for p, _ in frames]), true_u))
+        for name, fn in METRICS.items()
+    }
 
 
 def _classical_offset_change(frames: list[tuple[np.ndarray, dict[str, Any]]]) -> float:
@@ -186,9 +205,14 @@ def _classical_offset_change(frames: list[tuple[np.ndarray, dict[str, Any]]]) ->
     return worst
 
 
-def aenet_metrics(aenet: AENet, n_frames: int = 400, frame_size: int = 512,
-                  n_gain_frames: int = 40, seeds: tuple[int, ...] = EVAL_SEEDS,
-                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+def aenet_metrics(
+    aenet: AENet,
+    n_frames: int = 400,
+    frame_size: int = 512,
+    n_gain_frames: int = 40,
+    seeds: tuple[int, ...] = EVAL_SEEDS,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """AENet's held-out figures (seen families with new seeds; held-out families) and the
     classical baselines' on the same frames."""
     from scopeflow.training.aenet import TRAIN_FAMILIES
@@ -212,30 +236,35 @@ def aenet_metrics(aenet: AENet, n_frames: int = 400, frame_size: int = 512,
         "heldout_within_one_level": h["within_one_level"],
         "heldout_spearman_abs_dz": h["spearman_abs_dz"],
         "max_score_change_under_gain_offset": gain_offset_change(aenet, subset, False),
-        "max_score_change_under_gain_offset_requantized": gain_offset_change(aenet, subset,
-                                                                             True),
-        "seen": s, "heldout": h,
+        "max_score_change_under_gain_offset_requantized": gain_offset_change(aenet, subset, True),
+        "seen": s,
+        "heldout": h,
         "heldout_families": list(held),
         "baseline": {
             "spearman_abs_dz": _classical(seen_frames, t_seen["true_u"]),
             "heldout_spearman_abs_dz": _classical(held_frames, t_held["true_u"]),
-            "normalized_variance_max_relative_change_under_gain_offset":
-                _classical_offset_change(subset),
+            "normalized_variance_max_relative_change_under_gain_offset": _classical_offset_change(
+                subset
+            ),
         },
         "protocol": {
-            "frames_each": n_frames, "frame_size": frame_size, "eval_seeds": list(seeds),
-            "gains": list(GAINS), "offsets_fraction_of_mean": list(OFFSETS),
+            "frames_each": n_frames,
+            "frame_size": frame_size,
+            "eval_seeds": list(seeds),
+            "gains": list(GAINS),
+            "offsets_fraction_of_mean": list(OFFSETS),
             "gain_offset_frames": len(subset),
             "level_edges_dof": list(aenet_model.LEVEL_EDGES_DOF),
             "notes": "gain/offset applied in float32; '_requantized' rounds and clips to the "
-                     "frame's dtype (saturation loses information)",
+            "frame's dtype (saturation loses information)",
         },
     }
 
 
 # -- ACNet --------------------------------------------------------------------------------------
-def _trial_microscope(rng: np.random.Generator, family: str, specimens: dict[str, Any],
-                      frame_size: int, index: int) -> tuple[SimulatedSEM, float, float | None]:
+def _trial_microscope(
+    rng: np.random.Generator, family: str, specimens: dict[str, Any], frame_size: int, index: int
+) -> tuple[SimulatedSEM, float, float | None]:
     """A simulated SEM at a random start within ±30 DoF: (sim, DoF µm, astigmatism axis or
     None when there is no astigmatism)."""
     if family not in specimens:
@@ -247,14 +276,22 @@ def _trial_microscope(rng: np.random.Generator, family: str, specimens: dict[str
     astig = rng.random() < 0.5
     angle = float(rng.uniform(0.0, 180.0))
     start = float(rng.uniform(-30.0, 30.0))
-    cfg = replace(SEMConfig(), frame_shape=(frame_size, frame_size), pixel_size_nm=pixel_nm,
-                  beam_semiangle_mrad=alpha, dose_e_per_px=dose, family=family,
-                  seed=ACNET_EVAL_SEED * 100_000 + index,
-                  astigmatism_um=float(rng.uniform(0.5, 3.0)) * dof if astig else 0.0,
-                  astigmatism_angle_deg=angle, focus_wd_um=FOCUS_WD_UM,
-                  start_wd_um=FOCUS_WD_UM + start * dof, settle_s=0.0,
-                  start_stage_x_um=float(rng.uniform(-20, 20)),
-                  start_stage_y_um=float(rng.uniform(-20, 20)))
+    cfg = replace(
+        SEMConfig(),
+        frame_shape=(frame_size, frame_size),
+        pixel_size_nm=pixel_nm,
+        beam_semiangle_mrad=alpha,
+        dose_e_per_px=dose,
+        family=family,
+        seed=ACNET_EVAL_SEED * 100_000 + index,
+        astigmatism_um=float(rng.uniform(0.5, 3.0)) * dof if astig else 0.0,
+        astigmatism_angle_deg=angle,
+        focus_wd_um=FOCUS_WD_UM,
+        start_wd_um=FOCUS_WD_UM + start * dof,
+        settle_s=0.0,
+        start_stage_x_um=float(rng.uniform(-20, 20)),
+        start_stage_y_um=float(rng.uniform(-20, 20)),
+    )
     return SimulatedSEM(cfg, specimen=specimens[family]), dof, angle if astig else None
 
 
@@ -262,9 +299,14 @@ def _rate(hits: list[bool]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
-def acnet_metrics(aenet: AENet, acnet: ACNet, n_trials: int = 200, moves: int = 3,
-                  frame_size: int = 512, progress: Callable[[str], None] = print
-                  ) -> dict[str, Any]:
+def acnet_metrics(
+    aenet: AENet,
+    acnet: ACNet,
+    n_trials: int = 200,
+    moves: int = 3,
+    frame_size: int = 512,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Short closed loops (frame → AENet → ACNet → move, ``moves`` times) from random starts.
 
     The loop runs with the astigmatism axis unknown to ACNet; on the first frame ACNet is also
@@ -276,8 +318,11 @@ def acnet_metrics(aenet: AENet, acnet: ACNet, n_trials: int = 200, moves: int = 
     families = tuple(f for f in TRAIN_FAMILIES if f not in held) + held
     rng = np.random.default_rng([ACNET_EVAL_SEED, 0xAC])
     specimens: dict[str, Any] = {}
-    sign1: dict[str, list[tuple[float, bool]]] = {"astig_axis_known": [],
-                                                  "astig_axis_unknown": [], "no_astig": []}
+    sign1: dict[str, list[tuple[float, bool]]] = {
+        "astig_axis_known": [],
+        "astig_axis_unknown": [],
+        "no_astig": [],
+    }
     sign2: dict[str, list[tuple[float, bool]]] = {"astig": [], "no_astig": []}
     errors = np.zeros((n_trials, moves))
     conf = np.zeros((n_trials, moves))
@@ -317,25 +362,37 @@ def acnet_metrics(aenet: AENet, acnet: ACNet, n_trials: int = 200, moves: int = 
         "trials": n_trials,
         "sign_accuracy_one_frame": {k: _rate([r for _, r in v]) for k, v in sign1.items()},
         "sign_accuracy_one_frame_within_5_dof": {
-            k: _rate([r for d, r in v if d <= NEAR_DOF]) for k, v in sign1.items()},
+            k: _rate([r for d, r in v if d <= NEAR_DOF]) for k, v in sign1.items()
+        },
         "sign_accuracy_two_frames": {k: _rate([r for _, r in v]) for k, v in sign2.items()},
         "sign_accuracy_two_frames_within_5_dof": {
-            k: _rate([r for d, r in v if d <= NEAR_DOF]) for k, v in sign2.items()},
+            k: _rate([r for d, r in v if d <= NEAR_DOF]) for k, v in sign2.items()
+        },
         "median_abs_error_after_move_dof": [float(np.median(errors[:, k])) for k in range(moves)],
-        "p95_abs_error_after_move_dof": [float(np.percentile(errors[:, k], 95))
-                                         for k in range(moves)],
+        "p95_abs_error_after_move_dof": [
+            float(np.percentile(errors[:, k], 95)) for k in range(moves)
+        ],
         "within_half_dof_after_move": [float(np.mean(success[:, k])) for k in range(moves)],
-        "heldout_within_half_dof_after_move": [float(np.mean(success[heldout, k]))
-                                               for k in range(moves)] if heldout.any() else None,
+        "heldout_within_half_dof_after_move": [
+            float(np.mean(success[heldout, k])) for k in range(moves)
+        ]
+        if heldout.any()
+        else None,
         "mean_confidence_after_move": [float(np.mean(conf[:, k])) for k in range(moves)],
         "success_when_confident": _rate(success[conf >= 0.8].tolist()),
         "confident_fraction": float(np.mean(conf >= 0.8)),
-        "protocol": {"start_dof": "uniform ±30", "frame_size": frame_size,
-                     "pixel_sizes_nm": [5, 10, 20], "alpha_mrad": [2, 3, 5],
-                     "dose_e_per_px": "10–500 log-uniform", "astigmatism": "half the trials, "
-                     "0.5–3 DoF, random axis", "families": list(families),
-                     "sign_min_dof": SIGN_MIN_DOF, "seed": ACNET_EVAL_SEED,
-                     "loop": "axis unknown to ACNet; moves clamped to the WD limits"},
+        "protocol": {
+            "start_dof": "uniform ±30",
+            "frame_size": frame_size,
+            "pixel_sizes_nm": [5, 10, 20],
+            "alpha_mrad": [2, 3, 5],
+            "dose_e_per_px": "10–500 log-uniform",
+            "astigmatism": "half the trials, 0.5–3 DoF, random axis",
+            "families": list(families),
+            "sign_min_dof": SIGN_MIN_DOF,
+            "seed": ACNET_EVAL_SEED,
+            "loop": "axis unknown to ACNet; moves clamped to the WD limits",
+        },
     }
 
 
@@ -346,8 +403,15 @@ def timing(repeats: int = 30) -> dict[str, Any]:
 
     from scopeflow.inference import backends
 
-    sim = SimulatedSEM(replace(SEMConfig(), frame_shape=(512, 512), settle_s=0.0, seed=5,
-                               start_wd_um=FOCUS_WD_UM + 3 * 10 / 3))
+    sim = SimulatedSEM(
+        replace(
+            SEMConfig(),
+            frame_shape=(512, 512),
+            settle_s=0.0,
+            seed=5,
+            start_wd_um=FOCUS_WD_UM + 3 * 10 / 3,
+        )
+    )
     frame = sim.acquire().pixels
     patches, _ = aenet_model.extract_patches(aenet_model.to_luminance(frame))
     out: dict[str, Any] = {"frame": [512, 512], "torch_threads": torch.get_num_threads()}
@@ -357,15 +421,19 @@ def timing(repeats: int = 30) -> dict[str, Any]:
         result = ae.evaluate(frame)
         obs = [Observation(result, 0.0)]
         out[f"aenet_model_ms_{backend}"] = median_ms(
-            lambda s=ae.session: s.run({"patches": patches}), repeats)
+            lambda s=ae.session: s.run({"patches": patches}), repeats
+        )
         out[f"aenet_ms_{backend}"] = median_ms(lambda a=ae: a.evaluate(frame), repeats)
         out[f"acnet_ms_{backend}"] = median_ms(lambda c=ac, o=obs: c.propose(o), repeats)
         out[f"aenet_plus_acnet_ms_{backend}"] = median_ms(
-            lambda a=ae, c=ac: c.propose([Observation(a.evaluate(frame), 0.0)]), repeats)
+            lambda a=ae, c=ac: c.propose([Observation(a.evaluate(frame), 0.0)]), repeats
+        )
     out["preprocess_ms"] = median_ms(
-        lambda: aenet_model.extract_patches(aenet_model.to_luminance(frame)), repeats)
-    out["onnxruntime_speedup_aenet_model"] = (out["aenet_model_ms_torch"]
-                                              / out["aenet_model_ms_onnxruntime"])
+        lambda: aenet_model.extract_patches(aenet_model.to_luminance(frame)), repeats
+    )
+    out["onnxruntime_speedup_aenet_model"] = (
+        out["aenet_model_ms_torch"] / out["aenet_model_ms_onnxruntime"]
+    )
     out["onnxruntime_speedup_acnet"] = out["acnet_ms_torch"] / out["acnet_ms_onnxruntime"]
     return out
 
@@ -379,11 +447,21 @@ def run(quick: bool = False, progress: Callable[[str], None] = print) -> dict[st
     aenet = AENet(backends.load("aenet", "onnxruntime"))
     acnet = ACNet(backends.load("acnet", "onnxruntime"))
     t0 = time.monotonic()
-    a = aenet_metrics(aenet, n_frames=4 if quick else 400, frame_size=256 if quick else 512,
-                      n_gain_frames=2 if quick else 40,
-                      seeds=EVAL_SEEDS[:1] if quick else EVAL_SEEDS, progress=progress)
-    c = acnet_metrics(aenet, acnet, n_trials=4 if quick else 200,
-                      frame_size=256 if quick else 512, progress=progress)
+    a = aenet_metrics(
+        aenet,
+        n_frames=4 if quick else 400,
+        frame_size=256 if quick else 512,
+        n_gain_frames=2 if quick else 40,
+        seeds=EVAL_SEEDS[:1] if quick else EVAL_SEEDS,
+        progress=progress,
+    )
+    c = acnet_metrics(
+        aenet,
+        acnet,
+        n_trials=4 if quick else 200,
+        frame_size=256 if quick else 512,
+        progress=progress,
+    )
     progress("  aenet/acnet: timing at 512²")
     speed = timing(repeats=3 if quick else 30)
     a["timing"] = speed

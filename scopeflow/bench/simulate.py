@@ -32,8 +32,14 @@ def _sem(size: int, defocus_dof: float) -> Callable[[], object]:
     from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 
     dof_um = 10.0 / 3.0  # default 10 nm pixels at 3 mrad
-    sem = SimulatedSEM(SEMConfig(frame_shape=(size, size), settle_s=0.0, seed=1,
-                                 start_wd_um=5000.0 + defocus_dof * dof_um))
+    sem = SimulatedSEM(
+        SEMConfig(
+            frame_shape=(size, size),
+            settle_s=0.0,
+            seed=1,
+            start_wd_um=5000.0 + defocus_dof * dof_um,
+        )
+    )
     return sem.acquire
 
 
@@ -53,8 +59,9 @@ def _insitu(size: int) -> Callable[[], object]:
         clock[0] += 1.0 / cam.config.fps
         return clock[0]
 
-    cam = SimulatedInSituCamera(InSituConfig(frame_shape=(size, size), seed=1), clock=tick,
-                                sleep=lambda s: None)
+    cam = SimulatedInSituCamera(
+        InSituConfig(frame_shape=(size, size), seed=1), clock=tick, sleep=lambda s: None
+    )
     return cam.acquire
 
 
@@ -83,12 +90,18 @@ def run(repeats: int = 20, progress=print) -> list[dict]:
         times = sample_ms(acquire, repeats, WARMUP)
         base = _poisson_baseline(case.shape, max(5, repeats // 2))
         median = float(np.median(times))
-        rows.append({
-            "case": case.name, "frame_shape": list(case.shape), "frames": repeats,
-            "ms_median": median, "ms_p90": float(np.percentile(times, 90)),
-            "frames_per_s": 1e3 / median, "target_ms": case.target_ms,
-            "meets_target": None if case.target_ms is None else median <= case.target_ms,
-            "numpy_poisson_ms": float(np.median(base)),
-            "vs_numpy_poisson": float(np.median(base)) / median,
-        })
+        rows.append(
+            {
+                "case": case.name,
+                "frame_shape": list(case.shape),
+                "frames": repeats,
+                "ms_median": median,
+                "ms_p90": float(np.percentile(times, 90)),
+                "frames_per_s": 1e3 / median,
+                "target_ms": case.target_ms,
+                "meets_target": None if case.target_ms is None else median <= case.target_ms,
+                "numpy_poisson_ms": float(np.median(base)),
+                "vs_numpy_poisson": float(np.median(base)) / median,
+            }
+        )
     return rows

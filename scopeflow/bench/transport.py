@@ -36,8 +36,15 @@ SCHEMES = ("inproc", "ipc", "tcp")
 BYTES_PER_RUN = 1.5e9
 MIN_FRAMES = 20
 REPEATS = 3
-_STATE = MicroscopeState(wd_um=5000.0, wd_target_um=5000.0, settled=True, stage_x_um=0.0,
-                         stage_y_um=0.0, magnification=25_000.0, pixel_size_nm=10.0)
+_STATE = MicroscopeState(
+    wd_um=5000.0,
+    wd_target_um=5000.0,
+    settled=True,
+    stage_x_um=0.0,
+    stage_y_um=0.0,
+    magnification=25_000.0,
+    pixel_size_nm=10.0,
+)
 
 
 @dataclass
@@ -65,9 +72,18 @@ def _frame(side: int) -> np.ndarray:
 
 
 def _header(image_id: int, side: int) -> ImageHeader:
-    return ImageHeader(series_id=0, series_unique_id="bench", image_id=image_id,
-                       shape=(side, side), dtype="uint16", start_time_ns=0, stop_time_ns=0,
-                       monotonic_ns=time.monotonic_ns(), command_seq=0, state=_STATE)
+    return ImageHeader(
+        series_id=0,
+        series_unique_id="bench",
+        image_id=image_id,
+        shape=(side, side),
+        dtype="uint16",
+        start_time_ns=0,
+        stop_time_ns=0,
+        monotonic_ns=time.monotonic_ns(),
+        command_seq=0,
+        state=_STATE,
+    )
 
 
 def _send_frames(ctx: zmq.Context | None, endpoint: str, side: int, n: int, pickled: bool) -> None:
@@ -99,13 +115,15 @@ def _measure(scheme: str, side: int, n: int, pickled: bool, workdir: Path) -> fl
         endpoint = f"inproc://bench-{side}-{int(pickled)}"
         pull.bind(endpoint)
         sender: threading.Thread | mp.Process = threading.Thread(
-            target=_send_frames, args=(ctx, endpoint, side, n, pickled))
+            target=_send_frames, args=(ctx, endpoint, side, n, pickled)
+        )
     else:
         endpoint = f"ipc://{workdir}/b{side}" if scheme == "ipc" else "tcp://127.0.0.1:*"
         pull.bind(endpoint)
         endpoint = pull.getsockopt_string(zmq.LAST_ENDPOINT)
         sender = mp.get_context("spawn").Process(
-            target=_send_frames, args=(None, endpoint, side, n, pickled))
+            target=_send_frames, args=(None, endpoint, side, n, pickled)
+        )
     sender.start()
     t_first = t_last = 0.0
     try:
@@ -137,8 +155,9 @@ def _memcpy_gb_per_s(side: int, repeats: int = 20) -> float:
     return repeats * src.nbytes / (time.perf_counter() - t) / 1e9
 
 
-def throughput(sizes=SIZES, schemes=SCHEMES, bytes_per_run: float = BYTES_PER_RUN,
-               progress=print) -> list[Throughput]:
+def throughput(
+    sizes=SIZES, schemes=SCHEMES, bytes_per_run: float = BYTES_PER_RUN, progress=print
+) -> list[Throughput]:
     """Measure every (endpoint, size) pair, zero-copy beside pickled, plus memcpy."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="sfb-", dir="/tmp") as tmp:
@@ -147,16 +166,29 @@ def throughput(sizes=SIZES, schemes=SCHEMES, bytes_per_run: float = BYTES_PER_RU
             n = max(MIN_FRAMES, int(bytes_per_run / nbytes))
             memcpy = _memcpy_gb_per_s(side)
             for scheme in schemes:
-                progress(f"  {scheme:>6} {side}x{side}: {REPEATS}× {n} frames zero-copy and "
-                         "pickled …")
+                progress(
+                    f"  {scheme:>6} {side}x{side}: {REPEATS}× {n} frames zero-copy and pickled …"
+                )
                 runs = [_measure(scheme, side, n, False, Path(tmp)) for _ in range(REPEATS)]
-                pickled = [_measure(scheme, side, max(MIN_FRAMES, n // 3), True, Path(tmp))
-                           for _ in range(REPEATS)]
+                pickled = [
+                    _measure(scheme, side, max(MIN_FRAMES, n // 3), True, Path(tmp))
+                    for _ in range(REPEATS)
+                ]
                 fps, pickle_fps = float(np.median(runs)), float(np.median(pickled))
-                rows.append(Throughput(
-                    scheme, [side, side], "uint16", n, fps, fps * nbytes / 1e9,
-                    pickle_fps * nbytes / 1e9, memcpy,
-                    [r * nbytes / 1e9 for r in runs], [r * nbytes / 1e9 for r in pickled]))
+                rows.append(
+                    Throughput(
+                        scheme,
+                        [side, side],
+                        "uint16",
+                        n,
+                        fps,
+                        fps * nbytes / 1e9,
+                        pickle_fps * nbytes / 1e9,
+                        memcpy,
+                        [r * nbytes / 1e9 for r in runs],
+                        [r * nbytes / 1e9 for r in pickled],
+                    )
+                )
     return rows
 
 
@@ -180,8 +212,20 @@ def loop_latency(min_samples: int = 500, frame_size: int = 512, progress=print) 
         frames, commands, results = (f"ipc://{tmp}/{n}" for n in ("f", "c", "r"))
         base = [sys.executable, "-m", "scopeflow", "--log-level", "WARNING", "node"]
         procs = [
-            subprocess.Popen([*base, "acquire", "--frames", frames, "--commands", commands,
-                              "--frame-size", str(frame_size), "--settle-s", "0"]),
+            subprocess.Popen(
+                [
+                    *base,
+                    "acquire",
+                    "--frames",
+                    frames,
+                    "--commands",
+                    commands,
+                    "--frame-size",
+                    str(frame_size),
+                    "--settle-s",
+                    "0",
+                ]
+            ),
             subprocess.Popen([*base, "infer", "--frames", frames, "--results", results]),
         ]
         ctx = zmq.Context()
@@ -198,12 +242,14 @@ def loop_latency(min_samples: int = 500, frame_size: int = 512, progress=print) 
                 client.set_wd(start + offset)
                 outcome = run_autofocus(client, subscriber, RunnerConfig(ready_timeout_s=30))
                 if outcome.stop_reason not in ("converged", "limit"):
-                    raise RuntimeError(f"autofocus run {runs} ended {outcome.stop_reason}: "
-                                       f"{outcome.message}")
+                    raise RuntimeError(
+                        f"autofocus run {runs} ended {outcome.stop_reason}: {outcome.message}"
+                    )
                 samples.extend(outcome.loop_latency_ms)
                 runs += 1
-                progress(f"  loop latency: {len(samples)}/{min_samples} samples "
-                         f"({runs} autofocus runs)")
+                progress(
+                    f"  loop latency: {len(samples)}/{min_samples} samples ({runs} autofocus runs)"
+                )
         finally:
             client.close()
             subscriber.close()
@@ -213,6 +259,12 @@ def loop_latency(min_samples: int = 500, frame_size: int = 512, progress=print) 
             for p in procs:
                 p.wait(10)
     arr = np.asarray(samples)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-            "mean": float(arr.mean()), "max": float(arr.max()), "n": int(arr.size),
-            "frame_shape": [frame_size, frame_size], "autofocus_runs": runs}
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "mean": float(arr.mean()),
+        "max": float(arr.max()),
+        "n": int(arr.size),
+        "frame_shape": [frame_size, frame_size],
+        "autofocus_runs": runs,
+    }

@@ -78,8 +78,11 @@ class Reading:
     dose_e_per_px: float | None = None  # sharpness is noisier at low dose
 
 
-def aenet_response(abs_defocus_dof: np.ndarray | float, config: FocusModelConfig,
-                   dead_zone_dof: float | None = None) -> np.ndarray:
+def aenet_response(
+    abs_defocus_dof: np.ndarray | float,
+    config: FocusModelConfig,
+    dead_zone_dof: float | None = None,
+) -> np.ndarray:
     """AENet's expected reading at true |Δz| (gain 1): a soft dead zone near focus,
     ``g(d) = soft·log(1 + exp((d − dead_zone)/soft)) + dead_zone_reading``.
 
@@ -98,8 +101,9 @@ def aenet_response(abs_defocus_dof: np.ndarray | float, config: FocusModelConfig
     return np.minimum(g, floor + slope * soft * np.logaddexp(0.0, (d - dead_zone_dof) / soft))
 
 
-def reading_loglik(reading_dof: float, log_sigma: float, expected: np.ndarray,
-                   config: FocusModelConfig) -> np.ndarray:
+def reading_loglik(
+    reading_dof: float, log_sigma: float, expected: np.ndarray, config: FocusModelConfig
+) -> np.ndarray:
     """Log density of one AENet reading for each expected reading in ``expected`` (any
     shape): Student-t on ``log(u + c)``, scale ``hypot(σ, s_floor)`` (normalised, so fits of
     the scale can compare it)."""
@@ -118,8 +122,9 @@ def gain_grid(config: FocusModelConfig) -> tuple[np.ndarray, np.ndarray]:
 class FocusPosterior:
     """The posterior over the focus WD on a grid ``f`` (DoF units, the readings' origin)."""
 
-    def __init__(self, lo_dof: float, hi_dof: float, config: FocusModelConfig | None = None
-                 ) -> None:
+    def __init__(
+        self, lo_dof: float, hi_dof: float, config: FocusModelConfig | None = None
+    ) -> None:
         if not (math.isfinite(lo_dof) and math.isfinite(hi_dof) and hi_dof > lo_dof):
             raise ValueError(f"need a finite grid range with lo < hi, got [{lo_dof}, {hi_dof}]")
         self.config = cfg = config or FocusModelConfig()
@@ -128,8 +133,11 @@ class FocusPosterior:
         self.log_k, self._log_prior_k = gain_grid(cfg)
         self.dead_zones = (cfg.dead_zone_dof, *cfg.wide_dead_zones_dof)
         wide = len(cfg.wide_dead_zones_dof)
-        prior = [1.0] if not wide else \
-            [1.0 - cfg.wide_dead_zone_prior] + [cfg.wide_dead_zone_prior / wide] * wide
+        prior = (
+            [1.0]
+            if not wide
+            else [1.0 - cfg.wide_dead_zone_prior] + [cfg.wide_dead_zone_prior / wide] * wide
+        )
         self._log_prior_zone = np.log(np.asarray(prior) + 1e-300)
         self.readings: list[Reading] = []
         # (dead zone, gain, focus)
@@ -138,8 +146,11 @@ class FocusPosterior:
 
     def add(self, reading: Reading) -> None:
         """Fold in one frame's reading."""
-        if not (math.isfinite(reading.x_dof) and math.isfinite(reading.abs_defocus_dof)
-                and math.isfinite(reading.log_sigma)):
+        if not (
+            math.isfinite(reading.x_dof)
+            and math.isfinite(reading.abs_defocus_dof)
+            and math.isfinite(reading.log_sigma)
+        ):
             raise ValueError(f"reading has non-finite values: {reading}")
         self.readings.append(reading)
         self._density = None
@@ -147,18 +158,23 @@ class FocusPosterior:
         gains = np.exp(self.log_k)[:, None]
         for i, zone in enumerate(self.dead_zones):
             expected = gains * aenet_response(dist, self.config, zone)
-            self._loglik[i] += reading_loglik(reading.abs_defocus_dof, reading.log_sigma,
-                                              expected, self.config)
+            self._loglik[i] += reading_loglik(
+                reading.abs_defocus_dof, reading.log_sigma, expected, self.config
+            )
 
     def _joint(self) -> np.ndarray:
         """Log joint of AENet's readings over (dead zone, gain, focus), priors included."""
-        return (self._loglik + self._log_prior_k[None, :, None]
-                + self._log_prior_zone[:, None, None])
+        return self._loglik + self._log_prior_k[None, :, None] + self._log_prior_zone[:, None, None]
 
     def near_readings(self) -> list[Reading]:
         """Readings near focus by AENet that carry a sharpness score."""
-        return [r for r in self.readings if r.sharpness is not None and r.sharpness > 0
-                and r.abs_defocus_dof <= self.config.near_dof]
+        return [
+            r
+            for r in self.readings
+            if r.sharpness is not None
+            and r.sharpness > 0
+            and r.abs_defocus_dof <= self.config.near_dof
+        ]
 
     def sharpness_loglik(self) -> np.ndarray:
         """Profile log likelihood of ``f`` from the near frames' sharpness (0 with fewer than
@@ -176,16 +192,14 @@ class FocusPosterior:
         top = stacked.max(axis=0)
         return top + np.log(np.exp(stacked - top).mean(axis=0))
 
-    def _v_loglik(self, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, apex: float
-                  ) -> np.ndarray:
+    def _v_loglik(self, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, apex: float) -> np.ndarray:
         """Log likelihood of each ``f`` for ``log S = A − b·√((x − f)² + apex²)``, A and b
         fitted by least squares per ``f``."""
         d = np.hypot(x[None, :] - self.f[:, None], apex)
         d_mean, y_mean = d.mean(axis=1, keepdims=True), y.mean()
         dc = d - d_mean
         var = (dc * dc).sum(axis=1)
-        slope = np.where(var > 1e-12, (dc * (y - y_mean)).sum(axis=1) / np.maximum(var, 1e-12),
-                         0.0)
+        slope = np.where(var > 1e-12, (dc * (y - y_mean)).sum(axis=1) / np.maximum(var, 1e-12), 0.0)
         b = np.maximum(-slope, 0.0)  # sharpness must fall away from focus
         intercept = y_mean + b * d_mean[:, 0]
         resid = y[None, :] - (intercept[:, None] - b[:, None] * d)
@@ -247,7 +261,8 @@ class FocusPosterior:
         for rd in self.readings:
             s = math.hypot(max(rd.log_sigma, 0.0), cfg.scale_floor)
             expected = k * float(aenet_response(abs(rd.x_dof - f), cfg, self.dead_zones[iz]))
-            r = (math.log(rd.abs_defocus_dof + cfg.floor_dof)
-                 - math.log(expected + cfg.floor_dof)) / s
+            r = (
+                math.log(rd.abs_defocus_dof + cfg.floor_dof) - math.log(expected + cfg.floor_dof)
+            ) / s
             worst = max(worst, abs(r))
         return worst

@@ -108,8 +108,14 @@ class LearnedAutofocus:
     """The state machine; ``acnet`` is an :class:`~scopeflow.inference.models.acnet.ACNet`
     (None: posterior targets only)."""
 
-    def __init__(self, start_wd_um: float, limits: Limits, dof_um: float, acnet=None,
-                 config: LearnedAutofocusConfig | None = None) -> None:
+    def __init__(
+        self,
+        start_wd_um: float,
+        limits: Limits,
+        dof_um: float,
+        acnet=None,
+        config: LearnedAutofocusConfig | None = None,
+    ) -> None:
         if not (dof_um > 0 and math.isfinite(dof_um)):
             raise ValueError(f"dof_um must be positive and finite, got {dof_um}")
         self.start_wd_um = start_wd_um
@@ -150,23 +156,40 @@ class LearnedAutofocus:
         if self.phase == "done":
             raise RuntimeError("autofocus already finished")
         self._readings.append(reading)
-        self.steps.append(Step(reading.wd_um, self.phase, reading.signal,
-                               reading.abs_defocus_dof, reading.sharpness))
+        self.steps.append(
+            Step(
+                reading.wd_um,
+                self.phase,
+                reading.signal,
+                reading.abs_defocus_dof,
+                reading.sharpness,
+            )
+        )
         if reading.signal != "ok":
-            self._finish("no_signal", self._best_safe_wd(),
-                         f"frame at WD {reading.wd_um:.2f} µm has no usable signal "
-                         f"({reading.signal})")
+            self._finish(
+                "no_signal",
+                self._best_safe_wd(),
+                f"frame at WD {reading.wd_um:.2f} µm has no usable signal ({reading.signal})",
+            )
             return
         if self._search is not None:
             self._search.tell(reading.wd_um, self._search_score(reading), reading.signal)
             return
         if reading.abs_defocus_dof is None:
-            self._fall_back("the focus estimates carry no AENet |Δz| (classical evaluator?)",
-                            whole_range=True)
+            self._fall_back(
+                "the focus estimates carry no AENet |Δz| (classical evaluator?)", whole_range=True
+            )
             return
         sigma = float(reading.features[1]) if reading.features else 0.0
-        self.posterior.add(Reading(self._x(reading.wd_um), reading.abs_defocus_dof, sigma,
-                                   reading.sharpness, reading.dose_e_per_px))
+        self.posterior.add(
+            Reading(
+                self._x(reading.wd_um),
+                reading.abs_defocus_dof,
+                sigma,
+                reading.sharpness,
+                reading.dose_e_per_px,
+            )
+        )
         self._decide()
 
     # -- decisions --------------------------------------------------------------------------------
@@ -194,16 +217,18 @@ class LearnedAutofocus:
             self._fall_back(f"focus not located after {n} frames")
             return
         if n >= 3 and p_target < cfg.min_target_probability:
-            self._fall_back(f"unsure where focus is (best target p={p_target:.2f})",
-                            whole_range=True)
+            self._fall_back(
+                f"unsure where focus is (best target p={p_target:.2f})", whole_range=True
+            )
             return
         phase: Phase = "model"
         proposal = self._acnet_target()
         if proposal is not None:
             t_acnet, confidence = proposal
             p_acnet = post.mass_within(t_acnet, cfg.tolerance_dof)
-            if (confidence >= cfg.acnet_min_confidence or n == 1) and \
-                    p_acnet >= cfg.acnet_agreement * p_target:
+            if (
+                confidence >= cfg.acnet_min_confidence or n == 1
+            ) and p_acnet >= cfg.acnet_agreement * p_target:
                 target, p_target, phase = t_acnet, p_acnet, "acnet"
         taken = [self._x(r.wd_um) for r in self._readings]
         if not near_x:
@@ -249,8 +274,9 @@ class LearnedAutofocus:
         p, f = post.density(), post.f
         keep = p > 1e-6 * p.max()
         p, f = p[keep] / p[keep].sum(), f[keep]
-        cands = np.arange(f.min() - cfg.near_reach_dof, f.max() + cfg.near_reach_dof,
-                          cfg.model.grid_step_dof)
+        cands = np.arange(
+            f.min() - cfg.near_reach_dof, f.max() + cfg.near_reach_dof, cfg.model.grid_step_dof
+        )
         fresh = np.min(np.abs(cands[:, None] - np.asarray(taken)[None, :]), axis=1)
         cands = cands[fresh >= cfg.min_frame_spacing_dof]
         if cands.size == 0:
@@ -276,10 +302,13 @@ class LearnedAutofocus:
             if r.features is None or r.abs_defocus_dof is None:
                 continue
             score = float(score_from_dof(r.abs_defocus_dof))
-            res = AENetResult(score=score, level=int(level_from_score(score)),
-                              abs_defocus_dof=r.abs_defocus_dof,
-                              features=np.asarray(r.features, np.float32),
-                              signal_ok=r.signal == "ok")
+            res = AENetResult(
+                score=score,
+                level=int(level_from_score(score)),
+                abs_defocus_dof=r.abs_defocus_dof,
+                features=np.asarray(r.features, np.float32),
+                signal_ok=r.signal == "ok",
+            )
             obs.append(Observation(res, (r.wd_um - here_wd) / self.dof_um))
         if not obs or obs[-1].wd_offset_dof != 0.0:
             return None
@@ -302,9 +331,13 @@ class LearnedAutofocus:
         self.phase = "search"
         budget = max(cfg.max_frames - len(self.steps) + 1, 2)
         self._search = GoldenSectionAutofocus(
-            here_wd, self.limits, self.dof_um,
-            AutofocusConfig(search_range_dof=half, tolerance_dof=cfg.tolerance_dof,
-                            max_frames=budget))
+            here_wd,
+            self.limits,
+            self.dof_um,
+            AutofocusConfig(
+                search_range_dof=half, tolerance_dof=cfg.tolerance_dof, max_frames=budget
+            ),
+        )
         # A frame already taken there is the search's start probe: no extra frame.
         taken = [r for r in self._readings if r.wd_um == here_wd]
         if taken:

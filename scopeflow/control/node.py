@@ -41,25 +41,39 @@ def run_control(config: ControlConfig, ctx: zmq.Context | None = None) -> Autofo
     own = ctx is None
     ctx = ctx or zmq.Context()
     metrics = NodeMetrics("control")
-    client = MicroscopeClient(ctx, config.commands_endpoint, timeout_s=config.timeout_s,
-                              curve=config.curve)
+    client = MicroscopeClient(
+        ctx, config.commands_endpoint, timeout_s=config.timeout_s, curve=config.curve
+    )
     results = ResultSubscriber(ctx, config.results_endpoint, metrics)
     try:
-        outcome = run_autofocus(client, results, RunnerConfig(
-            ready_timeout_s=config.ready_timeout_s,
-            result_timeout_s=config.timeout_s,
-            search=AutofocusConfig(search_range_dof=config.search_range_dof,
-                                   tolerance_dof=config.tolerance_dof,
-                                   max_frames=config.max_frames),
-            learned=replace(LearnedAutofocusConfig(), tolerance_dof=config.tolerance_dof,
-                            max_frames=config.max_frames),
-            acnet_backend=config.acnet_backend,
-            max_step_um=config.max_step_um,
-        ))
+        outcome = run_autofocus(
+            client,
+            results,
+            RunnerConfig(
+                ready_timeout_s=config.ready_timeout_s,
+                result_timeout_s=config.timeout_s,
+                search=AutofocusConfig(
+                    search_range_dof=config.search_range_dof,
+                    tolerance_dof=config.tolerance_dof,
+                    max_frames=config.max_frames,
+                ),
+                learned=replace(
+                    LearnedAutofocusConfig(),
+                    tolerance_dof=config.tolerance_dof,
+                    max_frames=config.max_frames,
+                ),
+                acnet_backend=config.acnet_backend,
+                max_step_um=config.max_step_um,
+            ),
+        )
         if config.track_frames > 0 and outcome.stop_reason == "converged" and outcome.dof_um:
-            outcome.tracking = run_tracking(client, results, config.track_frames,
-                                            outcome.dof_um,
-                                            result_timeout_s=config.timeout_s).to_dict()
+            outcome.tracking = run_tracking(
+                client,
+                results,
+                config.track_frames,
+                outcome.dof_um,
+                result_timeout_s=config.timeout_s,
+            ).to_dict()
         return outcome
     finally:
         client.close()

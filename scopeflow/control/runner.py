@@ -108,16 +108,26 @@ def reading_from_estimate(est: FocusEstimate) -> FrameReading:
     if sharpness is None and est.evaluator in METRICS:
         sharpness = est.score
     return FrameReading(
-        wd_um=est.state.wd_um, signal=est.signal, abs_defocus_dof=est.abs_defocus_dof,
+        wd_um=est.state.wd_um,
+        signal=est.signal,
+        abs_defocus_dof=est.abs_defocus_dof,
         features=tuple(est.aenet_features) if est.aenet_features is not None else None,
-        sharpness=sharpness, dose_e_per_px=est.state.dose_e_per_px)
+        sharpness=sharpness,
+        dose_e_per_px=est.state.dose_e_per_px,
+    )
 
 
 class _Machine:
     """One interface over the two state machines: where next, take an estimate, the phase."""
 
-    def __init__(self, first: FocusEstimate, start_wd_um: float, limits: Limits, dof_um: float,
-                 cfg: RunnerConfig) -> None:
+    def __init__(
+        self,
+        first: FocusEstimate,
+        start_wd_um: float,
+        limits: Limits,
+        dof_um: float,
+        cfg: RunnerConfig,
+    ) -> None:
         self.learned = first.abs_defocus_dof is not None or first.aenet_features is not None
         if self.learned:
             acnet = load_acnet(cfg.acnet_backend)
@@ -169,8 +179,9 @@ def run_autofocus(
                 target = wd
             shot = _same_series(client.acquire(), series)
             assert shot.image_id is not None
-            est = results.wait_for(shot.image_id, moved_seq, cfg.result_timeout_s,
-                                   series=shot.series_unique_id)
+            est = results.wait_for(
+                shot.image_id, moved_seq, cfg.result_timeout_s, series=shot.series_unique_id
+            )
             if machine is None:
                 machine = _Machine(est, state.wd_target_um, reply.limits, dof, cfg)
                 out.evaluator = machine.evaluator
@@ -236,7 +247,9 @@ def _same_series(reply, series: str):
     if reply.series_unique_id != series:
         raise CommandRejected(
             f"the acquisition node restarted during autofocus (series {series} became "
-            f"{reply.series_unique_id}); start again", code="device_error")
+            f"{reply.series_unique_id}); start again",
+            code="device_error",
+        )
     return reply
 
 

@@ -49,8 +49,9 @@ class TrackerConfig:
 class FocusTracker:
     """Tracks focus from ``wd_um`` (in focus at time 0); time is in the caller's units."""
 
-    def __init__(self, wd_um: float, dof_um: float, limits: Limits,
-                 config: TrackerConfig | None = None) -> None:
+    def __init__(
+        self, wd_um: float, dof_um: float, limits: Limits, config: TrackerConfig | None = None
+    ) -> None:
         if not (dof_um > 0 and math.isfinite(dof_um)):
             raise ValueError(f"dof_um must be positive and finite, got {dof_um}")
         self.dof_um = dof_um
@@ -98,8 +99,10 @@ class FocusTracker:
         log_s = math.log(reading.sharpness)
         if self._reference is None:
             self._reference = log_s
-        dropped = (self.slope_per_dof is not None and
-                   self._reference - log_s > self.slope_per_dof * self.config.drop_dof)
+        dropped = (
+            self.slope_per_dof is not None
+            and self._reference - log_s > self.slope_per_dof * self.config.drop_dof
+        )
         if dropped or self.live_since_refocus >= self.interval:
             self._start_refocus(reading, t)
 
@@ -108,8 +111,10 @@ class FocusTracker:
         h = self.config.probe_dof * self.dof_um
         self._live, self._live_t = live, t
         self._probes = []
-        self._pending = [min(max(live.wd_um + s * h, self.limits.wd_min_um),
-                             self.limits.wd_max_um) for s in (-1.0, 1.0)]
+        self._pending = [
+            min(max(live.wd_um + s * h, self.limits.wd_min_um), self.limits.wd_max_um)
+            for s in (-1.0, 1.0)
+        ]
 
     def _refit(self, t: float) -> None:
         live = self._live
@@ -126,10 +131,13 @@ class FocusTracker:
         predicted = self.predicted_wd(self._live_t)
         offset = abs(focus - predicted) / self.dof_um
         cfg = self.config
-        self.interval = (min(2 * self.interval, cfg.max_interval) if offset < cfg.good_offset_dof
-                         else max(self.interval // 2, cfg.min_interval))
+        self.interval = (
+            min(2 * self.interval, cfg.max_interval)
+            if offset < cfg.good_offset_dof
+            else max(self.interval // 2, cfg.min_interval)
+        )
         self.fits.append((self._live_t, focus))
-        recent = self.fits[-cfg.history:]
+        recent = self.fits[-cfg.history :]
         if len(recent) >= 2:
             ts = np.array([p[0] for p in recent])
             ws = np.array([p[1] for p in recent])

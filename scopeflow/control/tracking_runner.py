@@ -41,9 +41,14 @@ class TrackingOutcome:
         return asdict(self)
 
 
-def run_tracking(client: MicroscopeClient, results: ResultSubscriber, live_frames: int,
-                 dof_um: float, config: TrackerConfig | None = None,
-                 result_timeout_s: float = 5.0) -> TrackingOutcome:
+def run_tracking(
+    client: MicroscopeClient,
+    results: ResultSubscriber,
+    live_frames: int,
+    dof_um: float,
+    config: TrackerConfig | None = None,
+    result_timeout_s: float = 5.0,
+) -> TrackingOutcome:
     """Track focus from the current WD (assumed in focus) for ``live_frames`` live frames."""
     out = TrackingOutcome()
     tracker: FocusTracker | None = None
@@ -64,8 +69,9 @@ def run_tracking(client: MicroscopeClient, results: ResultSubscriber, live_frame
                 target = wd
             shot = client.acquire()
             if shot.series_unique_id != series:
-                raise CommandRejected("the acquisition node restarted during tracking",
-                                      code="device_error")
+                raise CommandRejected(
+                    "the acquisition node restarted during tracking", code="device_error"
+                )
             est = results.wait_for(shot.image_id, seq, result_timeout_s, series=series)
             t_frame = est.monotonic_ns / 1e9
             if t0 is None:

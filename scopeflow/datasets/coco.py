@@ -35,8 +35,9 @@ class CocoBuilder:
         clash = RESERVED & sample.attributes.keys()
         if clash:
             raise ValueError(f"image attributes may not use COCO keys {sorted(clash)}")
-        self.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w,
-                            **sample.attributes})
+        self.images.append(
+            {"id": image_id, "file_name": file_name, "height": h, "width": w, **sample.attributes}
+        )
         for obj in sample.objects:
             if obj.mask.shape != (h, w):
                 raise ValueError(f"mask of shape {obj.mask.shape} on an image of {(h, w)}")
@@ -47,17 +48,21 @@ class CocoBuilder:
                 raise ValueError(f"object attributes may not use COCO keys {sorted(clash)}")
             rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
             category_id = self.categories.setdefault(obj.category, len(self.categories) + 1)
-            self.annotations.append({
-                "id": len(self.annotations) + 1,
-                "image_id": image_id,
-                "category_id": category_id,
-                "segmentation": {"size": [int(s) for s in rle["size"]],
-                                 "counts": rle["counts"].decode("ascii")},
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "area": float(mask_utils.area(rle)),
-                "iscrowd": 0,
-                **obj.attributes,
-            })
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "segmentation": {
+                        "size": [int(s) for s in rle["size"]],
+                        "counts": rle["counts"].decode("ascii"),
+                    },
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": float(mask_utils.area(rle)),
+                    "iscrowd": 0,
+                    **obj.attributes,
+                }
+            )
         return image_id
 
     def tracks(self) -> list[dict[str, Any]]:
@@ -67,9 +72,14 @@ class CocoBuilder:
         for ann in self.annotations:
             if "track_id" not in ann:
                 continue
-            track = by_track.setdefault(int(ann["track_id"]), {
-                "track_id": int(ann["track_id"]), "category": names[ann["category_id"]],
-                "frames": []})
+            track = by_track.setdefault(
+                int(ann["track_id"]),
+                {
+                    "track_id": int(ann["track_id"]),
+                    "category": names[ann["category_id"]],
+                    "frames": [],
+                },
+            )
             x, y, w, h = ann["bbox"]
             entry = {"image_id": ann["image_id"], "annotation_id": ann["id"], "bbox": ann["bbox"]}
             entry["centroid_xy_px"] = ann.get("centroid_xy_px", [x + w / 2, y + h / 2])
@@ -83,8 +93,10 @@ class CocoBuilder:
             "info": {"description": self.description, "version": "1.0"},
             "images": self.images,
             "annotations": self.annotations,
-            "categories": [{"id": i, "name": n} for n, i in sorted(self.categories.items(),
-                                                                   key=lambda kv: kv[1])],
+            "categories": [
+                {"id": i, "name": n}
+                for n, i in sorted(self.categories.items(), key=lambda kv: kv[1])
+            ],
         }
         tracks = self.tracks()
         if tracks:

@@ -13,8 +13,16 @@ from scopeflow.acquisition.truth import AnnotatedImage
 THUMB_PX = 320
 MAX_TILES = 16
 # BGR colours per category, in order of first appearance.
-PALETTE = [(0, 255, 255), (255, 0, 255), (0, 200, 0), (255, 128, 0), (0, 0, 255),
-           (255, 255, 0), (128, 0, 255), (255, 255, 255)]
+PALETTE = [
+    (0, 255, 255),
+    (255, 0, 255),
+    (0, 200, 0),
+    (255, 128, 0),
+    (0, 0, 255),
+    (255, 255, 0),
+    (128, 0, 255),
+    (255, 255, 255),
+]
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -42,26 +50,38 @@ def render(samples: Sequence[AnnotatedImage], labels: Sequence[str] | None = Non
     for k, sample in enumerate(samples):
         bgr = to_display(sample.image)
         scale = THUMB_PX / max(bgr.shape[:2])
-        thumb = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)),
-                           interpolation=cv2.INTER_AREA)
+        thumb = cv2.resize(
+            bgr,
+            (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)),
+            interpolation=cv2.INTER_AREA,
+        )
         for obj in sample.objects:  # outlines drawn on the thumbnail, so they stay crisp
             colour = colours.setdefault(obj.category, PALETTE[len(colours) % len(PALETTE)])
-            contours, _ = cv2.findContours(obj.mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_SIMPLE)
+            contours, _ = cv2.findContours(
+                obj.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
             scaled = [np.round(c * scale).astype(np.int32) for c in contours]
             cv2.drawContours(thumb, scaled, -1, colour, 1)
         canvas = np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8)
-        canvas[:thumb.shape[0], :thumb.shape[1]] = thumb
+        canvas[: thumb.shape[0], : thumb.shape[1]] = thumb
         text = labels[k] if labels else f"#{k}"
-        cv2.putText(canvas, text, (4, THUMB_PX - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            text,
+            (4, THUMB_PX - 6),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         tiles.append(canvas)
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     sheet = np.zeros((rows * THUMB_PX, cols * THUMB_PX, 3), np.uint8)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
-        sheet[r * THUMB_PX:(r + 1) * THUMB_PX, c * THUMB_PX:(c + 1) * THUMB_PX] = tile
+        sheet[r * THUMB_PX : (r + 1) * THUMB_PX, c * THUMB_PX : (c + 1) * THUMB_PX] = tile
     legend = np.zeros((24, sheet.shape[1], 3), np.uint8)
     x = 4
     for name, colour in colours.items():

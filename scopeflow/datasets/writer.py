@@ -95,7 +95,11 @@ def write_dataset(
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     sheet = contact_sheet.render(shown, [_caption(k, s) for k, s in enumerate(shown)])
     cv2.imwrite(str(out / "contact_sheet.png"), sheet)
-    return {"images": n, "annotations": len(doc["annotations"]),
-            "categories": [c["name"] for c in doc["categories"]],
-            "tracks": len(doc.get("tracks", [])), "seconds": time.monotonic() - t0,
-            "out": str(out)}
+    return {
+        "images": n,
+        "annotations": len(doc["annotations"]),
+        "categories": [c["name"] for c in doc["categories"]],
+        "tracks": len(doc.get("tracks", [])),
+        "seconds": time.monotonic() - t0,
+        "out": str(out),
+    }

@@ -75,8 +75,9 @@ class InferNode:
             results = self.processor.process(msg)
         except ValueError as exc:  # this frame does not suit the model; the next one may
             self.rt.metrics.inc("frames_failed", model=self.processor.name)
-            log.warning("%s could not process image %d: %s", self.processor.name,
-                        msg.header.image_id, exc)
+            log.warning(
+                "%s could not process image %d: %s", self.processor.name, msg.header.image_id, exc
+            )
             return
         for header, buffers in results:
             send(self.results, header, buffers)

@@ -37,13 +37,22 @@ class Processor(Protocol):
     def process(self, msg: Message) -> list[Result]: ...
 
 
-def _focus(header: ImageHeader, evaluator: str, score: float, signal: str,
-           **extra: Any) -> FocusEstimate:
+def _focus(
+    header: ImageHeader, evaluator: str, score: float, signal: str, **extra: Any
+) -> FocusEstimate:
     return FocusEstimate(
-        series_unique_id=header.series_unique_id, image_id=header.image_id,
-        command_seq=header.command_seq, evaluator=evaluator, score=score, signal=signal,
-        monotonic_ns=header.monotonic_ns, computed_monotonic_ns=time.monotonic_ns(),
-        state=header.state, truth=header.truth, **extra)
+        series_unique_id=header.series_unique_id,
+        image_id=header.image_id,
+        command_seq=header.command_seq,
+        evaluator=evaluator,
+        score=score,
+        signal=signal,
+        monotonic_ns=header.monotonic_ns,
+        computed_monotonic_ns=time.monotonic_ns(),
+        state=header.state,
+        truth=header.truth,
+        **extra,
+    )
 
 
 class ClassicalFocus:
@@ -80,11 +89,21 @@ class AENetFocus:
         signal = signal_check(pixels, msg.header.state.dose_e_per_px)
         if signal != "ok":
             return [(_focus(msg.header, self.name, 0.0, signal), ())]
-        return [(_focus(msg.header, self.name, float(res.score), signal,
-                        quality_level=int(res.level),
-                        abs_defocus_dof=float(res.abs_defocus_dof),
-                        aenet_features=tuple(float(v) for v in res.features),
-                        sharpness=float(self._sharpness(pixels))), ())]
+        return [
+            (
+                _focus(
+                    msg.header,
+                    self.name,
+                    float(res.score),
+                    signal,
+                    quality_level=int(res.level),
+                    abs_defocus_dof=float(res.abs_defocus_dof),
+                    aenet_features=tuple(float(v) for v in res.features),
+                    sharpness=float(self._sharpness(pixels)),
+                ),
+                (),
+            )
+        ]
 
 
 class Denoise:
@@ -124,10 +143,21 @@ class Detect:
     def process(self, msg: Message) -> list[Result]:
         h = msg.header
         found = self._net.detect(msg.array())
-        return [(DetectionsResult(
-            series_unique_id=h.series_unique_id, image_id=h.image_id, command_seq=h.command_seq,
-            model=self.name, monotonic_ns=h.monotonic_ns,
-            computed_monotonic_ns=time.monotonic_ns(), state=h.state, detections=found), ())]
+        return [
+            (
+                DetectionsResult(
+                    series_unique_id=h.series_unique_id,
+                    image_id=h.image_id,
+                    command_seq=h.command_seq,
+                    model=self.name,
+                    monotonic_ns=h.monotonic_ns,
+                    computed_monotonic_ns=time.monotonic_ns(),
+                    state=h.state,
+                    detections=found,
+                ),
+                (),
+            )
+        ]
 
 
 def make_processor(model: str, backend: str = "auto") -> Processor:

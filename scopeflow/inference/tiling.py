@@ -43,7 +43,7 @@ def _window(size: int, overlap: int, before: bool, after: bool) -> np.ndarray:
         if before:
             w[:overlap] = ramp
         if after:
-            w[size - overlap:] = ramp[::-1]
+            w[size - overlap :] = ramp[::-1]
     return w
 
 
@@ -85,14 +85,14 @@ def tiled(
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             th, tw = min(t, h), min(t, w)
-            out = fn(padded[:, y:y + th, x:x + tw])
+            out = fn(padded[:, y : y + th, x : x + tw])
             wy = _window(th, overlap, i > 0, i < len(ys) - 1)
             wx = _window(tw, overlap, j > 0, j < len(xs) - 1)
             win = wy[:, None] * wx[None, :]
             if acc is None:
                 acc = np.zeros((out.shape[0], h, w), np.float32)
-            acc[:, y:y + th, x:x + tw] += out * win
-            weight[y:y + th, x:x + tw] += win
+            acc[:, y : y + th, x : x + tw] += out * win
+            weight[y : y + th, x : x + tw] += win
     assert acc is not None
     result = acc / np.maximum(weight, 1e-12)
     return result[:, : h - ph, : w - pw]

@@ -32,11 +32,15 @@ class FocusEstimate(Header):
         default=None, description="Estimated |Δz| in depth-of-field units (AENet). Since 1.1."
     )
     aenet_features: tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat] | None = Field(
-        default=None, description="AENet's frame features for ACNet: log effective defocus, "
-        "its uncertainty, blur-ellipse orientation x, y. Since 1.2.")
+        default=None,
+        description="AENet's frame features for ACNet: log effective defocus, "
+        "its uncertainty, blur-ellipse orientation x, y. Since 1.2.",
+    )
     sharpness: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="Normalised-variance sharpness of the same frame, sent with "
-        "AENet results for the controller's sharpness fit and fallback search. Since 1.2.")
+        default=None,
+        description="Normalised-variance sharpness of the same frame, sent with "
+        "AENet results for the controller's sharpness fit and fallback search. Since 1.2.",
+    )
 
 
 class RleMask(ClosedModel):

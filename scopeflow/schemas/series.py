@@ -19,7 +19,6 @@ DTYPE_ITEMSIZE: dict[str, int] = {"uint8": 1, "uint16": 2, "uint32": 4, "float32
 MAX_DIM = 65536
 
 
-
 class SeriesStart(Header):
     """Announces a series; sent once before its first image."""
 

@@ -77,8 +77,11 @@ class Limits(ClosedModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Limits:
-        for lo, hi in (("wd_min_um", "wd_max_um"), ("stage_x_min_um", "stage_x_max_um"),
-                       ("stage_y_min_um", "stage_y_max_um")):
+        for lo, hi in (
+            ("wd_min_um", "wd_max_um"),
+            ("stage_x_min_um", "stage_x_max_um"),
+            ("stage_y_min_um", "stage_y_max_um"),
+        ):
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"{lo} must not exceed {hi}")
         return self

@@ -103,8 +103,9 @@ class Scene:
         """The blur ellipse's doubled-angle vector at ``defocus_dof`` (AENet's target), seen in
         pixels ``scale`` times the frame's."""
         dof = self.dof_um
-        along, across = blur_diameters_px(defocus_dof * dof, RENDER_ALPHA_MRAD, self.pixel_nm,
-                                          self.astigmatism_dof * dof)
+        along, across = blur_diameters_px(
+            defocus_dof * dof, RENDER_ALPHA_MRAD, self.pixel_nm, self.astigmatism_dof * dof
+        )
         sigma = probe_sigma_px(SEMConfig().probe_fwhm_nm, self.pixel_nm)
         if scale != 1.0:  # on the averaged-down grid the pixel floor takes over again
             along, across, sigma = along / scale, across / scale, 0.5
@@ -123,28 +124,50 @@ def _texture(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     y = np.zeros((n, n), np.float32)
     if kind == "leaves":  # dead leaves: occluding ellipses, radii ∝ r⁻³ (scale-free edges)
         r_min, r_max = 1.5, n / 8
-        mean_r2 = 2 * math.log(r_max / r_min) / (r_min ** -2 - r_max ** -2)
+        mean_r2 = 2 * math.log(r_max / r_min) / (r_min**-2 - r_max**-2)
         u = rng.random(int(3 * n * n / (math.pi * mean_r2)))  # about 3 layers deep
-        radii = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+        radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
         centres = rng.integers(0, n, (len(radii), 2))
         for r, (cy, cx), shade, turn, aspect in zip(
-                radii[np.argsort(-radii)], centres, rng.random(len(radii)),
-                rng.uniform(0, 180, len(radii)), rng.uniform(0.4, 1.0, len(radii)),
-                strict=True):
-            cv2.ellipse(y, (int(cx), int(cy)), (max(1, round(r)), max(1, round(r * aspect))),
-                        float(turn), 0, 360, float(shade), -1, lineType=cv2.LINE_AA)
+            radii[np.argsort(-radii)],
+            centres,
+            rng.random(len(radii)),
+            rng.uniform(0, 180, len(radii)),
+            rng.uniform(0.4, 1.0, len(radii)),
+            strict=True,
+        ):
+            cv2.ellipse(
+                y,
+                (int(cx), int(cy)),
+                (max(1, round(r)), max(1, round(r * aspect))),
+                float(turn),
+                0,
+                360,
+                float(shade),
+                -1,
+                lineType=cv2.LINE_AA,
+            )
     elif kind == "blobs":  # sparse objects on a support, bright or dark
         y += float(rng.uniform(0.3, 0.7))
         median = _log_uniform(rng, (1.5, 40.0))
         cover = float(rng.uniform(0.03, 0.35))
-        count = int(cover * n * n / (math.pi * median ** 2 * 1.5))
+        count = int(cover * n * n / (math.pi * median**2 * 1.5))
         value = float(rng.uniform(0.0, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 1.0))
         for _ in range(min(count, 40_000)):
             r = median * math.exp(rng.normal(0, 0.5))
             centre = (int(rng.integers(n)), int(rng.integers(n)))
             axes = (max(1, round(r)), max(1, round(r * rng.uniform(0.5, 1.0))))
-            cv2.ellipse(y, centre, axes, float(rng.uniform(0, 180)), 0, 360,
-                        value * float(rng.uniform(0.8, 1.2)), -1, lineType=cv2.LINE_AA)
+            cv2.ellipse(
+                y,
+                centre,
+                axes,
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                value * float(rng.uniform(0.8, 1.2)),
+                -1,
+                lineType=cv2.LINE_AA,
+            )
     elif kind == "phases":  # a thresholded random field: two or three sharp-edged phases
         field = smooth_field(rng, n, _log_uniform(rng, (2.0, 60.0)))
         cuts = np.sort(rng.uniform(-0.8, 0.8, int(rng.integers(1, 3))))
@@ -156,17 +179,27 @@ def _texture(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         heading = float(rng.uniform(0, math.pi))
         for _ in range(int(rng.integers(20, 400))):
             width = _log_uniform(rng, (1.0, 12.0))
-            theta = heading + float(rng.normal(0, 0.3)) if rng.random() < 0.7 else \
-                float(rng.uniform(0, math.pi))
+            theta = (
+                heading + float(rng.normal(0, 0.3))
+                if rng.random() < 0.7
+                else float(rng.uniform(0, math.pi))
+            )
             length = float(rng.uniform(0.05, 0.8)) * n
             start = rng.uniform(0, n, 2)
             bend = float(rng.normal(0, 0.2))
             t = np.linspace(0.0, 1.0, 8)[:, None]
-            direction = np.stack([np.cos(theta + bend * t[:, 0]), np.sin(theta + bend * t[:, 0])],
-                                 axis=1)
+            direction = np.stack(
+                [np.cos(theta + bend * t[:, 0]), np.sin(theta + bend * t[:, 0])], axis=1
+            )
             pts = (start + length * t * direction).astype(np.int32)
-            cv2.polylines(y, [pts], False, float(y[0, 0] + sign * rng.uniform(0.2, 0.5)),
-                          thickness=max(1, round(width)), lineType=cv2.LINE_AA)
+            cv2.polylines(
+                y,
+                [pts],
+                False,
+                float(y[0, 0] + sign * rng.uniform(0.2, 0.5)),
+                thickness=max(1, round(width)),
+                lineType=cv2.LINE_AA,
+            )
     elif kind == "fractal":  # 1/f^β texture: smooth, no edges (the hard case)
         beta = float(rng.uniform(1.5, 3.2))
         k = np.fft.fftfreq(n)
@@ -180,8 +213,9 @@ def _texture(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     return (y - y.min()) / max(float(np.ptp(y)), 1e-6)
 
 
-def random_specimen(kind: str, rng: np.random.Generator, n: int = 1024,
-                    sample_nm: float = 4.0) -> Specimen:
+def random_specimen(
+    kind: str, rng: np.random.Generator, n: int = 1024, sample_nm: float = 4.0
+) -> Specimen:
     """A generic procedural specimen of ``kind`` (see ``TEXTURE_KINDS``), random contrast.
 
     Half of them carry a second texture of another kind on top (smooth shading under sharp
@@ -204,13 +238,16 @@ def low_contrast(specimen: Specimen, contrast: float) -> Specimen:
     """The same specimen with its SE-yield modulation scaled by ``contrast`` about the mean."""
     m = float(specimen.se_yield.mean())
     y = np.clip(m + contrast * (specimen.se_yield - m), 0.01, None).astype(np.float32)
-    return Specimen(f"{specimen.name}-c{contrast:.2f}", specimen.height_nm, y,
-                    specimen.sample_nm)
+    return Specimen(f"{specimen.name}-c{contrast:.2f}", specimen.height_nm, y, specimen.sample_nm)
 
 
-def specimen_pool(families: tuple[str, ...], specimen_seeds: tuple[int, ...],
-                  textures: int, samples: int = 2048,
-                  progress: Callable[[str], None] = print) -> list[tuple[str, Specimen]]:
+def specimen_pool(
+    families: tuple[str, ...],
+    specimen_seeds: tuple[int, ...],
+    textures: int,
+    samples: int = 2048,
+    progress: Callable[[str], None] = print,
+) -> list[tuple[str, Specimen]]:
     """Training specimens: each family × seed, a low-contrast copy of each, and ``textures``
     generic textures (kinds in turn), all from seeds ≥ ``SPECIMEN_SEED_BASE``."""
     pool: list[tuple[str, Specimen]] = []
@@ -218,22 +255,30 @@ def specimen_pool(families: tuple[str, ...], specimen_seeds: tuple[int, ...],
         for seed in specimen_seeds:
             specimen = make_specimen(family, seed, samples=samples)
             rng = np.random.default_rng([seed, 0xC0])
-            pool += [(family, specimen),
-                     (family, low_contrast(specimen, _log_uniform(rng, (0.15, 0.6))))]
+            pool += [
+                (family, specimen),
+                (family, low_contrast(specimen, _log_uniform(rng, (0.15, 0.6)))),
+            ]
     for i in range(textures):
         kind = TEXTURE_KINDS[i % len(TEXTURE_KINDS)]
         rng = np.random.default_rng([SPECIMEN_SEED_BASE + i, 0x7E])
         pool.append((kind, random_specimen(kind, rng, n=min(samples, 1024))))
-    progress(f"  {len(pool)} specimens: {len(families)} families × {len(specimen_seeds)} seeds "
-             f"(and low-contrast copies), {textures} generic textures")
+    progress(
+        f"  {len(pool)} specimens: {len(families)} families × {len(specimen_seeds)} seeds "
+        f"(and low-contrast copies), {textures} generic textures"
+    )
     return pool
 
 
 class SceneSampler:
     """Random scenes over a pool of specimens; families and textures drawn half and half."""
 
-    def __init__(self, specimens: list[tuple[str, Specimen]], ranges: SceneRanges | None = None,
-                 noise_seed: int = NOISE_SEED_BASE) -> None:
+    def __init__(
+        self,
+        specimens: list[tuple[str, Specimen]],
+        ranges: SceneRanges | None = None,
+        noise_seed: int = NOISE_SEED_BASE,
+    ) -> None:
         self.ranges = ranges or SceneRanges()
         self.specimens = specimens
         self._families = [i for i, (f, _) in enumerate(specimens) if f in SPECIMEN_FAMILIES]
@@ -245,10 +290,14 @@ class SceneSampler:
         key = (index, size)
         if key not in self._sims:
             _, specimen = self.specimens[index]
-            cfg = replace(SEMConfig(), frame_shape=(size, size),
-                          seed=self._noise_seed + 1000 * index + size,
-                          beam_semiangle_mrad=RENDER_ALPHA_MRAD, focus_wd_um=FOCUS_WD_UM,
-                          settle_s=0.0)
+            cfg = replace(
+                SEMConfig(),
+                frame_shape=(size, size),
+                seed=self._noise_seed + 1000 * index + size,
+                beam_semiangle_mrad=RENDER_ALPHA_MRAD,
+                focus_wd_um=FOCUS_WD_UM,
+                settle_s=0.0,
+            )
             self._sims[key] = SimulatedSEM(cfg, specimen=specimen)
         return self._sims[key]
 
@@ -265,7 +314,8 @@ class SceneSampler:
             astigmatism_dof=float(rng.uniform(*r.astigmatism_dof)) if astig else 0.0,
             astigmatism_angle_deg=float(rng.uniform(0.0, 180.0)),
             stage_um=(float(rng.uniform(-20, 20)), float(rng.uniform(-20, 20))),
-            uint8=bool(rng.random() < r.uint8_probability))
+            uint8=bool(rng.random() < r.uint8_probability),
+        )
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -301,15 +351,31 @@ class TrainConfig:
 
     @classmethod
     def full(cls) -> TrainConfig:
-        return cls(steps=2000, frames_per_step=32, patches_per_frame=8, frame_size=256,
-                   specimen_seeds=tuple(SPECIMEN_SEED_BASE + i for i in range(3)),
-                   specimen_samples=2048, textures=40, lr=3e-3, eval_frames=200)
+        return cls(
+            steps=2000,
+            frames_per_step=32,
+            patches_per_frame=8,
+            frame_size=256,
+            specimen_seeds=tuple(SPECIMEN_SEED_BASE + i for i in range(3)),
+            specimen_samples=2048,
+            textures=40,
+            lr=3e-3,
+            eval_frames=200,
+        )
 
     @classmethod
     def quick(cls) -> TrainConfig:
-        return cls(steps=4, frames_per_step=4, patches_per_frame=4, frame_size=256,
-                   specimen_seeds=(SPECIMEN_SEED_BASE,), specimen_samples=256, textures=2, lr=3e-3,
-                   eval_frames=3)
+        return cls(
+            steps=4,
+            frames_per_step=4,
+            patches_per_frame=4,
+            frame_size=256,
+            specimen_seeds=(SPECIMEN_SEED_BASE,),
+            specimen_samples=256,
+            textures=2,
+            lr=3e-3,
+            eval_frames=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -340,16 +406,23 @@ def make_batch(sampler: SceneSampler, rng: np.random.Generator, cfg: TrainConfig
         fine = np.flatnonzero(scales == 1)
         coarse = np.flatnonzero(scales != 1)
         n_fine = max(1, cfg.patches_per_frame - len(coarse))
-        pick = np.concatenate([rng.choice(fine, size=min(n_fine, len(fine)), replace=False),
-                               coarse])
+        pick = np.concatenate(
+            [rng.choice(fine, size=min(n_fine, len(fine)), replace=False), coarse]
+        )
         xs.append(patches[pick])
         ts.append(np.array([model.log_u_target(abs(dz) / scales[i]) for i in pick], np.float32))
         os_.append(np.stack([scene.orientation(dz, float(scales[i])) for i in pick]))
         fs.append(np.full(len(pick), k))
         ss.append(scales[pick].astype(np.float32))
         fts.append(np.full(len(pick), model.log_u_target(abs(dz)), np.float32))
-    return Batch(np.concatenate(xs), np.concatenate(ts), np.concatenate(os_),
-                 np.concatenate(fs), np.concatenate(ss), np.concatenate(fts))
+    return Batch(
+        np.concatenate(xs),
+        np.concatenate(ts),
+        np.concatenate(os_),
+        np.concatenate(fs),
+        np.concatenate(ss),
+        np.concatenate(fts),
+    )
 
 
 class Prefetcher:
@@ -398,9 +471,9 @@ def losses(outputs: tuple[Any, Any, Any], batch: Batch) -> dict[str, Any]:
     target = torch.from_numpy(batch.target)
     nll = (torch.abs(log_u - target) * torch.exp(-log_scale) + log_scale).mean()
     # The frame aggregate, as the runner computes it (to_frame_scale + weighted mean).
-    u2 = torch.relu(torch.exp(2 * log_u) - model.U0_DOF ** 2)
+    u2 = torch.relu(torch.exp(2 * log_u) - model.U0_DOF**2)
     scale = torch.from_numpy(batch.scale)
-    frame_log_u = 0.5 * torch.log(scale ** 2 * u2 + model.U0_DOF ** 2)
+    frame_log_u = 0.5 * torch.log(scale**2 * u2 + model.U0_DOF**2)
     frame = torch.from_numpy(batch.frame)
     n_frames = int(batch.frame.max()) + 1
     logits = -2.0 * torch.clamp(log_scale, -6.0, 6.0)
@@ -408,17 +481,21 @@ def losses(outputs: tuple[Any, Any, Any], batch: Batch) -> dict[str, Any]:
     w = torch.exp(logits - peak[frame])
     total = torch.zeros(n_frames).index_add(0, frame, w)
     agg = torch.zeros(n_frames).index_add(0, frame, w * frame_log_u) / total
-    frame_target = torch.zeros(n_frames).index_copy(0, frame,
-                                                    torch.from_numpy(batch.frame_target))
+    frame_target = torch.zeros(n_frames).index_copy(0, frame, torch.from_numpy(batch.frame_target))
     frame_loss = torch.abs(agg - frame_target).mean()
     orient_loss = ((orient - torch.from_numpy(batch.orientation)) ** 2).sum(dim=1).mean()
-    return {"nll": nll, "frame": frame_loss, "orientation": orient_loss,
-            "total": nll + frame_loss + ORIENTATION_WEIGHT * orient_loss,
-            "patch_mae": torch.abs(log_u - target).mean().detach()}
+    return {
+        "nll": nll,
+        "frame": frame_loss,
+        "orientation": orient_loss,
+        "total": nll + frame_loss + ORIENTATION_WEIGHT * orient_loss,
+        "patch_mae": torch.abs(log_u - target).mean().detach(),
+    }
 
 
-def train(out_dir: Path, seed: int = 0, quick: bool = False,
-          progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    out_dir: Path, seed: int = 0, quick: bool = False, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train AENet; write ``aenet.pt``, ``loss_curve.png`` and ``metrics.json`` in ``out_dir``.
 
     Returns the summary written to ``metrics.json`` (held-out metrics and training facts).
@@ -433,14 +510,16 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     seed_everything(seed)
     t0, cpu0 = time.monotonic(), time.process_time()
     progress("aenet: building the training specimens")
-    pool = specimen_pool(TRAIN_FAMILIES, cfg.specimen_seeds, cfg.textures, cfg.specimen_samples,
-                         progress)
+    pool = specimen_pool(
+        TRAIN_FAMILIES, cfg.specimen_seeds, cfg.textures, cfg.specimen_samples, progress
+    )
     sampler = SceneSampler(pool, noise_seed=NOISE_SEED_BASE + 100_000 * seed)
     rng = np.random.default_rng([seed, 0xAE])
     net = model.build()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1
+    )
     log = TrainLog(cfg.steps, progress)
     batches = Prefetcher(lambda: make_batch(sampler, rng, cfg), cfg.steps)
     net.train()
@@ -452,32 +531,52 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
             parts["total"].backward()
             opt.step()
             sched.step()
-            log.log(step, nll=parts["nll"].item() + 2.0, frame_l1=parts["frame"].item(),
-                    patch_l1=parts["patch_mae"].item(), orientation=parts["orientation"].item())
+            log.log(
+                step,
+                nll=parts["nll"].item() + 2.0,
+                frame_l1=parts["frame"].item(),
+                patch_l1=parts["patch_mae"].item(),
+                orientation=parts["orientation"].item(),
+            )
     finally:
         batches.close()
     train_s = log.seconds
     net.eval()
     weights = out_dir / f"{NAME}.pt"
     torch.save(net.state_dict(), weights)
-    save_loss_curve(log.history, out_dir / "loss_curve.png",
-                    "AENet training (nll shifted by +2 to plot on a log scale)")
+    save_loss_curve(
+        log.history,
+        out_dir / "loss_curve.png",
+        "AENet training (nll shifted by +2 to plot on a log scale)",
+    )
 
     from scopeflow.bench.models_focus import EVAL_SEEDS, TorchNetSession, aenet_metrics
 
     progress("aenet: held-out evaluation")
-    metrics = aenet_metrics(model.AENet(TorchNetSession(net, model)), n_frames=cfg.eval_frames,
-                            frame_size=256 if quick else 512, n_gain_frames=2 if quick else 40,
-                            seeds=EVAL_SEEDS[:1] if quick else EVAL_SEEDS, progress=progress)
+    metrics = aenet_metrics(
+        model.AENet(TorchNetSession(net, model)),
+        n_frames=cfg.eval_frames,
+        frame_size=256 if quick else 512,
+        n_gain_frames=2 if quick else 40,
+        seeds=EVAL_SEEDS[:1] if quick else EVAL_SEEDS,
+        progress=progress,
+    )
     summary = {
-        "model": NAME, "seed": seed, "quick": quick, "steps": cfg.steps,
+        "model": NAME,
+        "seed": seed,
+        "quick": quick,
+        "steps": cfg.steps,
         "frames_seen": cfg.steps * cfg.frames_per_step,
         "patches_seen": cfg.steps * cfg.frames_per_step * cfg.patches_per_frame,
-        "train_families": list(TRAIN_FAMILIES), "heldout_families": list(HELDOUT_FAMILIES),
-        "specimen_seeds": list(cfg.specimen_seeds), "frame_size": cfg.frame_size,
+        "train_families": list(TRAIN_FAMILIES),
+        "heldout_families": list(HELDOUT_FAMILIES),
+        "specimen_seeds": list(cfg.specimen_seeds),
+        "frame_size": cfg.frame_size,
         "ranges": vars(SceneRanges()) | {"defocus_dof": "mixture, up to ±65"},
-        "train_seconds": round(train_s, 1), "total_seconds": round(time.monotonic() - t0, 1),
-        "torch_threads": torch.get_num_threads(), "orientation_weight": ORIENTATION_WEIGHT,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.monotonic() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+        "orientation_weight": ORIENTATION_WEIGHT,
         "heldout_metrics": metrics,
         "cpu_seconds": round(time.process_time() - cpu0, 1),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),

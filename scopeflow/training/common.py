@@ -43,8 +43,9 @@ class TrainLog:
             done = (step + 1) / self.total_steps
             eta = (now - self._t0) * (1 - done) / max(done, 1e-9)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-            self.progress(f"  step {step + 1}/{self.total_steps} ({done:.0%}), {shown}, "
-                          f"eta {eta:.0f} s")
+            self.progress(
+                f"  step {step + 1}/{self.total_steps} ({done:.0%}), {shown}, eta {eta:.0f} s"
+            )
 
     @property
     def seconds(self) -> float:

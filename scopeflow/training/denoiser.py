@@ -83,12 +83,19 @@ class Pair:
 class SEMPairs:
     """SEM frame pairs from a fixed set of specimens (``families`` × ``specimen_seeds``)."""
 
-    def __init__(self, families: tuple[str, ...], specimen_seeds: tuple[int, ...], size: int,
-                 seed: int, samples: int = 2048) -> None:
+    def __init__(
+        self,
+        families: tuple[str, ...],
+        specimen_seeds: tuple[int, ...],
+        size: int,
+        seed: int,
+        samples: int = 2048,
+    ) -> None:
         self.size = size
         self.period_um = samples * 4.0e-3  # the specimen repeats after samples × 4 nm
-        self.specimens = [(f, s, make_specimen(f, s, samples)) for f in families
-                          for s in specimen_seeds]
+        self.specimens = [
+            (f, s, make_specimen(f, s, samples)) for f in families for s in specimen_seeds
+        ]
         self._seed = seed
         self._sims: dict[tuple[int, str, int], SimulatedSEM] = {}
 
@@ -102,20 +109,35 @@ class SEMPairs:
                 extra = {"offset_dn": 0.1 * full, "line_jitter_px": 0.0}
             elif variant == 2:  # a slow scan with visible line jitter, a low offset
                 extra = {"offset_dn": 0.005 * full, "line_jitter_px": 0.3}
-            cfg = SEMConfig(frame_shape=(self.size, self.size), dtype=dtype, settle_s=0.0,
-                            family=family, seed=(self._seed * 7919 + spec_seed * 31 + index
-                                                 + 1000 * variant + (dtype == "uint8")) % 2**31,
-                            **extra)
+            cfg = SEMConfig(
+                frame_shape=(self.size, self.size),
+                dtype=dtype,
+                settle_s=0.0,
+                family=family,
+                seed=(
+                    self._seed * 7919 + spec_seed * 31 + index + 1000 * variant + (dtype == "uint8")
+                )
+                % 2**31,
+                **extra,
+            )
             self._sims[key] = SimulatedSEM(cfg, specimen=specimen)
         return self._sims[key]
 
-    def pair(self, rng: np.random.Generator, dose: float, *, index: int | None = None,
-             dtype: str | None = None, variant: int | None = None) -> Pair:
+    def pair(
+        self,
+        rng: np.random.Generator,
+        dose: float,
+        *,
+        index: int | None = None,
+        dtype: str | None = None,
+        variant: int | None = None,
+    ) -> Pair:
         """One frame at ``dose`` at a random place, magnification and (small) defocus."""
         i = int(rng.integers(len(self.specimens))) if index is None else index
         dt = dtype or ("uint8" if rng.random() < 0.25 else "uint16")
-        var = (0 if rng.random() < 2 / 3 else int(rng.integers(1, 3))) if variant is None \
-            else variant
+        var = (
+            (0 if rng.random() < 2 / 3 else int(rng.integers(1, 3))) if variant is None else variant
+        )
         sim = self._sim(i, dt, var)
         pixel_nm = float(math.exp(rng.uniform(math.log(3.0), math.log(20.0))))
         sim.set_pixel_size_nm(pixel_nm)
@@ -133,28 +155,40 @@ def insitu_pair(config: InSituConfig, dose: float) -> Pair:
     scene = InSituScene(replace(config, dose_e_per_px=float(dose)))
     cam = config.camera_model()
     ideal_dose = min(_IDEAL_DOSE, 30_000.0 / cam.gain_dn_per_e)  # bright, yet never clipped
-    ideal = scene.render((config.start_stage_x_um, config.start_stage_y_um),
-                         dose_e_per_px=ideal_dose, ideal=True, truth=False).image
-    noisy = scene.render((config.start_stage_x_um, config.start_stage_y_um),
-                         truth=False).image
+    ideal = scene.render(
+        (config.start_stage_x_um, config.start_stage_y_um),
+        dose_e_per_px=ideal_dose,
+        ideal=True,
+        truth=False,
+    ).image
+    noisy = scene.render((config.start_stage_x_um, config.start_stage_y_um), truth=False).image
     offset = np.float32(cam.offset_dn)
     clean = (ideal.astype(np.float32) - offset) * np.float32(dose / ideal_dose) + offset
     if config.transfer:  # the MTF acts on the noisy counts, so the expectation carries it too
-        clean = Imager(config.frame_shape, config.pixel_size_nm, config.optics(), cam,
-                       transfer=True).mtf.apply(clean)
+        clean = Imager(
+            config.frame_shape, config.pixel_size_nm, config.optics(), cam, transfer=True
+        ).mtf.apply(clean)
     return Pair(noisy, clean.astype(np.float32), "insitu", float(dose), "insitu")
 
 
-def random_insitu_config(rng: np.random.Generator, size: int, seed: int,
-                         shapes: tuple[tuple[str, float], ...] = TRAIN_SHAPES) -> InSituConfig:
+def random_insitu_config(
+    rng: np.random.Generator,
+    size: int,
+    seed: int,
+    shapes: tuple[tuple[str, float], ...] = TRAIN_SHAPES,
+) -> InSituConfig:
     """A training scene: cell, particles, MTF and camera varied around the simulator's defaults."""
     camera: dict[str, float] = {}
     if rng.random() < 1 / 3:
-        camera = {"gain_dn_per_e": float(rng.uniform(0.5, 4.0)),
-                  "offset_dn": float(rng.uniform(0.0, 300.0)),
-                  "read_noise_e": float(rng.uniform(0.0, 3.0))}
+        camera = {
+            "gain_dn_per_e": float(rng.uniform(0.5, 4.0)),
+            "offset_dn": float(rng.uniform(0.0, 300.0)),
+            "read_noise_e": float(rng.uniform(0.0, 3.0)),
+        }
     return InSituConfig(
-        frame_shape=(size, size), seed=seed, shape_weights=shapes,
+        frame_shape=(size, size),
+        seed=seed,
+        shape_weights=shapes,
         pixel_size_nm=float(rng.uniform(0.3, 1.0)),
         particle_density_per_um2=float(math.exp(rng.uniform(math.log(100), math.log(1500)))),
         particle_size_nm=float(rng.uniform(4.0, 16.0)),
@@ -163,7 +197,8 @@ def random_insitu_config(rng: np.random.Generator, size: int, seed: int,
         transfer=bool(rng.random() < 0.85),
         mtf_half_cycles_per_px=float(rng.uniform(0.15, 0.5)),
         mtf_floor=float(rng.uniform(0.05, 0.3)),
-        **camera)
+        **camera,
+    )
 
 
 def heldout_insitu_config(size: int, seed: int) -> InSituConfig:
@@ -173,8 +208,13 @@ def heldout_insitu_config(size: int, seed: int) -> InSituConfig:
 
 
 # -- held-out sets ------------------------------------------------------------------------------
-def heldout_sem(doses: tuple[float, ...], per_dose: int, size: int = 256,
-                seed: int = TEST_SEED, samples: int = 2048) -> list[Pair]:
+def heldout_sem(
+    doses: tuple[float, ...],
+    per_dose: int,
+    size: int = 256,
+    seed: int = TEST_SEED,
+    samples: int = 2048,
+) -> list[Pair]:
     """SEM test frames: every family in turn (``fibres`` held out of training), specimens from
     ``seed``, uint16, ``per_dose`` frames per dose."""
     families = tuple(SPECIMEN_FAMILIES)
@@ -188,8 +228,9 @@ def heldout_sem(doses: tuple[float, ...], per_dose: int, size: int = 256,
     return pairs
 
 
-def heldout_insitu(doses: tuple[float, ...], per_dose: int, size: int = 256,
-                   seed: int = TEST_SEED) -> list[Pair]:
+def heldout_insitu(
+    doses: tuple[float, ...], per_dose: int, size: int = 256, seed: int = TEST_SEED
+) -> list[Pair]:
     """In-situ test frames: default scenes (cubes included) from seeds ``seed`` onwards."""
     pairs = []
     for j, dose in enumerate(doses):
@@ -214,18 +255,37 @@ class Schedule:
     eval_per_dose: int
 
 
-FULL = Schedule(steps=6000, budget_s=780.0, batch=16, pool=512, renew=1, lr=2e-3, specimen_seeds=2,
-                specimen_samples=2048, eval_per_dose=4)
-QUICK = Schedule(steps=6, budget_s=60.0, batch=4, pool=8, renew=1, lr=1e-3, specimen_seeds=1,
-                 specimen_samples=256, eval_per_dose=1)
+FULL = Schedule(
+    steps=6000,
+    budget_s=780.0,
+    batch=16,
+    pool=512,
+    renew=1,
+    lr=2e-3,
+    specimen_seeds=2,
+    specimen_samples=2048,
+    eval_per_dose=4,
+)
+QUICK = Schedule(
+    steps=6,
+    budget_s=60.0,
+    batch=4,
+    pool=8,
+    renew=1,
+    lr=1e-3,
+    specimen_seeds=1,
+    specimen_samples=256,
+    eval_per_dose=1,
+)
 
 
 class PairPool:
     """Training frames as the network sees them — (normalised noisy frame, noise plane) and the
     normalised clean frame — partly renewed from the simulators."""
 
-    def __init__(self, sem: SEMPairs, rng: np.random.Generator, size: int, capacity: int,
-                 seed: int) -> None:
+    def __init__(
+        self, sem: SEMPairs, rng: np.random.Generator, size: int, capacity: int, seed: int
+    ) -> None:
         self._sem, self._rng, self._size, self._seed = sem, rng, size, seed
         self._scenes = 0
         self.noisy = np.zeros((capacity, 2, size, size), np.float32)
@@ -317,8 +377,9 @@ def log_mse_loss(mse: Any) -> Any:
     return torch.log(mse + 1e-8).mean()
 
 
-def train(out_dir: Path, seed: int = 0, quick: bool = False,
-          progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    out_dir: Path, seed: int = 0, quick: bool = False, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train, write ``denoiser.pt``, ``loss_curve.png`` and ``metrics.json``; return metrics."""
     import torch
 
@@ -330,8 +391,10 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     t0 = time.monotonic()
     rng = np.random.default_rng([seed, 0xD1])
     spec_seeds = tuple(TRAIN_SEED + seed * 100 + k for k in range(sched.specimen_seeds))
-    progress(f"denoiser: {len(TRAIN_FAMILIES) * len(spec_seeds)} SEM specimens, a pool of "
-             f"{sched.pool} frames of {SIZE}², {sched.steps} steps of {sched.batch}")
+    progress(
+        f"denoiser: {len(TRAIN_FAMILIES) * len(spec_seeds)} SEM specimens, a pool of "
+        f"{sched.pool} frames of {SIZE}², {sched.steps} steps of {sched.batch}"
+    )
     sem = SEMPairs(TRAIN_FAMILIES, spec_seeds, SIZE, seed, sched.specimen_samples)
     pool = PairPool(sem, rng, SIZE, sched.pool, seed)
     data_s = time.monotonic() - t0
@@ -368,8 +431,10 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
         log.log(step, mse=float(mse.detach().mean()))
         steps_done = step + 1
     if stopped_by != "steps":
-        progress(f"  stopped at step {steps_done}/{sched.steps}: the {sched.budget_s:.0f} s "
-                 "budget of the training loop is spent (a busy machine)")
+        progress(
+            f"  stopped at step {steps_done}/{sched.steps}: the {sched.budget_s:.0f} s "
+            "budget of the training loop is spent (a busy machine)"
+        )
     train_s = time.monotonic() - t0
     net.eval()
     torch.save(net.state_dict(), out_dir / "denoiser.pt")
@@ -383,18 +448,33 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
         "insitu_500_2000": heldout_insitu((500.0, 1000.0, 2000.0), n),
     }
     metrics: dict[str, Any] = {
-        "seed": seed, "quick": quick, "steps_planned": sched.steps, "steps": steps_done,
-        "stopped_by": stopped_by, "loop_budget_s": sched.budget_s, "batch": sched.batch,
-        "frame_size": SIZE, "pool": sched.pool, "renew_per_step": sched.renew,
-        "lr_max": sched.lr, "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "quick": quick,
+        "steps_planned": sched.steps,
+        "steps": steps_done,
+        "stopped_by": stopped_by,
+        "loop_budget_s": sched.budget_s,
+        "batch": sched.batch,
+        "frame_size": SIZE,
+        "pool": sched.pool,
+        "renew_per_step": sched.renew,
+        "lr_max": sched.lr,
+        "torch_threads": torch.get_num_threads(),
         "bf16_autocast": bf16,
-        "data_setup_s": round(data_s, 1), "train_s": round(train_s, 1),
+        "data_setup_s": round(data_s, 1),
+        "train_s": round(train_s, 1),
         "final_mse": float(np.mean([v for _, v in log.history["mse"][-50:]])),
-        "train_families": list(TRAIN_FAMILIES), "heldout_family": HELDOUT_FAMILY,
-        "train_shapes": [s for s, _ in TRAIN_SHAPES], "heldout_shape": HELDOUT_SHAPE,
-        "sem_doses_e_per_px": list(SEM_DOSES), "insitu_doses_e_per_px": list(INSITU_DOSES),
-        "focus_doses": {"sem": list(SEM_FOCUS_DOSES), "insitu": list(INSITU_FOCUS_DOSES),
-                        "fraction": FOCUS_FRACTION},
+        "train_families": list(TRAIN_FAMILIES),
+        "heldout_family": HELDOUT_FAMILY,
+        "train_shapes": [s for s, _ in TRAIN_SHAPES],
+        "heldout_shape": HELDOUT_SHAPE,
+        "sem_doses_e_per_px": list(SEM_DOSES),
+        "insitu_doses_e_per_px": list(INSITU_DOSES),
+        "focus_doses": {
+            "sem": list(SEM_FOCUS_DOSES),
+            "insitu": list(INSITU_FOCUS_DOSES),
+            "fraction": FOCUS_FRACTION,
+        },
         "load_average_1min_at_start": round(load_at_start, 2),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "heldout": {k: {"frames": len(v), **evaluate(net, v)} for k, v in heldout.items()},
@@ -402,8 +482,10 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     metrics["total_s"] = round(time.monotonic() - t0, 1)
     write_json(out_dir / "metrics.json", metrics)
     for name, res in metrics["heldout"].items():
-        progress(f"  held-out {name}: PSNR {res['psnr_noisy']:.2f} → "
-                 f"{res['psnr_denoised']:.2f} dB ({res['frames']} frames)")
+        progress(
+            f"  held-out {name}: PSNR {res['psnr_noisy']:.2f} → "
+            f"{res['psnr_denoised']:.2f} dB ({res['frames']} frames)"
+        )
     return metrics
 
 
@@ -412,25 +494,43 @@ def metadata(metrics: dict[str, Any]) -> dict[str, Any]:
     and the TensorRT optimisation profile of the dynamic input."""
     return {
         "model": model.NAME,
-        "input": {"name": model.INPUT_NAMES[0], "shape": ["batch", 2, "height", "width"],
-                  "channels": ["normalised frame", "noise plane"],
-                  "dtype": "float32", "multiple": model.MULTIPLE},
+        "input": {
+            "name": model.INPUT_NAMES[0],
+            "shape": ["batch", 2, "height", "width"],
+            "channels": ["normalised frame", "noise plane"],
+            "dtype": "float32",
+            "multiple": model.MULTIPLE,
+        },
         "output": {"name": model.OUTPUT_NAMES[0], "shape": ["batch", 1, "height", "width"]},
         "normalisation": {
             "method": "per frame: (x - lo) / scale, lo = P0.5, scale = P99.5 - P0.5 "
-                      "(of a strided subsample of ~65k pixels); inverted on output",
-            "percentiles": list(model.PERCENTILES), "stats_pixels": model.STATS_PIXELS},
-        "tiling": {"tile": model.TILE, "overlap": model.OVERLAP,
-                   "one_pass": "both sides (padded to the multiple) at most the tile"},
+            "(of a strided subsample of ~65k pixels); inverted on output",
+            "percentiles": list(model.PERCENTILES),
+            "stats_pixels": model.STATS_PIXELS,
+        },
+        "tiling": {
+            "tile": model.TILE,
+            "overlap": model.OVERLAP,
+            "one_pass": "both sides (padded to the multiple) at most the tile",
+        },
         "noise_channel": {
             "method": "constant plane log10(sigma / scale) + offset, sigma = median |finest "
-                      "diagonal Haar detail| / 0.6745 of the frame (DN), floored",
-            "offset": model.NOISE_OFFSET, "floor": model.NOISE_FLOOR},
-        "architecture": {"channels": list(model.CHANNELS), "space_to_depth": model.SHUFFLE,
-                         "residual": True},
+            "diagonal Haar detail| / 0.6745 of the frame (DN), floored",
+            "offset": model.NOISE_OFFSET,
+            "floor": model.NOISE_FLOOR,
+        },
+        "architecture": {
+            "channels": list(model.CHANNELS),
+            "space_to_depth": model.SHUFFLE,
+            "residual": True,
+        },
         "training": metrics,
         # min: the smallest padded frame; max: the tile, so every pass fits the engine.
-        "tensorrt_profile": {model.INPUT_NAMES[0]: [[1, 2, model.MULTIPLE, model.MULTIPLE],
-                                                    [1, 2, 512, 512],
-                                                    [1, 2, model.TILE, model.TILE]]},
+        "tensorrt_profile": {
+            model.INPUT_NAMES[0]: [
+                [1, 2, model.MULTIPLE, model.MULTIPLE],
+                [1, 2, 512, 512],
+                [1, 2, model.TILE, model.TILE],
+            ]
+        },
     }

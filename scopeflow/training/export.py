@@ -29,9 +29,16 @@ def export_onnx(name: str, weights: Path, out: Path, seed: int = 0) -> float:
     inputs = module.example_inputs(np.random.default_rng(seed))
     args = tuple(torch.from_numpy(inputs[n]) for n in module.INPUT_NAMES)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(net, args, str(out), input_names=list(module.INPUT_NAMES),
-                      output_names=list(module.OUTPUT_NAMES), dynamic_axes=module.DYNAMIC_AXES,
-                      opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        net,
+        args,
+        str(out),
+        input_names=list(module.INPUT_NAMES),
+        output_names=list(module.OUTPUT_NAMES),
+        dynamic_axes=module.DYNAMIC_AXES,
+        opset_version=OPSET,
+        dynamo=False,
+    )
     with torch.inference_mode():
         ref = net(*args)
     ref = (ref,) if isinstance(ref, torch.Tensor) else ref
@@ -53,14 +60,22 @@ def metadata(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     module = model_module(name)
     examples = module.example_inputs(np.random.default_rng(0))
     profile = getattr(module, "TENSORRT_PROFILE", None) or {
-        k: [list(v.shape)] * 3 for k, v in examples.items()}
-    return {"model": name,
-            "inputs": {k: {"example_shape": list(v.shape), "dtype": str(v.dtype),
-                           "dynamic_axes": module.DYNAMIC_AXES.get(k, {})}
-                       for k, v in examples.items()},
-            "outputs": list(module.OUTPUT_NAMES),
-            "training": metrics,
-            "tensorrt_profile": profile}
+        k: [list(v.shape)] * 3 for k, v in examples.items()
+    }
+    return {
+        "model": name,
+        "inputs": {
+            k: {
+                "example_shape": list(v.shape),
+                "dtype": str(v.dtype),
+                "dynamic_axes": module.DYNAMIC_AXES.get(k, {}),
+            }
+            for k, v in examples.items()
+        },
+        "outputs": list(module.OUTPUT_NAMES),
+        "training": metrics,
+        "tensorrt_profile": profile,
+    }
 
 
 def ship(name: str, run_dir: Path, weights_dir: Path = WEIGHTS_DIR) -> float:
@@ -72,8 +87,9 @@ def ship(name: str, run_dir: Path, weights_dir: Path = WEIGHTS_DIR) -> float:
     metrics_path = run_dir / "metrics.json"
     for path in (weights, metrics_path):
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: is {run_dir} a 'scopeflow train "
-                                    f"{name}' run directory?")
+            raise FileNotFoundError(
+                f"{path} is missing: is {run_dir} a 'scopeflow train {name}' run directory?"
+            )
     metrics = json.loads(metrics_path.read_text())
     if metrics.get("quick"):
         raise ValueError(f"{run_dir} is a --quick smoke run; ship a full training run")

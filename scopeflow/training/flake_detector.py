@@ -45,10 +45,11 @@ TRAIN_SEED = 100  # chip seeds of the training data start here …
 VALIDATION_SEED = 5_000  # … validation chips here …
 TEST_SEED = 9_000  # … and the held-out test chips here.
 #: Training chips: more thin graphene than the default chip (same shapes, sizes and decoys).
-TRAIN_CHIP = ChipConfig(material_weights=(0.6, 0.4),
-                        few_layer_weights=(0.30, 0.20, 0.15, 0.06, 0.05, 0.04, 0.03, 0.03,
-                                           0.02, 0.02),
-                        bulk_weight=0.30)
+TRAIN_CHIP = ChipConfig(
+    material_weights=(0.6, 0.4),
+    few_layer_weights=(0.30, 0.20, 0.15, 0.06, 0.05, 0.04, 0.03, 0.03, 0.02, 0.02),
+    bulk_weight=0.30,
+)
 # Many small crops rather than a few large ones: 48 crops of 64² (37 µm) show ~4× as many
 # objects per step as 12 of 128², and colour classes converge several times faster.
 CROP = 64  # training crop, network pixels per side
@@ -74,8 +75,9 @@ class ChipSpec:
     chip: ChipConfig = TRAIN_CHIP
 
     def source(self) -> FlakeChipSource:
-        camera = CameraConfig(shape=self.shape, white_balance=self.white_balance,
-                              bit_depth=self.bit_depth)
+        camera = CameraConfig(
+            shape=self.shape, white_balance=self.white_balance, bit_depth=self.bit_depth
+        )
         chip = dataclasses.replace(self.chip, oxide_nm=self.oxide_nm)
         return FlakeChipSource(OpticalConfig(chip=chip, camera=camera), seed=self.seed)
 
@@ -121,8 +123,10 @@ def samples(specs: list[ChipSpec]) -> Iterator[tuple[ChipSpec, AnnotatedImage, S
 def train_specs(quick: bool) -> list[ChipSpec]:
     """The training chips: each training oxide with several seeds and camera variants."""
     if quick:
-        return [ChipSpec(285.0, TRAIN_SEED, 2, shape=(256, 384)),
-                ChipSpec(90.0, TRAIN_SEED + 1, 2, shape=(256, 384))]
+        return [
+            ChipSpec(285.0, TRAIN_SEED, 2, shape=(256, 384)),
+            ChipSpec(90.0, TRAIN_SEED + 1, 2, shape=(256, 384)),
+        ]
     specs = []
     for i in range(24):
         wb = "substrate" if i % 3 == 2 else "mirror"
@@ -178,8 +182,8 @@ class CropSampler:
         k = self.crop
         r0 = int(np.clip(r - k // 2 + self.rng.integers(-k // 4, k // 4 + 1), 0, max(h - k, 0)))
         c0 = int(np.clip(c - k // 2 + self.rng.integers(-k // 4, k // 4 + 1), 0, max(w - k, 0)))
-        x = s.contrast[:, r0:r0 + k, c0:c0 + k].astype(np.float32)
-        y = s.labels[r0:r0 + k, c0:c0 + k]
+        x = s.contrast[:, r0 : r0 + k, c0 : c0 + k].astype(np.float32)
+        y = s.labels[r0 : r0 + k, c0 : c0 + k]
         turns = int(self.rng.integers(4))
         x, y = np.rot90(x, turns, axes=(1, 2)), np.rot90(y, turns)
         if self.rng.random() < 0.5:
@@ -188,8 +192,9 @@ class CropSampler:
         return np.ascontiguousarray(x * gain), np.ascontiguousarray(y)
 
 
-def class_weights(sampler: CropSampler, batches: int = 50, batch: int = 12,
-                  power: float = WEIGHT_POWER) -> np.ndarray:
+def class_weights(
+    sampler: CropSampler, batches: int = 50, batch: int = 12, power: float = WEIGHT_POWER
+) -> np.ndarray:
     """Cross-entropy weights ∝ (pixel frequency in the crops the sampler draws)^−``power``,
     mean 1 over the classes present."""
     counts = np.zeros(len(model.CLASSES))
@@ -209,9 +214,17 @@ class Fit:
     log: TrainLog
 
 
-def fit_loop(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], loss_fn: Any,
-             *, steps: int, batch: int, lr: float, budget_s: float,
-             progress: Callable[[str], None]) -> Fit:
+def fit_loop(
+    net: Any,
+    batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    loss_fn: Any,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    budget_s: float,
+    progress: Callable[[str], None],
+) -> Fit:
     """AdamW on ``net.logits`` for ``steps`` steps or ``budget_s`` seconds, whichever ends
     first. The learning rate warms up over the first 5 % and then follows a cosine to zero in
     *progress* = max(step / steps, elapsed / budget), so the schedule completes either way:
@@ -228,8 +241,7 @@ def fit_loop(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], 
         if done >= 1.0:
             stopped_by = "time budget"
             break
-        scale = done / 0.05 if done < 0.05 else 0.5 * (1 + math.cos(math.pi * (done - 0.05)
-                                                                     / 0.95))
+        scale = done / 0.05 if done < 0.05 else 0.5 * (1 + math.cos(math.pi * (done - 0.05) / 0.95))
         for group in opt.param_groups:
             group["lr"] = lr * max(scale, 0.01)
         x, y = batches(batch)
@@ -243,26 +255,51 @@ def fit_loop(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], 
     return Fit(step, stopped_by, log)
 
 
-def fit_and_save(net: Any, batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
-                 weights: np.ndarray, out_dir: Path, name: str, title: str, *, steps: int,
-                 batch: int, lr: float, crop: int, budget_s: float,
-                 progress: Callable[[str], None]) -> dict[str, Any]:
+def fit_and_save(
+    net: Any,
+    batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    weights: np.ndarray,
+    out_dir: Path,
+    name: str,
+    title: str,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    crop: int,
+    budget_s: float,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     """Both detectors' training tail: :func:`fit_loop` with class-weighted cross entropy, the
     weights (``<name>.pt``) and the loss curve saved in ``out_dir``, and the metrics every
     segmentation run reports about its optimisation."""
     import torch
 
-    fit = fit_loop(net, batches, torch.nn.CrossEntropyLoss(weight=torch.from_numpy(weights)),
-                   steps=steps, batch=batch, lr=lr, budget_s=budget_s, progress=progress)
+    fit = fit_loop(
+        net,
+        batches,
+        torch.nn.CrossEntropyLoss(weight=torch.from_numpy(weights)),
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        budget_s=budget_s,
+        progress=progress,
+    )
     torch.save(net.state_dict(), out_dir / f"{name}.pt")
     save_loss_curve(fit.log.history, out_dir / "loss_curve.png", title)
     return {
-        "steps_planned": steps, "steps": fit.steps, "stopped_by": fit.stopped_by,
-        "loop_budget_s": budget_s, "batch": batch, "crop_px": crop, "learning_rate": lr,
+        "steps_planned": steps,
+        "steps": fit.steps,
+        "stopped_by": fit.stopped_by,
+        "loop_budget_s": budget_s,
+        "batch": batch,
+        "crop_px": crop,
+        "learning_rate": lr,
         "torch_threads": torch.get_num_threads(),
         "class_weights": [float(w) for w in weights],
         "final_loss": float(np.mean([v for _, v in fit.log.history["loss"][-50:]])),
-        "train_seconds": fit.log.seconds}
+        "train_seconds": fit.log.seconds,
+    }
 
 
 def pixel_report(net: Any, data: list[Sample]) -> dict[str, Any]:
@@ -280,17 +317,21 @@ def pixel_report(net: Any, data: list[Sample]) -> dict[str, Any]:
             padded, (ph, pw) = pad_to_multiple(x, model.MULTIPLE)
             logits = net.logits(torch.from_numpy(np.ascontiguousarray(padded[None])))[0]
             pred = logits.argmax(0).numpy()[: padded.shape[1] - ph, : padded.shape[2] - pw]
-            confusion += np.bincount(s.labels.ravel().astype(np.int64) * k + pred.ravel(),
-                                     minlength=k * k).reshape(k, k)
+            confusion += np.bincount(
+                s.labels.ravel().astype(np.int64) * k + pred.ravel(), minlength=k * k
+            ).reshape(k, k)
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
-    iou = {name: (float(tp[i] / union[i]) if union[i] else None)
-           for i, name in enumerate(model.CLASSES)}
+    iou = {
+        name: (float(tp[i] / union[i]) if union[i] else None)
+        for i, name in enumerate(model.CLASSES)
+    }
     return {"pixel_accuracy": float(tp.sum() / max(confusion.sum(), 1)), "iou": iou}
 
 
-def train(out_dir: Path, seed: int = 0, quick: bool = False,
-          progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    out_dir: Path, seed: int = 0, quick: bool = False, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train, write ``flake_detector.pt``, ``loss_curve.png`` and ``metrics.json`` to
     ``out_dir``; return the metrics. ``quick``: a smoke run of a few seconds on small tiles."""
 
@@ -300,8 +341,10 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     t0 = time.monotonic()
     load_start = os.getloadavg()[0]  # the machine is shared: timings depend on it
     specs = train_specs(quick)
-    progress(f"rendering {sum(s.tiles for s in specs)} training tiles "
-             f"(oxides {sorted({s.oxide_nm for s in specs})} nm)")
+    progress(
+        f"rendering {sum(s.tiles for s in specs)} training tiles "
+        f"(oxides {sorted({s.oxide_nm for s in specs})} nm)"
+    )
     data = [s for _, _, s in samples(specs)]
     val = [s for _, _, s in samples(validation_specs(quick))]
     data_s = time.monotonic() - t0
@@ -313,9 +356,20 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     sampler = CropSampler(data, rng, crop)
     net = model.build()
     budget = LOOP_BUDGET_S - data_s  # the whole run stays within the issue's 15 minutes
-    fitted = fit_and_save(net, sampler.batch, class_weights(sampler), out_dir, model.NAME,
-                          "flake detector: cross entropy", steps=steps, batch=batch, lr=lr,
-                          crop=crop, budget_s=budget, progress=progress)
+    fitted = fit_and_save(
+        net,
+        sampler.batch,
+        class_weights(sampler),
+        out_dir,
+        model.NAME,
+        "flake detector: cross entropy",
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        crop=crop,
+        budget_s=budget,
+        progress=progress,
+    )
     report = pixel_report(net, val)
     metrics = {
         "model": model.NAME,
@@ -333,6 +387,8 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
         "load_average_1min_at_end": os.getloadavg()[0],
     }
     write_json(out_dir / "metrics.json", metrics)
-    progress(f"  validation pixel accuracy {report['pixel_accuracy']:.4f}; "
-             f"{metrics['total_seconds']:.0f} s in all")
+    progress(
+        f"  validation pixel accuracy {report['pixel_accuracy']:.4f}; "
+        f"{metrics['total_seconds']:.0f} s in all"
+    )
     return metrics

@@ -52,20 +52,22 @@ class SceneSpec:
     frames: tuple[tuple[int, float], ...]
 
 
-def random_scene(rng: np.random.Generator, seed: int, shape: tuple[int, int],
-                 n_frames: int) -> SceneSpec:
+def random_scene(
+    rng: np.random.Generator, seed: int, shape: tuple[int, int], n_frames: int
+) -> SceneSpec:
     """A training scene: cell and particle parameters varied, frames at random times/doses."""
     config = InSituConfig(
-        frame_shape=shape, seed=seed,
+        frame_shape=shape,
+        seed=seed,
         particle_size_nm=float(rng.uniform(5.0, 12.0)),
         lambda_particle_nm=float(rng.uniform(20.0, 80.0)),
         water_thickness_nm=float(rng.uniform(100.0, 250.0)),
         particle_density_per_um2=float(rng.uniform(30.0, 90.0)),
-        decoy_density_per_um2=float(rng.uniform(8.0, 25.0)))
+        decoy_density_per_um2=float(rng.uniform(8.0, 25.0)),
+    )
     times = np.sort(rng.choice(40, size=n_frames, replace=False))
     doses = np.exp(rng.uniform(math.log(DOSES[0]), math.log(DOSES[1]), n_frames))
-    return SceneSpec(config, tuple((int(t), float(d)) for t, d in zip(times, doses,
-                                                                     strict=True)))
+    return SceneSpec(config, tuple((int(t), float(d)) for t, d in zip(times, doses, strict=True)))
 
 
 def frames(specs: list[SceneSpec]) -> Iterator[tuple[SceneSpec, float, AnnotatedImage]]:
@@ -94,8 +96,10 @@ class Sample:
 
 
 def samples(specs: list[SceneSpec]) -> list[Sample]:
-    return [Sample(model.insitu_contrast(im.image).astype(np.float16), particle_labels(im))
-            for _, _, im in frames(specs)]
+    return [
+        Sample(model.insitu_contrast(im.image).astype(np.float16), particle_labels(im))
+        for _, _, im in frames(specs)
+    ]
 
 
 def train_specs(quick: bool) -> list[SceneSpec]:
@@ -121,8 +125,9 @@ def test_specs(quick: bool) -> list[SceneSpec]:
     specs = []
     for i in range(12):
         dose = doses[i % 4]
-        specs.append(SceneSpec(InSituConfig(seed=TEST_SEED + i),
-                               tuple((t, dose) for t in (0, 15, 30))))
+        specs.append(
+            SceneSpec(InSituConfig(seed=TEST_SEED + i), tuple((t, dose) for t in (0, 15, 30)))
+        )
     return specs
 
 
@@ -131,8 +136,13 @@ def calibration_specs(quick: bool) -> list[SceneSpec]:
     if quick:
         return [SceneSpec(InSituConfig(frame_shape=(256, 256), seed=TRAIN_SEED), ((0, 1000.0),))]
     doses = (500.0, 1000.0, 2000.0, 5000.0)
-    return [SceneSpec(InSituConfig(frame_shape=(512, 512), seed=TRAIN_SEED + i),
-                      ((0, doses[i % 4]), (20, doses[(i + 1) % 4]))) for i in range(8)]
+    return [
+        SceneSpec(
+            InSituConfig(frame_shape=(512, 512), seed=TRAIN_SEED + i),
+            ((0, doses[i % 4]), (20, doses[(i + 1) % 4])),
+        )
+        for i in range(8)
+    ]
 
 
 class CropSampler:
@@ -161,8 +171,8 @@ class CropSampler:
             h, w = s.labels.shape
             r0 = int(np.clip(r - k // 2 + self.rng.integers(-k // 4, k // 4 + 1), 0, h - k))
             c0 = int(np.clip(c - k // 2 + self.rng.integers(-k // 4, k // 4 + 1), 0, w - k))
-            x = s.contrast[:, r0:r0 + k, c0:c0 + k].astype(np.float32)
-            y = s.labels[r0:r0 + k, c0:c0 + k]
+            x = s.contrast[:, r0 : r0 + k, c0 : c0 + k].astype(np.float32)
+            y = s.labels[r0 : r0 + k, c0 : c0 + k]
             turns = int(self.rng.integers(4))
             x, y = np.rot90(x, turns, axes=(1, 2)), np.rot90(y, turns)
             if self.rng.random() < 0.5:
@@ -194,12 +204,16 @@ def pixel_report(net: Any, data: list[Sample]) -> dict[str, float]:
             tp += int((pred & truth).sum())
             fp += int((pred & ~truth).sum())
             fn += int((~pred & truth).sum())
-    return {"pixel_iou": tp / max(tp + fp + fn, 1), "pixel_precision": tp / max(tp + fp, 1),
-            "pixel_recall": tp / max(tp + fn, 1)}
+    return {
+        "pixel_iou": tp / max(tp + fp + fn, 1),
+        "pixel_precision": tp / max(tp + fp, 1),
+        "pixel_recall": tp / max(tp + fn, 1),
+    }
 
 
-def train(out_dir: Path, seed: int = 0, quick: bool = False,
-          progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    out_dir: Path, seed: int = 0, quick: bool = False, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train, write ``particle_detector.pt``, ``loss_curve.png`` and ``metrics.json`` to
     ``out_dir``; return the metrics. ``quick``: a smoke run of a few seconds on small frames."""
 
@@ -220,22 +234,39 @@ def train(out_dir: Path, seed: int = 0, quick: bool = False,
     sampler = CropSampler(data, np.random.default_rng([seed, 0x9A7]), crop)
     net = model.build()
     budget = LOOP_BUDGET_S - data_s
-    fitted = fit_and_save(net, sampler.batch, class_weights(data), out_dir, model.NAME,
-                          "particle detector: cross entropy", steps=steps, batch=batch, lr=lr,
-                          crop=crop, budget_s=budget, progress=progress)
+    fitted = fit_and_save(
+        net,
+        sampler.batch,
+        class_weights(data),
+        out_dir,
+        model.NAME,
+        "particle detector: cross entropy",
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        crop=crop,
+        budget_s=budget,
+        progress=progress,
+    )
     report = pixel_report(net, val)
     metrics = {
-        "model": model.NAME, "seed": seed, "quick": quick, **fitted,
-        "train_frames": len(data), "doses_e_per_px": list(DOSES),
+        "model": model.NAME,
+        "seed": seed,
+        "quick": quick,
+        **fitted,
+        "train_frames": len(data),
+        "doses_e_per_px": list(DOSES),
         "scene_seeds": [s.config.seed for s in specs],
-        "validation": report, "data_seconds": data_s,
+        "validation": report,
+        "data_seconds": data_s,
         "total_seconds": time.monotonic() - t0,
         "load_average_1min_at_start": load_start,
         "load_average_1min_at_end": os.getloadavg()[0],
     }
     write_json(out_dir / "metrics.json", metrics)
-    progress(f"  validation pixel IoU {report['pixel_iou']:.4f}; "
-             f"{metrics['total_seconds']:.0f} s in all")
+    progress(
+        f"  validation pixel IoU {report['pixel_iou']:.4f}; {metrics['total_seconds']:.0f} s in all"
+    )
     return metrics
 
 
@@ -243,8 +274,9 @@ AREA_GRID_PX = (8, 12, 16, 24, 32, 48)  # least instance areas tried
 SCORE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # least mean particle probabilities tried
 
 
-def choose_instance_thresholds(session: Any, specs: list[SceneSpec],
-                               progress: Callable[[str], None] = print) -> dict[str, Any]:
+def choose_instance_thresholds(
+    session: Any, specs: list[SceneSpec], progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """The least instance area and score giving the best F1 at IoU 0.5 on ``specs``
     (validation scenes: never the test set), with the benchmark's matching rule; the network
     runs once per frame. The runner's :data:`~scopeflow.inference.models.particle_detector.
@@ -262,7 +294,8 @@ def choose_instance_thresholds(session: Any, specs: list[SceneSpec],
                 total.add(count([rle_of(d) for d in tuned.detections(probs)], truths)[0])
             table.append({"min_area_px": area, "min_score": score, **total.report()})
     best = max(table, key=lambda r: r["f1"])
-    progress(f"  instance thresholds on {len(seen)} validation frames: area ≥ "
-             f"{best['min_area_px']} px, score ≥ {best['min_score']} (F1 {best['f1']:.3f})")
+    progress(
+        f"  instance thresholds on {len(seen)} validation frames: area ≥ "
+        f"{best['min_area_px']} px, score ≥ {best['min_score']} (F1 {best['f1']:.3f})"
+    )
     return {"chosen": best, "frames": len(seen), "grid": table}
-

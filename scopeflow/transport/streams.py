@@ -159,7 +159,11 @@ class LosslessReceiver:
     """Policy *lossless*, receiving side: in order, every message, gaps counted as lost."""
 
     def __init__(
-        self, sock: zmq.Socket, metrics: NodeMetrics, *, capacity: int = 64,
+        self,
+        sock: zmq.Socket,
+        metrics: NodeMetrics,
+        *,
+        capacity: int = 64,
         count_gaps: bool = True,
     ) -> None:
         """``count_gaps=False`` for one of N workers sharing a stream round-robin, where gaps
@@ -182,7 +186,10 @@ class LosslessReceiver:
                 lost = self._gaps.gap(msg.header) if self._gaps is not None else 0
                 if lost:
                     self.metrics.inc("frames_lost", lost)
-                    log.error("lossless stream lost %d frame(s) before image %d",
-                              lost, msg.header.image_id)
+                    log.error(
+                        "lossless stream lost %d frame(s) before image %d",
+                        lost,
+                        msg.header.image_id,
+                    )
             return msg
         return None

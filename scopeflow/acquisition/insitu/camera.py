@@ -99,13 +99,20 @@ class InSituConfig:
     mtf_floor: float = 0.1
     particle_density_per_um2: float = 45.0
     particles: tuple[tuple[ParticleSpec, tuple[float, float]], ...] = ()
-    shape_weights: tuple[tuple[str, float], ...] = (("sphere", 0.4), ("rod", 0.2),
-                                                    ("prism", 0.2), ("cube", 0.2))
+    shape_weights: tuple[tuple[str, float], ...] = (
+        ("sphere", 0.4),
+        ("rod", 0.2),
+        ("prism", 0.2),
+        ("cube", 0.2),
+    )
     particle_size_nm: float = 8.0
     particle_size_spread: float = 0.25
     rod_aspect_range: tuple[float, float] = (2.0, 4.0)
-    motion_weights: tuple[tuple[str, float], ...] = (("brownian", 0.6), ("subdiffusive", 0.25),
-                                                     ("confined", 0.15))
+    motion_weights: tuple[tuple[str, float], ...] = (
+        ("brownian", 0.6),
+        ("subdiffusive", 0.25),
+        ("confined", 0.15),
+    )
     diffusion_nm2_per_s: float = 50.0
     diffusion_spread: float = 0.5
     subdiffusion_alpha: float = 0.6
@@ -138,17 +145,41 @@ class InSituConfig:
     def __post_init__(self) -> None:
         rows, cols = self.frame_shape
         if not (64 <= rows <= 4096 and 64 <= cols <= 4096 and rows % 2 == 0 and cols % 2 == 0):
-            raise ValueError(f"frame_shape must be even and 64–4096 per side, got "
-                             f"{self.frame_shape}")
-        positive = ("pixel_size_nm", "fps", "detector_pixel_um", "gain_dn_per_e", "voltage_kv",
-                    "illumination_mrad", "lambda_particle_nm", "lambda_water_nm",
-                    "lambda_sinx_nm", "mtf_half_cycles_per_px", "particle_size_nm",
-                    "confinement_nm", "min_size_nm", "decoy_radius_nm")
-        non_negative = ("offset_dn", "read_noise_e", "dose_e_per_px", "water_thickness_nm",
-                        "sinx_thickness_nm", "particle_density_per_um2", "particle_size_spread",
-                        "diffusion_nm2_per_s", "diffusion_spread", "rotation_rad2_per_s",
-                        "growth_spread_nm_per_s", "decoy_density_per_um2", "decoy_speed_nm_per_s",
-                        "decoy_turn_rad2_per_s")
+            raise ValueError(
+                f"frame_shape must be even and 64–4096 per side, got {self.frame_shape}"
+            )
+        positive = (
+            "pixel_size_nm",
+            "fps",
+            "detector_pixel_um",
+            "gain_dn_per_e",
+            "voltage_kv",
+            "illumination_mrad",
+            "lambda_particle_nm",
+            "lambda_water_nm",
+            "lambda_sinx_nm",
+            "mtf_half_cycles_per_px",
+            "particle_size_nm",
+            "confinement_nm",
+            "min_size_nm",
+            "decoy_radius_nm",
+        )
+        non_negative = (
+            "offset_dn",
+            "read_noise_e",
+            "dose_e_per_px",
+            "water_thickness_nm",
+            "sinx_thickness_nm",
+            "particle_density_per_um2",
+            "particle_size_spread",
+            "diffusion_nm2_per_s",
+            "diffusion_spread",
+            "rotation_rad2_per_s",
+            "growth_spread_nm_per_s",
+            "decoy_density_per_um2",
+            "decoy_speed_nm_per_s",
+            "decoy_turn_rad2_per_s",
+        )
         for name in positive + non_negative:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
@@ -163,16 +194,21 @@ class InSituConfig:
         lo, hi = self.rod_aspect_range
         if not 1.0 <= lo <= hi:
             raise ValueError("rod_aspect_range must satisfy 1 ≤ low ≤ high")
-        for name, allowed in (("shape_weights", SHAPES), ("motion_weights", MOTIONS),
-                              ("decoy_kind_weights", DECOY_KINDS)):
+        for name, allowed in (
+            ("shape_weights", SHAPES),
+            ("motion_weights", MOTIONS),
+            ("decoy_kind_weights", DECOY_KINDS),
+        ):
             _check_weights(name, getattr(self, name), allowed)
         for entry in self.particles:
             if not (len(entry) == 2 and isinstance(entry[0], ParticleSpec) and len(entry[1]) == 2):
                 raise ValueError("particles must hold (ParticleSpec, (x_nm, y_nm)) pairs")
         field_nm = max(self.frame_shape) * self.pixel_size_nm
         if self.domain_nm is not None and not self.domain_nm >= field_nm + _DOMAIN_MARGIN_NM:
-            raise ValueError(f"domain_nm must be at least the field ({field_nm:g} nm) + "
-                             f"{_DOMAIN_MARGIN_NM:g} nm so that no particle is seen twice")
+            raise ValueError(
+                f"domain_nm must be at least the field ({field_nm:g} nm) + "
+                f"{_DOMAIN_MARGIN_NM:g} nm so that no particle is seen twice"
+            )
         for name in ("start_stage_x_um", "start_stage_y_um"):
             if not self.stage_min_um <= getattr(self, name) <= self.stage_max_um:
                 raise ValueError(f"{name} lies outside the stage limits")
@@ -207,30 +243,39 @@ class InSituConfig:
     def flux_e_per_a2_s(self, dose_e_per_px: float | None = None) -> float:
         """Beam flux at the specimen (e⁻/Å²/s) that gives this dose per pixel and frame."""
         dose = self.dose_e_per_px if dose_e_per_px is None else dose_e_per_px
-        return dose / (self.pixel_size_nm ** 2 * _ANGSTROM2_PER_NM2 * self.exposure_s)
+        return dose / (self.pixel_size_nm**2 * _ANGSTROM2_PER_NM2 * self.exposure_s)
 
     def cell(self) -> LiquidCell:
-        return LiquidCell(self.water_thickness_nm, self.sinx_thickness_nm, self.lambda_water_nm,
-                          self.lambda_sinx_nm)
+        return LiquidCell(
+            self.water_thickness_nm,
+            self.sinx_thickness_nm,
+            self.lambda_water_nm,
+            self.lambda_sinx_nm,
+        )
 
     def optics(self) -> Optics:
-        return Optics(self.mtf_half_cycles_per_px, self.mtf_floor, self.voltage_kv,
-                      self.illumination_mrad)
+        return Optics(
+            self.mtf_half_cycles_per_px, self.mtf_floor, self.voltage_kv, self.illumination_mrad
+        )
 
     def camera_model(self) -> CameraModel:
         return CameraModel(self.gain_dn_per_e, self.offset_dn, self.read_noise_e)
 
     def limits(self) -> Limits:
-        return Limits(wd_min_um=float(self.wd_min_um), wd_max_um=float(self.wd_max_um),
-                      stage_x_min_um=float(self.stage_min_um),
-                      stage_x_max_um=float(self.stage_max_um),
-                      stage_y_min_um=float(self.stage_min_um),
-                      stage_y_max_um=float(self.stage_max_um),
-                      max_wd_step_um=self.max_wd_step_um)
+        return Limits(
+            wd_min_um=float(self.wd_min_um),
+            wd_max_um=float(self.wd_max_um),
+            stage_x_min_um=float(self.stage_min_um),
+            stage_x_max_um=float(self.stage_max_um),
+            stage_y_min_um=float(self.stage_min_um),
+            stage_y_max_um=float(self.stage_max_um),
+            max_wd_step_um=self.max_wd_step_um,
+        )
 
 
-def _check_weights(name: str, weights: tuple[tuple[str, float], ...],
-                   allowed: tuple[str, ...]) -> None:
+def _check_weights(
+    name: str, weights: tuple[tuple[str, float], ...], allowed: tuple[str, ...]
+) -> None:
     for key, weight in weights:
         if key not in allowed:
             raise ValueError(f"{name}: {key!r} is not one of {allowed}")
@@ -258,18 +303,29 @@ class InSituScene:
         self.seed = config.seed if seed is None else int(seed)
         self.frame_index = 0
         self._cell = config.cell()
-        self._imager = Imager(config.frame_shape, config.pixel_size_nm, config.optics(),
-                              config.camera_model(), transfer=config.transfer)
+        self._imager = Imager(
+            config.frame_shape,
+            config.pixel_size_nm,
+            config.optics(),
+            config.camera_model(),
+            transfer=config.transfer,
+        )
         self._noise_rng = np.random.default_rng([self.seed, 0x1A5])
         self._events: list[dict[str, Any]] = []
         ids = track_ids(1)
         pop_rng = np.random.default_rng([self.seed, 0x9A7])
-        self.population = Population(config.domain, pop_rng, ids, min_scale_nm=config.min_size_nm,
-                                     coalescence=config.coalescence,
-                                     rotation_rad2_per_s=config.rotation_rad2_per_s)
+        self.population = Population(
+            config.domain,
+            pop_rng,
+            ids,
+            min_scale_nm=config.min_size_nm,
+            coalescence=config.coalescence,
+            rotation_rad2_per_s=config.rotation_rad2_per_s,
+        )
         self.initial_tracks = self._populate(pop_rng)
-        self.decoys = DecoyField(np.random.default_rng([self.seed, 0xDEC]), ids,
-                                 config.decoy_turn_rad2_per_s)
+        self.decoys = DecoyField(
+            np.random.default_rng([self.seed, 0xDEC]), ids, config.decoy_turn_rad2_per_s
+        )
         self._add_decoys(np.random.default_rng([self.seed, 0xDE0]))
 
     # -- population -------------------------------------------------------------------------------
@@ -286,13 +342,19 @@ class InSituScene:
         kind = _pick(rng, cfg.shape_weights)
         scale = cfg.particle_size_nm * math.exp(cfg.particle_size_spread * rng.standard_normal())
         aspect = float(rng.uniform(*cfg.rod_aspect_range))
-        shape = Shape(kind, max(scale, cfg.min_size_nm), aspect,
-                      float(rng.uniform(0.0, 2.0 * math.pi)))
-        diffusion = cfg.diffusion_nm2_per_s * math.exp(cfg.diffusion_spread
-                                                       * rng.standard_normal())
+        shape = Shape(
+            kind, max(scale, cfg.min_size_nm), aspect, float(rng.uniform(0.0, 2.0 * math.pi))
+        )
+        diffusion = cfg.diffusion_nm2_per_s * math.exp(cfg.diffusion_spread * rng.standard_normal())
         growth = cfg.growth_nm_per_s + cfg.growth_spread_nm_per_s * rng.standard_normal()
-        return ParticleSpec(shape, _pick(rng, cfg.motion_weights), diffusion,
-                            cfg.subdiffusion_alpha, cfg.confinement_nm, growth)
+        return ParticleSpec(
+            shape,
+            _pick(rng, cfg.motion_weights),
+            diffusion,
+            cfg.subdiffusion_alpha,
+            cfg.confinement_nm,
+            growth,
+        )
 
     def _populate(self, rng: np.random.Generator) -> list[dict[str, Any]]:
         cfg = self.config
@@ -341,9 +403,15 @@ class InSituScene:
         return self.config.drift_x_nm_per_s * t, self.config.drift_y_nm_per_s * t
 
     # -- rendering --------------------------------------------------------------------------------
-    def render(self, stage_um: tuple[float, float], *, dose_e_per_px: float | None = None,
-               defocus_um: float = 0.0, ideal: bool = False,
-               truth: bool = True) -> AnnotatedImage:
+    def render(
+        self,
+        stage_um: tuple[float, float],
+        *,
+        dose_e_per_px: float | None = None,
+        defocus_um: float = 0.0,
+        ideal: bool = False,
+        truth: bool = True,
+    ) -> AnnotatedImage:
         """The current frame at this stage position, dose and defocus, with its ground truth
         (``truth=False`` skips the masks: what a live camera needs)."""
         cfg = self.config
@@ -358,8 +426,11 @@ class InSituScene:
             x_px, y_px = self._to_px(centre, particle.xy_nm)
             placed = canvas.draw(particle.shape, x_px, y_px, cfg.lambda_particle_nm)
             if placed is not None and truth:
-                objects.append(ObjectTruth("particle", placed.mask(shape),
-                                           _particle_attributes(particle, placed)))
+                objects.append(
+                    ObjectTruth(
+                        "particle", placed.mask(shape), _particle_attributes(particle, placed)
+                    )
+                )
         for decoy in self.decoys.decoys():
             lam = cfg.lambda_particle_nm if decoy.kind == "fast_particle" else math.inf
             # The streak runs from the position at the frame's start to where the decoy is at the
@@ -367,27 +438,41 @@ class InSituScene:
             path_nm = np.asarray(decoy.velocity_nm_per_s) * cfg.exposure_s
             x_px, y_px = self._to_px(centre, tuple(np.asarray(decoy.xy_nm) + path_nm / 2))
             step_px = path_nm / cfg.pixel_size_nm
-            placed = canvas.draw_streak(decoy.radius_nm, x_px, y_px,
-                                        (float(step_px[0]), float(step_px[1])), lam)
+            placed = canvas.draw_streak(
+                decoy.radius_nm, x_px, y_px, (float(step_px[0]), float(step_px[1])), lam
+            )
             if placed is not None and truth:
-                objects.append(ObjectTruth("decoy", placed.mask(shape), {
-                    "track_id": decoy.track_id, "kind": decoy.kind,
-                    "radius_nm": decoy.radius_nm,
-                    "speed_nm_per_s": math.hypot(*decoy.velocity_nm_per_s),
-                    "centroid_xy_px": list(placed.centroid_xy_px),
-                    "truncated": placed.truncated}))
-        pixels = self._imager.expose(canvas.counts, self._noise_rng, ideal=ideal,
-                                     defocus_um=defocus_um)
+                objects.append(
+                    ObjectTruth(
+                        "decoy",
+                        placed.mask(shape),
+                        {
+                            "track_id": decoy.track_id,
+                            "kind": decoy.kind,
+                            "radius_nm": decoy.radius_nm,
+                            "speed_nm_per_s": math.hypot(*decoy.velocity_nm_per_s),
+                            "centroid_xy_px": list(placed.centroid_xy_px),
+                            "truncated": placed.truncated,
+                        },
+                    )
+                )
+        pixels = self._imager.expose(
+            canvas.counts, self._noise_rng, ideal=ideal, defocus_um=defocus_um
+        )
         events, self._events = self._events, []
         attributes = {
-            "frame_index": self.frame_index, "time_s": self.time_s,
+            "frame_index": self.frame_index,
+            "time_s": self.time_s,
             "drift_nm": [drift[0], drift[1]],
             "drift_px": [drift[0] / cfg.pixel_size_nm, drift[1] / cfg.pixel_size_nm],
             "stage_xy_um": [float(stage_um[0]), float(stage_um[1])],
             "field_centre_nm": [float(centre[0]), float(centre[1])],
-            "pixel_size_nm": cfg.pixel_size_nm, "dose_e_per_px": float(dose),
-            "defocus_um": float(defocus_um), "ideal": ideal,
-            "background_counts": background, "events": events,
+            "pixel_size_nm": cfg.pixel_size_nm,
+            "dose_e_per_px": float(dose),
+            "defocus_um": float(defocus_um),
+            "ideal": ideal,
+            "background_counts": background,
+            "events": events,
         }
         return AnnotatedImage(pixels, objects, attributes)
 
@@ -401,19 +486,29 @@ class InSituScene:
 
 
 def _spec_record(track_id: int, spec: ParticleSpec) -> dict[str, Any]:
-    return {"track_id": track_id, "shape": spec.shape.kind, "scale_nm": spec.shape.scale_nm,
-            "motion": spec.motion, "diffusion_nm2_per_s": spec.diffusion_nm2_per_s,
-            "growth_nm_per_s": spec.growth_nm_per_s}
+    return {
+        "track_id": track_id,
+        "shape": spec.shape.kind,
+        "scale_nm": spec.shape.scale_nm,
+        "motion": spec.motion,
+        "diffusion_nm2_per_s": spec.diffusion_nm2_per_s,
+        "growth_nm_per_s": spec.growth_nm_per_s,
+    }
 
 
 def _particle_attributes(particle: ParticleState, placed: Footprint) -> dict[str, Any]:
     shape, spec = particle.shape, particle.spec
     attributes: dict[str, Any] = {
-        "track_id": particle.track_id, "shape": shape.kind,
-        "thickness_nm": shape.max_thickness_nm(), **shape.dimensions_nm(),
-        "volume_nm3": shape.volume_nm3(), "centroid_xy_px": list(placed.centroid_xy_px),
-        "position_nm": list(particle.xy_nm), "truncated": placed.truncated,
-        "motion": spec.motion, "diffusion_nm2_per_s": spec.diffusion_nm2_per_s,
+        "track_id": particle.track_id,
+        "shape": shape.kind,
+        "thickness_nm": shape.max_thickness_nm(),
+        **shape.dimensions_nm(),
+        "volume_nm3": shape.volume_nm3(),
+        "centroid_xy_px": list(placed.centroid_xy_px),
+        "position_nm": list(particle.xy_nm),
+        "truncated": placed.truncated,
+        "motion": spec.motion,
+        "diffusion_nm2_per_s": spec.diffusion_nm2_per_s,
         "growth_nm_per_s": spec.growth_nm_per_s,
     }
     if shape.kind != "sphere":
@@ -436,9 +531,13 @@ class SimulatedInSituCamera(MicroscopeBase):
     transfer function (see imaging). Truth masks are built only by :meth:`acquire_annotated`.
     """
 
-    def __init__(self, config: InSituConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: InSituConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._config = config if config is not None else InSituConfig()
         cfg = self._config
         self.name = cfg.name
@@ -468,8 +567,11 @@ class SimulatedInSituCamera(MicroscopeBase):
 
     def set_dose_e_per_px(self, dose: float) -> None:
         """Change the dose per pixel and frame (beam current / spot size)."""
-        if not (isinstance(dose, (int, float)) and math.isfinite(dose)
-                and 0 <= dose <= _MAX_DOSE_E_PER_PX):
+        if not (
+            isinstance(dose, (int, float))
+            and math.isfinite(dose)
+            and 0 <= dose <= _MAX_DOSE_E_PER_PX
+        ):
             raise LimitError(f"dose {dose!r} e⁻/px is outside [0, {_MAX_DOSE_E_PER_PX:g}]")
         self._dose = float(dose)
 
@@ -481,10 +583,16 @@ class SimulatedInSituCamera(MicroscopeBase):
     def state(self) -> MicroscopeState:
         cfg = self._config
         return MicroscopeState(
-            wd_um=float(self._wd_um), wd_target_um=float(self._wd_um), settled=True,
-            stage_x_um=float(self._stage_um[0]), stage_y_um=float(self._stage_um[1]),
-            magnification=cfg.magnification, pixel_size_nm=float(cfg.pixel_size_nm),
-            exposure_s=cfg.exposure_s, dose_e_per_px=float(self._dose))
+            wd_um=float(self._wd_um),
+            wd_target_um=float(self._wd_um),
+            settled=True,
+            stage_x_um=float(self._stage_um[0]),
+            stage_y_um=float(self._stage_um[1]),
+            magnification=cfg.magnification,
+            pixel_size_nm=float(cfg.pixel_size_nm),
+            exposure_s=cfg.exposure_s,
+            dose_e_per_px=float(self._dose),
+        )
 
     def limits(self) -> Limits:
         return self._limits
@@ -516,8 +624,10 @@ class SimulatedInSituCamera(MicroscopeBase):
             due_at = self._t0 + (self._last_index + 1) / self._config.fps
             self._sleep(max(due_at - self._clock(), 0.0))
             index = self._due_index()
-        raise DeviceError("the next frame never came due: the clock does not advance while "
-                          "sleeping; inject a sleep() that advances the injected clock")
+        raise DeviceError(
+            "the next frame never came due: the clock does not advance while "
+            "sleeping; inject a sleep() that advances the injected clock"
+        )
 
     def _acquire(self, *, truth: bool) -> tuple[Frame, AnnotatedImage]:
         start_ns = time.time_ns()
@@ -526,12 +636,17 @@ class SimulatedInSituCamera(MicroscopeBase):
         self._last_index = index
         state = self.state()
         defocus = self._wd_um - self._config.focus_wd_um
-        sample = self._scene.render(self._stage_um, dose_e_per_px=self._dose,
-                                    defocus_um=defocus, truth=truth)
-        frame = Frame(pixels=sample.image, state=state, start_time_ns=start_ns,
-                      stop_time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns(),
-                      truth=SimTruth(focus_wd_um=self._config.focus_wd_um,
-                                     defocus_um=float(defocus)))
+        sample = self._scene.render(
+            self._stage_um, dose_e_per_px=self._dose, defocus_um=defocus, truth=truth
+        )
+        frame = Frame(
+            pixels=sample.image,
+            state=state,
+            start_time_ns=start_ns,
+            stop_time_ns=time.time_ns(),
+            monotonic_ns=time.monotonic_ns(),
+            truth=SimTruth(focus_wd_um=self._config.focus_wd_um, defocus_um=float(defocus)),
+        )
         return frame, sample
 
 
@@ -545,8 +660,9 @@ class InSituVideoSource:
 
     name = "insitu"
 
-    def __init__(self, config: InSituConfig | None = None, seed: int | None = None,
-                 ideal: bool = False) -> None:
+    def __init__(
+        self, config: InSituConfig | None = None, seed: int | None = None, ideal: bool = False
+    ) -> None:
         base = config if config is not None else InSituConfig()
         self.config = base if seed is None else replace(base, seed=int(seed))
         self.seed = self.config.seed
@@ -555,16 +671,21 @@ class InSituVideoSource:
     def metadata(self) -> dict[str, Any]:
         cfg = self.config
         settings = asdict(cfg)
-        settings["particles"] = [{"spec": asdict(spec), "xy_nm": list(xy)}
-                                 for spec, xy in cfg.particles]
+        settings["particles"] = [
+            {"spec": asdict(spec), "xy_nm": list(xy)} for spec, xy in cfg.particles
+        ]
         cell = cfg.cell()
         tau, sigma, d_tail = subdiffusion_modes(cfg.diffusion_nm2_per_s, cfg.subdiffusion_alpha)
         scene = InSituScene(cfg)
         return {
-            "seed": self.seed, "ideal": self.ideal, "simulator": settings,
+            "seed": self.seed,
+            "ideal": self.ideal,
+            "simulator": settings,
             "derived": {
-                "exposure_s": cfg.exposure_s, "magnification": cfg.magnification,
-                "field_nm": list(cfg.field_nm), "domain_nm": cfg.domain,
+                "exposure_s": cfg.exposure_s,
+                "magnification": cfg.magnification,
+                "field_nm": list(cfg.field_nm),
+                "domain_nm": cfg.domain,
                 "flux_e_per_a2_s": cfg.flux_e_per_a2_s(),
                 "background_transmission": cell.transmission(),
                 "background_counts_e_per_px": cfg.dose_e_per_px * cell.transmission(),
@@ -576,13 +697,13 @@ class InSituVideoSource:
             "model": {
                 "mean_counts": "dose·exp(−(t_p/λ_p + (t_w − t_p)/λ_w + t_SiNx/λ_SiNx))",
                 "detector_mtf": "floor + (1 − floor)/(1 + (q/q_half)²), q in cycles/px, "
-                                "applied after Poisson noise",
+                "applied after Poisson noise",
                 "defocus_transfer": "cos(π λ Δz q²)·exp(−(π α Δz q)²), applied before noise",
                 "reference": "Yao et al., ACS Cent. Sci. 6, 1421 (2020)",
             },
             "initial_tracks": scene.initial_tracks,
             "units": "nm for lengths, s for times, e⁻/px per frame for dose, µm for stage and "
-                     "focus, cycles/px for the MTF",
+            "focus, cycles/px for the MTF",
         }
 
     def images(self, n: int) -> Iterator[AnnotatedImage]:

@@ -61,8 +61,10 @@ class LiquidCell:
 
     def background_optical_depth(self) -> float:
         """Σ t/λ of the empty cell."""
-        return (self.water_thickness_nm / self.lambda_water_nm
-                + self.sinx_thickness_nm / self.lambda_sinx_nm)
+        return (
+            self.water_thickness_nm / self.lambda_water_nm
+            + self.sinx_thickness_nm / self.lambda_sinx_nm
+        )
 
     def excess_optical_depth(self, thickness_nm: np.ndarray, lambda_nm: float) -> np.ndarray:
         """Optical depth an object adds to the empty cell: its own, less the water it displaces
@@ -81,25 +83,31 @@ class LiquidCell:
 def electron_wavelength_nm(voltage_kv: float) -> float:
     """Relativistic electron wavelength, nm (2.508 pm at 200 kV)."""
     energy_j = voltage_kv * 1e3 * _ELEMENTARY_CHARGE_C
-    momentum = math.sqrt(2.0 * _ELECTRON_MASS_KG * energy_j
-                         * (1.0 + energy_j / (2.0 * _ELECTRON_MASS_KG * _LIGHT_SPEED_M_PER_S ** 2)))
+    momentum = math.sqrt(
+        2.0
+        * _ELECTRON_MASS_KG
+        * energy_j
+        * (1.0 + energy_j / (2.0 * _ELECTRON_MASS_KG * _LIGHT_SPEED_M_PER_S**2))
+    )
     return _PLANCK_J_S / momentum * 1e9
 
 
-def detector_mtf(q_cycles_per_px: np.ndarray, q_half_cycles_per_px: float,
-                 floor: float) -> np.ndarray:
+def detector_mtf(
+    q_cycles_per_px: np.ndarray, q_half_cycles_per_px: float, floor: float
+) -> np.ndarray:
     """The empirical radial transfer function ``floor + (1 − floor)/(1 + (q/q_half)²)``."""
     q = np.asarray(q_cycles_per_px, np.float64)
     return floor + (1.0 - floor) / (1.0 + (q / q_half_cycles_per_px) ** 2)
 
 
-def defocus_transfer(q_per_nm: np.ndarray, defocus_um: float, wavelength_nm: float,
-                     illumination_mrad: float) -> np.ndarray:
+def defocus_transfer(
+    q_per_nm: np.ndarray, defocus_um: float, wavelength_nm: float, illumination_mrad: float
+) -> np.ndarray:
     """Amplitude-contrast transfer at defocus Δz: cos(π λ Δz q²) · exp(−(π α Δz q)²)."""
     q = np.asarray(q_per_nm, np.float64)
     dz_nm = defocus_um * 1e3
     chi = math.pi * wavelength_nm * dz_nm * q * q
-    envelope = np.exp(-(math.pi * illumination_mrad * 1e-3 * dz_nm * q) ** 2)
+    envelope = np.exp(-((math.pi * illumination_mrad * 1e-3 * dz_nm * q) ** 2))
     return np.cos(chi) * envelope
 
 
@@ -163,8 +171,15 @@ class CameraModel:
 class Imager:
     """Mean counts → uint16 frame, for one frame shape and pixel size. Caches its filters."""
 
-    def __init__(self, shape: tuple[int, int], pixel_nm: float, optics: Optics,
-                 camera: CameraModel, *, transfer: bool = True) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        pixel_nm: float,
+        optics: Optics,
+        camera: CameraModel,
+        *,
+        transfer: bool = True,
+    ) -> None:
         self.shape = shape
         self.pixel_nm = pixel_nm
         self.optics = optics
@@ -178,8 +193,7 @@ class Imager:
         """The detector transfer function for this frame shape (built on first use)."""
         if self._mtf is None:
             o = self.optics
-            gain = detector_mtf(radial_frequency(self.shape), o.mtf_half_cycles_per_px,
-                                o.mtf_floor)
+            gain = detector_mtf(radial_frequency(self.shape), o.mtf_half_cycles_per_px, o.mtf_floor)
             self._mtf = FourierFilter(self.shape, gain)
         return self._mtf
 
@@ -190,13 +204,23 @@ class Imager:
             if len(self._defocus) >= _DEFOCUS_FILTERS_KEPT:
                 self._defocus.pop(next(iter(self._defocus)))
             q_per_nm = radial_frequency(self.shape) / self.pixel_nm
-            gain = defocus_transfer(q_per_nm, key, electron_wavelength_nm(self.optics.voltage_kv),
-                                    self.optics.illumination_mrad)
+            gain = defocus_transfer(
+                q_per_nm,
+                key,
+                electron_wavelength_nm(self.optics.voltage_kv),
+                self.optics.illumination_mrad,
+            )
             self._defocus[key] = FourierFilter(self.shape, gain)
         return self._defocus[key]
 
-    def expose(self, mean_counts: np.ndarray, rng: np.random.Generator, *, ideal: bool = False,
-               defocus_um: float = 0.0) -> np.ndarray:
+    def expose(
+        self,
+        mean_counts: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        ideal: bool = False,
+        defocus_um: float = 0.0,
+    ) -> np.ndarray:
         """One frame. ``ideal``: the noise-free Beer–Lambert counts, without any transfer
         function, in DN. ``mean_counts`` is left unchanged."""
         if ideal:
@@ -236,8 +260,9 @@ class Projected(Protocol):
 
     def bound_radius_nm(self) -> float: ...
 
-    def thickness_nm(self, dx_nm: np.ndarray, dy_nm: np.ndarray,
-                     pixel_nm: float) -> tuple[np.ndarray, np.ndarray]: ...
+    def thickness_nm(
+        self, dx_nm: np.ndarray, dy_nm: np.ndarray, pixel_nm: float
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -263,15 +288,17 @@ class Canvas:
     counts by exp(−Δτ) inside its bounding box only. Coordinates are frame pixels (x = column,
     y = row; pixel centres at integers)."""
 
-    def __init__(self, shape: tuple[int, int], pixel_nm: float, cell: LiquidCell,
-                 background_counts: float) -> None:
+    def __init__(
+        self, shape: tuple[int, int], pixel_nm: float, cell: LiquidCell, background_counts: float
+    ) -> None:
         self.shape = shape
         self.pixel_nm = pixel_nm
         self.cell = cell
         self.counts = np.full(shape, background_counts, np.float32)
 
-    def draw(self, shape: Projected, x_px: float, y_px: float,
-             lambda_nm: float) -> Footprint | None:
+    def draw(
+        self, shape: Projected, x_px: float, y_px: float, lambda_nm: float
+    ) -> Footprint | None:
         """Attenuate by an object centred at (x, y) px; None when it is out of view."""
         half = shape.bound_radius_nm() / self.pixel_nm + 1.0  # +1: anti-aliased edges
         box = self._box(x_px, y_px, half, half)
@@ -283,11 +310,18 @@ class Canvas:
         if not inside.any():
             return None
         self.counts[rows, cols] *= np.exp(-self.cell.excess_optical_depth(thickness, lambda_nm))
-        return Footprint(rows, cols, inside, (x_px, y_px),
-                         self._truncated(inside, rows, cols, clipped))
+        return Footprint(
+            rows, cols, inside, (x_px, y_px), self._truncated(inside, rows, cols, clipped)
+        )
 
-    def draw_streak(self, radius_nm: float, x_px: float, y_px: float,
-                    step_px: tuple[float, float], lambda_nm: float) -> Footprint | None:
+    def draw_streak(
+        self,
+        radius_nm: float,
+        x_px: float,
+        y_px: float,
+        step_px: tuple[float, float],
+        lambda_nm: float,
+    ) -> Footprint | None:
         """A sphere moving uniformly by ``step_px`` during the exposure, centred at (x, y) px
         (the path's midpoint): its transmission change blurred along the path, since the
         camera integrates counts. The footprint is the area it swept."""
@@ -301,23 +335,34 @@ class Canvas:
         rows, cols, clipped = box
         # Render the still sphere with the kernel's reach as margin, so the blur at the box edge
         # sees the sphere outside it; the margin is cut after filtering.
-        dx, dy = self._offsets_nm(slice(rows.start - kh, rows.stop + kh),
-                                  slice(cols.start - kw, cols.stop + kw), x_px, y_px)
+        dx, dy = self._offsets_nm(
+            slice(rows.start - kh, rows.stop + kh),
+            slice(cols.start - kw, cols.stop + kw),
+            x_px,
+            y_px,
+        )
         thickness, inside = Shape("sphere", radius_nm).thickness_nm(dx, dy, self.pixel_nm)
         change = np.exp(-self.cell.excess_optical_depth(thickness, lambda_nm)) - np.float32(1.0)
         h, w = rows.stop - rows.start, cols.stop - cols.start
-        blurred = cv2.filter2D(change, -1, kernel, borderType=cv2.BORDER_CONSTANT)[kh:kh + h,
-                                                                                   kw:kw + w]
-        swept = cv2.filter2D(inside.astype(np.float32), -1, kernel,
-                             borderType=cv2.BORDER_CONSTANT)[kh:kh + h, kw:kw + w] > 1e-4
+        blurred = cv2.filter2D(change, -1, kernel, borderType=cv2.BORDER_CONSTANT)[
+            kh : kh + h, kw : kw + w
+        ]
+        swept = (
+            cv2.filter2D(inside.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)[
+                kh : kh + h, kw : kw + w
+            ]
+            > 1e-4
+        )
         if not swept.any():
             return None
         self.counts[rows, cols] *= np.float32(1.0) + blurred
-        return Footprint(rows, cols, swept, (x_px, y_px),
-                         self._truncated(swept, rows, cols, clipped))
+        return Footprint(
+            rows, cols, swept, (x_px, y_px), self._truncated(swept, rows, cols, clipped)
+        )
 
-    def _box(self, x_px: float, y_px: float, half_w: float,
-             half_h: float) -> tuple[slice, slice, bool] | None:
+    def _box(
+        self, x_px: float, y_px: float, half_w: float, half_h: float
+    ) -> tuple[slice, slice, bool] | None:
         """The bounding box clipped to the frame, and whether it was clipped."""
         rows, cols = self.shape
         i0, i1 = math.floor(y_px - half_h), math.ceil(y_px + half_h) + 1
@@ -328,8 +373,9 @@ class Canvas:
             return None
         return slice(i0, i1), slice(j0, j1), clipped
 
-    def _offsets_nm(self, rows: slice, cols: slice, x_px: float,
-                    y_px: float) -> tuple[np.ndarray, np.ndarray]:
+    def _offsets_nm(
+        self, rows: slice, cols: slice, x_px: float, y_px: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         p = self.pixel_nm
         dx = ((np.arange(cols.start, cols.stop) - x_px) * p).astype(np.float32)
         dy = ((np.arange(rows.start, rows.stop) - y_px) * p).astype(np.float32)
@@ -339,7 +385,9 @@ class Canvas:
         """Whether the footprint is cut by the frame edge."""
         if not clipped:
             return False
-        return bool((rows.start == 0 and inside[0].any())
-                    or (rows.stop == self.shape[0] and inside[-1].any())
-                    or (cols.start == 0 and inside[:, 0].any())
-                    or (cols.stop == self.shape[1] and inside[:, -1].any()))
+        return bool(
+            (rows.start == 0 and inside[0].any())
+            or (rows.stop == self.shape[0] and inside[-1].any())
+            or (cols.start == 0 and inside[:, 0].any())
+            or (cols.stop == self.shape[1] and inside[:, -1].any())
+        )

@@ -79,8 +79,10 @@ class Shape:
             return {"radius_nm": r, "length_nm": self.aspect * 2.0 * r}
         if self.kind == "cube":
             return {"edge_nm": CUBE_EDGE_PER_SCALE * s}
-        return {"edge_nm": PRISM_EDGE_PER_SCALE * s,
-                "plate_thickness_nm": PRISM_THICKNESS_PER_SCALE * s}
+        return {
+            "edge_nm": PRISM_EDGE_PER_SCALE * s,
+            "plate_thickness_nm": PRISM_THICKNESS_PER_SCALE * s,
+        }
 
     def max_thickness_nm(self) -> float:
         """The largest projected thickness along the beam, nm."""
@@ -95,7 +97,7 @@ class Shape:
             return 4.0 / 3.0 * math.pi * d["radius_nm"] ** 3
         if self.kind == "rod":
             r = d["radius_nm"]
-            return math.pi * r * r * (d["length_nm"] - 2.0 * r) + 4.0 / 3.0 * math.pi * r ** 3
+            return math.pi * r * r * (d["length_nm"] - 2.0 * r) + 4.0 / 3.0 * math.pi * r**3
         if self.kind == "cube":
             return d["edge_nm"] ** 3
         return _SQRT3 / 4.0 * d["edge_nm"] ** 2 * d["plate_thickness_nm"]
@@ -125,8 +127,9 @@ class Shape:
         approximation for the other shapes (see the known limits)."""
         return math.sqrt(self.projected_area_nm2() / math.pi)
 
-    def thickness_nm(self, dx_nm: np.ndarray, dy_nm: np.ndarray,
-                     pixel_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    def thickness_nm(
+        self, dx_nm: np.ndarray, dy_nm: np.ndarray, pixel_nm: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Projected thickness (float32, nm) at offsets ``dx_nm`` (1 × w) and ``dy_nm`` (h × 1)
         from the centre, and the footprint (pixel centres inside the projection).
 
@@ -203,8 +206,9 @@ class ParticleState:
     spec: ParticleSpec
 
 
-def subdiffusion_modes(k_nm2_per_s_alpha: float,
-                       alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
+def subdiffusion_modes(
+    k_nm2_per_s_alpha: float, alpha: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """OU relaxation times (s), per-axis rms (nm) and a free diffusion coefficient (nm²/s) whose
     sum has a 2D MSD of ≈ 4·K·t^α.
 
@@ -214,10 +218,10 @@ def subdiffusion_modes(k_nm2_per_s_alpha: float,
     a small free diffusion (linear in t), which keeps the law within 4 % across the range.
     """
     k = np.arange(_MODES)
-    tau = _MODE_TAU_MIN_S * _MODE_RATIO ** k
+    tau = _MODE_TAU_MIN_S * _MODE_RATIO**k
     log_b = math.log(_MODE_RATIO)
     c = k_nm2_per_s_alpha * alpha * log_b / math.gamma(1.0 - alpha)
-    var = c * tau ** alpha
+    var = c * tau**alpha
     var[0] += c * tau[0] ** alpha / (alpha * log_b)
     d_tail = c * tau[-1] ** (alpha - 1.0) / ((1.0 - alpha) * log_b)
     return tau, np.sqrt(var), d_tail
@@ -231,9 +235,16 @@ class Population:
     rendering. ``ids`` hands out track ids (shared with the decoys so that ids are unique).
     """
 
-    def __init__(self, domain_nm: float, rng: np.random.Generator, ids: Iterator[int], *,
-                 min_scale_nm: float = 1.0, coalescence: bool = True,
-                 rotation_rad2_per_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        domain_nm: float,
+        rng: np.random.Generator,
+        ids: Iterator[int],
+        *,
+        min_scale_nm: float = 1.0,
+        coalescence: bool = True,
+        rotation_rad2_per_s: float = 0.0,
+    ) -> None:
         if not domain_nm > 0:
             raise ValueError("domain_nm must be positive")
         self.domain_nm = float(domain_nm)
@@ -270,7 +281,7 @@ class Population:
             d_free = spec.diffusion_nm2_per_s
         elif spec.motion == "confined":
             if spec.diffusion_nm2_per_s > 0:  # D = 0 means a particle stuck at its anchor
-                tau[0] = spec.confinement_nm ** 2 / spec.diffusion_nm2_per_s
+                tau[0] = spec.confinement_nm**2 / spec.diffusion_nm2_per_s
                 sigma[0] = spec.confinement_nm
         else:
             tau, sigma, d_free = subdiffusion_modes(spec.diffusion_nm2_per_s, spec.alpha)
@@ -284,8 +295,9 @@ class Population:
         self._scale = np.append(self._scale, shape.scale_nm)
         self._aspect = np.append(self._aspect, shape.aspect)
         self._angle = np.append(self._angle, shape.angle_rad)
-        self._contact_per_scale = np.append(self._contact_per_scale,
-                                            shape.contact_radius_nm() / shape.scale_nm)
+        self._contact_per_scale = np.append(
+            self._contact_per_scale, shape.contact_radius_nm() / shape.scale_nm
+        )
         self._growth = np.append(self._growth, spec.growth_nm_per_s)
         self._d_free = np.append(self._d_free, d_free)
         self._base = np.vstack([self._base, base[None]])
@@ -330,10 +342,20 @@ class Population:
         pos = self.positions_nm()
         out = []
         for i in np.flatnonzero(self._alive):
-            shape = Shape(SHAPES[self._kind[i]], float(self._scale[i]), float(self._aspect[i]),
-                          float(self._angle[i]))
-            out.append(ParticleState(int(self._track_ids[i]), shape,
-                                     (float(pos[i, 0]), float(pos[i, 1])), self._specs[i]))
+            shape = Shape(
+                SHAPES[self._kind[i]],
+                float(self._scale[i]),
+                float(self._aspect[i]),
+                float(self._angle[i]),
+            )
+            out.append(
+                ParticleState(
+                    int(self._track_ids[i]),
+                    shape,
+                    (float(pos[i, 0]), float(pos[i, 1])),
+                    self._specs[i],
+                )
+            )
         return out
 
     # -- dynamics ---------------------------------------------------------------------------------
@@ -348,8 +370,9 @@ class Population:
             self._base[live] += np.sqrt(2.0 * self._d_free[live] * dt_s)[:, None] * draws[live, 0]
             decay = np.exp(-dt_s / self._tau[live])
             kick = self._sigma[live] * np.sqrt(-np.expm1(-2.0 * dt_s / self._tau[live]))
-            self._modes[live] = (self._modes[live] * decay[..., None]
-                                 + kick[..., None] * draws[live, 1:])
+            self._modes[live] = (
+                self._modes[live] * decay[..., None] + kick[..., None] * draws[live, 1:]
+            )
             self._angle[live] += math.sqrt(2.0 * self._rotation * dt_s) * turns[live]
             self._scale[live] += self._growth[live] * dt_s
         self.time_s += dt_s
@@ -367,8 +390,9 @@ class Population:
         events = []
         for i in np.flatnonzero(self._alive & (self._scale < self._min_scale_nm)):
             self._end(int(i), "dissolved")
-            events.append({"type": "dissolved", "track_id": int(self._track_ids[i]),
-                           "time_s": self.time_s})
+            events.append(
+                {"type": "dissolved", "track_id": int(self._track_ids[i]), "time_s": self.time_s}
+            )
         return events
 
     def _coalesce(self) -> list[dict[str, float | int | str]]:
@@ -385,8 +409,9 @@ class Population:
         events: list[dict[str, float | int | str]] = []
         merged: set[int] = set()
         # Deepest contacts first; a particle merges at most once per step (chains take steps).
-        for a, b in sorted(zip(rows.tolist(), cols.tolist(), strict=True),
-                           key=lambda ab: -overlap[ab[0], ab[1]]):
+        for a, b in sorted(
+            zip(rows.tolist(), cols.tolist(), strict=True), key=lambda ab: -overlap[ab[0], ab[1]]
+        ):
             if a in merged or b in merged:
                 continue
             merged.update((a, b))
@@ -394,8 +419,12 @@ class Population:
         return events
 
     def _shape(self, i: int) -> Shape:
-        return Shape(SHAPES[self._kind[i]], float(self._scale[i]), float(self._aspect[i]),
-                     float(self._angle[i]))
+        return Shape(
+            SHAPES[self._kind[i]],
+            float(self._scale[i]),
+            float(self._aspect[i]),
+            float(self._angle[i]),
+        )
 
     def _merge(self, i: int, j: int, d_ij: np.ndarray) -> dict[str, float | int | str]:
         """Merge particles i and j (``d_ij``: minimum-image vector from i to j)."""
@@ -407,8 +436,12 @@ class Population:
         self._scale[keep] *= (total / v_keep) ** (1.0 / 3.0)  # volume is conserved
         keep_id, gone_id = int(self._track_ids[keep]), int(self._track_ids[gone])
         self._end(gone, "coalesced", keep_id)
-        return {"type": "coalescence", "survivor": keep_id, "absorbed": gone_id,
-                "time_s": self.time_s}
+        return {
+            "type": "coalescence",
+            "survivor": keep_id,
+            "absorbed": gone_id,
+            "time_s": self.time_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -426,8 +459,9 @@ class DecoyState:
 class DecoyField:
     """Fast decoys: constant speed, heading diffusing at ``turn_rad2_per_s`` (rad²/s)."""
 
-    def __init__(self, rng: np.random.Generator, ids: Iterator[int],
-                 turn_rad2_per_s: float = 1.0) -> None:
+    def __init__(
+        self, rng: np.random.Generator, ids: Iterator[int], turn_rad2_per_s: float = 1.0
+    ) -> None:
         self._rng = rng
         self._ids = ids
         self._turn = float(turn_rad2_per_s)
@@ -438,8 +472,14 @@ class DecoyField:
         self._speed = np.zeros(0)
         self._heading = np.zeros(0)
 
-    def add(self, kind: str, radius_nm: float, xy_nm: tuple[float, float],
-            speed_nm_per_s: float, heading_rad: float) -> int:
+    def add(
+        self,
+        kind: str,
+        radius_nm: float,
+        xy_nm: tuple[float, float],
+        speed_nm_per_s: float,
+        heading_rad: float,
+    ) -> int:
         if kind not in DECOY_KINDS:
             raise ValueError(f"decoy kind must be one of {DECOY_KINDS}, got {kind!r}")
         track_id = next(self._ids)
@@ -459,14 +499,17 @@ class DecoyField:
             return
         self._pos += self._velocity() * dt_s
         self._heading += math.sqrt(2.0 * self._turn * dt_s) * self._rng.standard_normal(
-            len(self._track_ids))
+            len(self._track_ids)
+        )
 
     def decoys(self) -> list[DecoyState]:
         vel = self._velocity()
-        return [DecoyState(tid, kind, float(r), (float(p[0]), float(p[1])),
-                           (float(v[0]), float(v[1])))
-                for tid, kind, r, p, v in zip(self._track_ids, self._kinds, self._radius,
-                                              self._pos, vel, strict=True)]
+        return [
+            DecoyState(tid, kind, float(r), (float(p[0]), float(p[1])), (float(v[0]), float(v[1])))
+            for tid, kind, r, p, v in zip(
+                self._track_ids, self._kinds, self._radius, self._pos, vel, strict=True
+            )
+        ]
 
 
 def track_ids(start: int = 1) -> Iterator[int]:

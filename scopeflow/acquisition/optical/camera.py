@@ -74,10 +74,14 @@ class CameraConfig:
         if not 0.0 < self.vignetting_corner <= 1.0:
             raise ValueError("vignetting_corner must lie within (0, 1]")
         wb = self.white_balance
-        if not (wb is None or wb in ("mirror", "substrate") or (
-                isinstance(wb, tuple) and len(wb) == 3 and all(g > 0 for g in wb))):
-            raise ValueError("white_balance must be 'mirror', 'substrate', None or three "
-                             "positive gains")
+        if not (
+            wb is None
+            or wb in ("mirror", "substrate")
+            or (isinstance(wb, tuple) and len(wb) == 3 and all(g > 0 for g in wb))
+        ):
+            raise ValueError(
+                "white_balance must be 'mirror', 'substrate', None or three positive gains"
+            )
 
     @property
     def dtype(self) -> np.dtype:
@@ -88,17 +92,19 @@ class CameraConfig:
         return float(np.iinfo(self.dtype).max)
 
 
-def relative_illumination(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
-                          corner: float) -> np.ndarray:
+def relative_illumination(
+    rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], corner: float
+) -> np.ndarray:
     """cos⁴-law falloff 1/(1 + (r/r₀)²)² at pixel (rows, cols), with r the distance from the
     sensor centre in half-diagonals and r₀ chosen so that the corners get ``corner``."""
     if corner >= 1.0:
         return np.ones(np.broadcast_shapes(np.shape(rows), np.shape(cols)))
     h, w = shape
     half_diag = math.hypot(h - 1, w - 1) / 2
-    r2 = ((np.asarray(rows, float) - (h - 1) / 2) ** 2
-          + (np.asarray(cols, float) - (w - 1) / 2) ** 2) / half_diag ** 2
-    inv_r0_2 = corner ** -0.5 - 1.0
+    r2 = (
+        (np.asarray(rows, float) - (h - 1) / 2) ** 2 + (np.asarray(cols, float) - (w - 1) / 2) ** 2
+    ) / half_diag**2
+    inv_r0_2 = corner**-0.5 - 1.0
     return 1.0 / (1.0 + r2 * inv_r0_2) ** 2
 
 
@@ -121,7 +127,7 @@ def standard_normals(rng: np.random.Generator, rows: int, cols: int) -> np.ndarr
     """
     count = rows * cols
     words = rng.bit_generator.random_raw((2 * count + 7) // 8)
-    raw = words.view(np.uint8)[:2 * count].reshape(2 * rows, cols)
+    raw = words.view(np.uint8)[: 2 * count].reshape(2 * rows, cols)
     table = cv2.LUT(raw, _normal_lut())
     return cv2.add(table[:rows], table[rows:], dst=table[:rows])
 
@@ -136,8 +142,14 @@ class Camera:
     image is linear in reflectance and never saturates.
     """
 
-    def __init__(self, config: CameraConfig, raw_rgb: np.ndarray, reference_rgb: np.ndarray,
-                 *, ideal: bool = False) -> None:
+    def __init__(
+        self,
+        config: CameraConfig,
+        raw_rgb: np.ndarray,
+        reference_rgb: np.ndarray,
+        *,
+        ideal: bool = False,
+    ) -> None:
         self.config = config
         self.ideal = ideal
         self.raw_rgb = np.asarray(raw_rgb, float)
@@ -177,14 +189,12 @@ class Camera:
         """Relative illumination at the given sensor pixels (1 everywhere when ideal)."""
         if self.ideal:
             return np.ones(np.broadcast_shapes(np.shape(rows), np.shape(cols)))
-        return relative_illumination(rows, cols, self.config.shape,
-                                     self.config.vignetting_corner)
+        return relative_illumination(rows, cols, self.config.shape, self.config.vignetting_corner)
 
     def expected_dn(self, electrons: np.ndarray) -> np.ndarray:
         """The noise-free image in DN (float32, clipped like the output), from mean electrons
         of shape (rows, cols, 3)."""
-        e = electrons if self.ideal else np.minimum(electrons,
-                                                    np.float32(self.config.full_well_e))
+        e = electrons if self.ideal else np.minimum(electrons, np.float32(self.config.full_well_e))
         dn = cv2.multiply(e, tuple(float(g) for g in self.dn_per_e_rgb) + (0.0,))
         dn = cv2.add(dn, (float(self.black_level_dn),) * 3 + (0.0,))
         return np.clip(dn, 0.0, self.config.full_scale_dn)
@@ -199,7 +209,7 @@ class Camera:
         if self.ideal:
             x = np.maximum(e, np.float32(0.0))
         else:
-            x = cv2.add(e, float(cfg.read_noise_e ** 2))  # variance: shot + read
+            x = cv2.add(e, float(cfg.read_noise_e**2))  # variance: shot + read
             cv2.sqrt(x, dst=x)
             cv2.multiply(x, standard_normals(rng, rows, cols * 3), dst=x)
             cv2.add(x, e, dst=x)

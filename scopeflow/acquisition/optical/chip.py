@@ -56,8 +56,18 @@ class ChipConfig:
     dirt_per_mm2: float = 15.0
     materials: tuple[str, ...] = ("graphene", "hBN")
     material_weights: tuple[float, ...] = (0.5, 0.5)
-    few_layer_weights: tuple[float, ...] = (0.14, 0.10, 0.08, 0.06, 0.05, 0.04, 0.03, 0.03,
-                                            0.02, 0.02)
+    few_layer_weights: tuple[float, ...] = (
+        0.14,
+        0.10,
+        0.08,
+        0.06,
+        0.05,
+        0.04,
+        0.03,
+        0.03,
+        0.02,
+        0.02,
+    )
     bulk_weight: float = 0.43
     bulk_median_nm: float = 30.0
     thin_size_um: float = 15.0
@@ -66,13 +76,26 @@ class ChipConfig:
     cell_um: float = 400.0
 
     def __post_init__(self) -> None:
-        for name in ("size_x_um", "size_y_um", "oxide_nm", "cell_um", "bulk_median_nm",
-                     "thin_size_um", "bulk_size_um"):
+        for name in (
+            "size_x_um",
+            "size_y_um",
+            "oxide_nm",
+            "cell_um",
+            "bulk_median_nm",
+            "thin_size_um",
+            "bulk_size_um",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-        for name in ("flakes_per_mm2", "residue_per_mm2", "dirt_per_mm2", "bulk_weight",
-                     "oxide_gradient_nm_per_mm", "oxide_bow_nm"):
+        for name in (
+            "flakes_per_mm2",
+            "residue_per_mm2",
+            "dirt_per_mm2",
+            "bulk_weight",
+            "oxide_gradient_nm_per_mm",
+            "oxide_bow_nm",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
@@ -83,8 +106,10 @@ class ChipConfig:
             raise ValueError(f"unknown flake materials {unknown}; choose from graphene, hBN")
         if len(self.material_weights) != len(self.materials) or min(self.material_weights) < 0:
             raise ValueError("give one non-negative weight per material")
-        if min(self.few_layer_weights, default=0.0) < 0 or (
-                sum(self.few_layer_weights) + self.bulk_weight) <= 0:
+        if (
+            min(self.few_layer_weights, default=0.0) < 0
+            or (sum(self.few_layer_weights) + self.bulk_weight) <= 0
+        ):
             raise ValueError("layer weights must be non-negative and not all zero")
         if self.cell_um < 4 * max(self.thin_size_um, self.bulk_size_um):
             raise ValueError("cell_um must be at least 4× the largest median flake size")
@@ -93,8 +118,10 @@ class ChipConfig:
         """Least and greatest oxide thickness anywhere on the chip."""
         half_diag_mm = math.hypot(self.size_x_um, self.size_y_um) / 2e3
         spread = self.oxide_gradient_nm_per_mm * half_diag_mm
-        return (self.oxide_nm - spread + min(0.0, self.oxide_bow_nm),
-                self.oxide_nm + spread + max(0.0, self.oxide_bow_nm))
+        return (
+            self.oxide_nm - spread + min(0.0, self.oxide_bow_nm),
+            self.oxide_nm + spread + max(0.0, self.oxide_bow_nm),
+        )
 
 
 @dataclass(frozen=True)
@@ -163,8 +190,14 @@ def flake_pieces(rng: np.random.Generator, size_um: float) -> tuple[list[np.ndar
     for p in range(count):
         a = size_um / 2 * math.sqrt(aspect) * (1.0 if p == 0 else float(rng.uniform(0.4, 0.7)))
         b = a / aspect
-        centre = np.zeros(2) if p == 0 else _unit(long_deg + float(rng.uniform(-60, 60))) * \
-            float(rng.uniform(0.3, 0.8)) * size_um / 2
+        centre = (
+            np.zeros(2)
+            if p == 0
+            else _unit(long_deg + float(rng.uniform(-60, 60)))
+            * float(rng.uniform(0.3, 0.8))
+            * size_um
+            / 2
+        )
         poly = centre + 4.0 * a * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
         for k in range(12):
             # Even k: one 60° family of edges (always cut, they bound the piece); odd k: the
@@ -174,21 +207,24 @@ def flake_pieces(rng: np.random.Generator, size_um: float) -> tuple[list[np.ndar
             normal = _unit(lattice_deg + 30.0 * k)
             phi = math.radians(lattice_deg + 30.0 * k - long_deg)
             support = math.hypot(a * math.cos(phi), b * math.sin(phi))
-            poly = clip_half_plane(poly, normal, float(normal @ centre)
-                                   + support * float(rng.uniform(0.55, 1.0)))
+            poly = clip_half_plane(
+                poly, normal, float(normal @ centre) + support * float(rng.uniform(0.55, 1.0))
+            )
         if rng.random() < 0.4:  # a torn edge, off the crystal directions
             normal = _unit(float(rng.uniform(0.0, 360.0)))
             extent = float((poly @ normal).max() - normal @ centre)
-            poly = clip_half_plane(poly, normal, float(normal @ centre)
-                                   + extent * float(rng.uniform(0.6, 0.9)))
+            poly = clip_half_plane(
+                poly, normal, float(normal @ centre) + extent * float(rng.uniform(0.6, 0.9))
+            )
         poly = poly + rng.normal(0.0, 0.01 * size_um / 2, poly.shape)
         if len(poly) >= 3:
             pieces.append(poly)
     return pieces, lattice_deg
 
 
-def blob(rng: np.random.Generator, radius_um: float, roughness: float,
-         vertices: int = 40) -> np.ndarray:
+def blob(
+    rng: np.random.Generator, radius_um: float, roughness: float, vertices: int = 40
+) -> np.ndarray:
     """A smooth irregular closed outline (k, 2) around the origin: radius modulated by random
     harmonics 2–6 (amplitude ``roughness``/k) and a random stretch."""
     phi = np.linspace(0.0, 2 * math.pi, vertices, endpoint=False)
@@ -254,13 +290,17 @@ class Chip:
         x, y = np.asarray(x_um, float), np.asarray(y_um, float)
         a = math.radians(cfg.oxide_gradient_angle_deg)
         along_mm = (x * math.cos(a) + y * math.sin(a)) * 1e-3
-        half_diag2 = (cfg.size_x_um ** 2 + cfg.size_y_um ** 2) / 4
-        return (cfg.oxide_nm + cfg.oxide_gradient_nm_per_mm * along_mm
-                + cfg.oxide_bow_nm * (x * x + y * y) / half_diag2)
+        half_diag2 = (cfg.size_x_um**2 + cfg.size_y_um**2) / 4
+        return (
+            cfg.oxide_nm
+            + cfg.oxide_gradient_nm_per_mm * along_mm
+            + cfg.oxide_bow_nm * (x * x + y * y) / half_diag2
+        )
 
     # -- objects -------------------------------------------------------------------------------
-    def objects_in(self, x_min: float, y_min: float, x_max: float,
-                   y_max: float) -> list[ChipObject]:
+    def objects_in(
+        self, x_min: float, y_min: float, x_max: float, y_max: float
+    ) -> list[ChipObject]:
         """Objects whose bounding circle meets the rectangle (chip µm)."""
         cfg = self.config
         x0, y0, _, _ = self.bounds_um
@@ -275,7 +315,7 @@ class Chip:
                     cx, cy = obj.centre_um
                     dx = max(x_min - cx, 0.0, cx - x_max)
                     dy = max(y_min - cy, 0.0, cy - y_max)
-                    if dx * dx + dy * dy <= obj.radius_um ** 2:
+                    if dx * dx + dy * dy <= obj.radius_um**2:
                         found.append(obj)
         return found
 
@@ -299,36 +339,56 @@ class Chip:
         left, top = x0 + ix * cfg.cell_um, y0 + iy * cfg.cell_um
         box = (left, top, min(left + cfg.cell_um, x1), min(top + cfg.cell_um, y1))
         area_mm2 = (box[2] - box[0]) * (box[3] - box[1]) * 1e-6
-        plan = (["flake"] * int(rng.poisson(cfg.flakes_per_mm2 * area_mm2))
-                + ["residue"] * int(rng.poisson(cfg.residue_per_mm2 * area_mm2))
-                + ["dirt"] * int(rng.poisson(cfg.dirt_per_mm2 * area_mm2)))
+        plan = (
+            ["flake"] * int(rng.poisson(cfg.flakes_per_mm2 * area_mm2))
+            + ["residue"] * int(rng.poisson(cfg.residue_per_mm2 * area_mm2))
+            + ["dirt"] * int(rng.poisson(cfg.dirt_per_mm2 * area_mm2))
+        )
         placed: list[ChipObject] = []
         base_id = (iy * self.cells_x + ix) * 1000
         for kind in plan:
-            regions = {"flake": self._flake, "residue": self._residue,
-                       "dirt": self._dirt}[kind](rng)
-            radius = max(float(np.hypot(*poly.T).max()) for r in regions
-                         for poly in r.polygons_um)
+            regions = {"flake": self._flake, "residue": self._residue, "dirt": self._dirt}[kind](
+                rng
+            )
+            radius = max(float(np.hypot(*poly.T).max()) for r in regions for poly in r.polygons_um)
             centre = self._place(rng, box, radius, placed)
             if centre is None or len(placed) >= 1000:
                 continue
-            shifted = tuple(Region(tuple(p + centre for p in r.polygons_um), r.material,
-                                   r.thickness_nm, r.layers, r.factor_rgb) for r in regions)
-            placed.append(ChipObject(base_id + len(placed), kind, shifted,
-                                     (float(centre[0]), float(centre[1])), radius))
+            shifted = tuple(
+                Region(
+                    tuple(p + centre for p in r.polygons_um),
+                    r.material,
+                    r.thickness_nm,
+                    r.layers,
+                    r.factor_rgb,
+                )
+                for r in regions
+            )
+            placed.append(
+                ChipObject(
+                    base_id + len(placed),
+                    kind,
+                    shifted,
+                    (float(centre[0]), float(centre[1])),
+                    radius,
+                )
+            )
         return placed
 
     @staticmethod
-    def _place(rng: np.random.Generator, box: tuple[float, float, float, float], radius: float,
-               placed: list[ChipObject]) -> np.ndarray | None:
+    def _place(
+        rng: np.random.Generator,
+        box: tuple[float, float, float, float],
+        radius: float,
+        placed: list[ChipObject],
+    ) -> np.ndarray | None:
         lo = np.array([box[0], box[1]]) + radius
         hi = np.array([box[2], box[3]]) - radius
         if np.any(hi <= lo):
             return None
         for _ in range(_PLACEMENT_TRIES):
             centre = rng.uniform(lo, hi)
-            if all(math.dist(centre, o.centre_um) > radius + o.radius_um + _GAP_UM
-                   for o in placed):
+            if all(math.dist(centre, o.centre_um) > radius + o.radius_um + _GAP_UM for o in placed):
                 return centre
         return None
 
@@ -337,19 +397,16 @@ class Chip:
         choice = int(rng.choice(len(self._layer_p), p=self._layer_p))
         if choice < len(self.config.few_layer_weights):
             return choice + 1, (choice + 1) * layer_nm
-        nm = float(np.clip(self.config.bulk_median_nm * math.exp(rng.normal(0.0, 0.9)),
-                           4.0, 300.0))
+        nm = float(np.clip(self.config.bulk_median_nm * math.exp(rng.normal(0.0, 0.9)), 4.0, 300.0))
         layers = max(len(self.config.few_layer_weights) + 1, round(nm / layer_nm))
         return layers, layers * layer_nm
 
     def _flake(self, rng: np.random.Generator) -> list[Region]:
         cfg = self.config
-        material = MATERIALS[cfg.materials[int(rng.choice(len(cfg.materials),
-                                                          p=self._material_p))]]
+        material = MATERIALS[cfg.materials[int(rng.choice(len(cfg.materials), p=self._material_p))]]
         layers, nm = self._thickness(rng, material.layer_nm)
         median = cfg.thin_size_um if layers <= 10 else cfg.bulk_size_um
-        size = float(np.clip(median * math.exp(rng.normal(0.0, 0.5)), 2.0,
-                             cfg.cell_um / 4))
+        size = float(np.clip(median * math.exp(rng.normal(0.0, 0.5)), 2.0, cfg.cell_um / 4))
         pieces, lattice_deg = flake_pieces(rng, size)
         regions = [Region(tuple(pieces), material.name, nm, layers)]
         if layers >= 2 and rng.random() < cfg.terrace_fraction:
@@ -358,15 +415,19 @@ class Chip:
                 regions.append(Region(terrace[0], material.name, terrace[2], terrace[1]))
         return regions
 
-    def _terrace(self, rng: np.random.Generator, pieces: list[np.ndarray], lattice_deg: float,
-                 layers: int, layer_nm: float) -> tuple[tuple[np.ndarray, ...], int,
-                                                        float] | None:
+    def _terrace(
+        self,
+        rng: np.random.Generator,
+        pieces: list[np.ndarray],
+        lattice_deg: float,
+        layers: int,
+        layer_nm: float,
+    ) -> tuple[tuple[np.ndarray, ...], int, float] | None:
         """A thinner part beyond a step along a crystal direction: (polygons, layers, nm)."""
         normal = _unit(lattice_deg + 30.0 * int(rng.integers(0, 12)))
         proj = np.concatenate([p @ normal for p in pieces])
         cut = proj.min() + float(rng.uniform(0.3, 0.7)) * (proj.max() - proj.min())
-        parts = tuple(q for q in (clip_half_plane(p, -normal, -cut) for p in pieces)
-                      if len(q) >= 3)
+        parts = tuple(q for q in (clip_half_plane(p, -normal, -cut) for p in pieces) if len(q) >= 3)
         if not parts:
             return None
         if layers <= 10 or rng.random() < 0.5:
@@ -386,13 +447,22 @@ class Chip:
         radius = float(np.clip(1.5 * math.exp(rng.normal(0.0, 0.5)), 0.5, 6.0))
         darkness = float(rng.uniform(0.4, 0.85))
         # Brownish: blue absorbed a little more than red.
-        factor = (1.0 - darkness, (1.0 - darkness) * float(rng.uniform(0.85, 1.0)),
-                  (1.0 - darkness) * float(rng.uniform(0.7, 1.0)))
+        factor = (
+            1.0 - darkness,
+            (1.0 - darkness) * float(rng.uniform(0.85, 1.0)),
+            (1.0 - darkness) * float(rng.uniform(0.7, 1.0)),
+        )
         return [Region((blob(rng, radius, 0.3, vertices=16),), "dirt", 0.0, 0, factor)]
 
     # -- drawing -------------------------------------------------------------------------------
-    def layout(self, centre_x_um: float, centre_y_um: float, shape: tuple[int, int],
-               pixel_um: float, margin_px: int = 0) -> TileLayout:
+    def layout(
+        self,
+        centre_x_um: float,
+        centre_y_um: float,
+        shape: tuple[int, int],
+        pixel_um: float,
+        margin_px: int = 0,
+    ) -> TileLayout:
         """Draw the objects of a tile (rows × cols pixels of ``pixel_um`` around the centre)
         as labels on a canvas ``margin_px`` larger on every side."""
         rows, cols = shape
@@ -400,8 +470,9 @@ class Chip:
         canvas = np.zeros((rows + 2 * m, cols + 2 * m), np.uint16)
         half_w = (cols / 2 + m) * pixel_um
         half_h = (rows / 2 + m) * pixel_um
-        objects = self.objects_in(centre_x_um - half_w, centre_y_um - half_h,
-                                  centre_x_um + half_w, centre_y_um + half_h)
+        objects = self.objects_in(
+            centre_x_um - half_w, centre_y_um - half_h, centre_x_um + half_w, centre_y_um + half_h
+        )
         scale = float(1 << _FIXED_POINT_BITS)
         col0 = (cols - 1) / 2 + m  # canvas column of the tile centre
         row0 = (rows - 1) / 2 + m
@@ -411,9 +482,16 @@ class Chip:
                 label = len(drawn) + 1
                 if label > np.iinfo(np.uint16).max:
                     break
-                pts = [np.stack([(p[:, 0] - centre_x_um) / pixel_um + col0,
-                                 (p[:, 1] - centre_y_um) / pixel_um + row0], axis=1)
-                       for p in region.polygons_um]
+                pts = [
+                    np.stack(
+                        [
+                            (p[:, 0] - centre_x_um) / pixel_um + col0,
+                            (p[:, 1] - centre_y_um) / pixel_um + row0,
+                        ],
+                        axis=1,
+                    )
+                    for p in region.polygons_um
+                ]
                 allp = np.concatenate(pts)
                 c0 = max(0, math.floor(allp[:, 0].min()) - 1)
                 c1 = min(canvas.shape[1], math.ceil(allp[:, 0].max()) + 2)
@@ -422,10 +500,18 @@ class Chip:
                 if c1 <= c0 or r1 <= r0:
                     continue
                 for p in pts:  # one call per piece: a single call would XOR overlaps
-                    cv2.fillPoly(canvas, [np.round(p * scale).astype(np.int32)], label,
-                                 lineType=cv2.LINE_8, shift=_FIXED_POINT_BITS)
+                    cv2.fillPoly(
+                        canvas,
+                        [np.round(p * scale).astype(np.int32)],
+                        label,
+                        lineType=cv2.LINE_8,
+                        shift=_FIXED_POINT_BITS,
+                    )
                 drawn.append(DrawnRegion(label, obj, region, (r0, r1, c0, c1)))
         # Keep the regions that left pixels (a terrace may cover its base only partly).
-        kept = [d for d in drawn
-                if np.any(canvas[d.bbox[0]:d.bbox[1], d.bbox[2]:d.bbox[3]] == d.label)]
+        kept = [
+            d
+            for d in drawn
+            if np.any(canvas[d.bbox[0] : d.bbox[1], d.bbox[2] : d.bbox[3]] == d.label)
+        ]
         return TileLayout(canvas, kept, m)

@@ -55,13 +55,20 @@ _COARSE_MAX_FACTOR = 8
 _BACKGROUND_STEP_PX = 32  # the smooth background is computed on this grid and interpolated
 
 
-def blur_spec(defocus_um: float, numerical_aperture: float, pixel_um: float,
-              wavelength_nm: float = PSF_WAVELENGTH_NM) -> BlurSpec:
+def blur_spec(
+    defocus_um: float,
+    numerical_aperture: float,
+    pixel_um: float,
+    wavelength_nm: float = PSF_WAVELENGTH_NM,
+) -> BlurSpec:
     """The PSF at ``defocus_um`` in pixels of ``pixel_um`` (referred to the sample): a disk of
     diameter 2·NA·|Δz| convolved with a Gaussian of σ² = (0.21 λ/NA)² + 1/12 px²."""
     diameter_px = 2.0 * numerical_aperture * abs(defocus_um) / pixel_um
-    sigma_px = math.sqrt((DIFFRACTION_SIGMA_PER_LAMBDA_NA * wavelength_nm * 1e-3
-                          / numerical_aperture / pixel_um) ** 2 + 1.0 / 12.0)
+    sigma_px = math.sqrt(
+        (DIFFRACTION_SIGMA_PER_LAMBDA_NA * wavelength_nm * 1e-3 / numerical_aperture / pixel_um)
+        ** 2
+        + 1.0 / 12.0
+    )
     return BlurSpec(diameter_px, diameter_px, 0.0, sigma_px).capped(_MAX_BLUR_PX)
 
 
@@ -118,19 +125,31 @@ class OpticalConfig:
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
         if not 0.01 <= self.numerical_aperture <= 0.95:
             raise ValueError("numerical_aperture must lie within 0.01–0.95 (a dry objective)")
-        for name in ("z_settle_s", "z_backlash_um", "stage_settle_s", "stage_backlash_um",
-                     "stage_margin_um", "off_chip_reflectance"):
+        for name in (
+            "z_settle_s",
+            "z_backlash_um",
+            "stage_settle_s",
+            "stage_backlash_um",
+            "stage_margin_um",
+            "off_chip_reflectance",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
         limits = self.limits()
-        start_z = self.start_z_um if self.start_z_um is not None else self.focus_z_at(
-            self.start_x_um, self.start_y_um)
+        start_z = (
+            self.start_z_um
+            if self.start_z_um is not None
+            else self.focus_z_at(self.start_x_um, self.start_y_um)
+        )
         if not limits.wd_min_um <= start_z <= limits.wd_max_um:
-            raise ValueError(f"the start Z {start_z} µm lies outside [{self.z_min_um}, "
-                             f"{self.z_max_um}] µm")
-        if not (limits.stage_x_min_um <= self.start_x_um <= limits.stage_x_max_um
-                and limits.stage_y_min_um <= self.start_y_um <= limits.stage_y_max_um):
+            raise ValueError(
+                f"the start Z {start_z} µm lies outside [{self.z_min_um}, {self.z_max_um}] µm"
+            )
+        if not (
+            limits.stage_x_min_um <= self.start_x_um <= limits.stage_x_max_um
+            and limits.stage_y_min_um <= self.start_y_um <= limits.stage_y_max_um
+        ):
             raise ValueError("the start stage position lies outside the stage limits")
 
     @property
@@ -140,21 +159,25 @@ class OpticalConfig:
 
     def focus_z_at(self, x_um: float, y_um: float) -> float:
         """Z that focuses chip point (x, y): tilt plane plus a bow growing to the corners."""
-        half_diag2 = (self.chip.size_x_um ** 2 + self.chip.size_y_um ** 2) / 4
-        return (self.focus_z_um + (self.focus_tilt_x_um_per_mm * x_um
-                                   + self.focus_tilt_y_um_per_mm * y_um) * 1e-3
-                + self.focus_bow_um * (x_um * x_um + y_um * y_um) / half_diag2)
+        half_diag2 = (self.chip.size_x_um**2 + self.chip.size_y_um**2) / 4
+        return (
+            self.focus_z_um
+            + (self.focus_tilt_x_um_per_mm * x_um + self.focus_tilt_y_um_per_mm * y_um) * 1e-3
+            + self.focus_bow_um * (x_um * x_um + y_um * y_um) / half_diag2
+        )
 
     def limits(self) -> Limits:
         lo_x = -self.chip.size_x_um / 2 - self.stage_margin_um
         lo_y = -self.chip.size_y_um / 2 - self.stage_margin_um
         return Limits(
-            wd_min_um=float(self.z_min_um), wd_max_um=float(self.z_max_um),
+            wd_min_um=float(self.z_min_um),
+            wd_max_um=float(self.z_max_um),
             stage_x_min_um=float(lo_x if self.stage_min_um is None else self.stage_min_um),
             stage_x_max_um=float(-lo_x if self.stage_max_um is None else self.stage_max_um),
             stage_y_min_um=float(lo_y if self.stage_min_um is None else self.stage_min_um),
             stage_y_max_um=float(-lo_y if self.stage_max_um is None else self.stage_max_um),
-            max_wd_step_um=self.max_z_step_um)
+            max_wd_step_um=self.max_z_step_um,
+        )
 
 
 @dataclass
@@ -188,8 +211,9 @@ class _Axis:
         self.target_um = target_um
         self.commanded_at = t
         travel = abs(self.goal_um - self.start_um)
-        self.duration_s = self.settle_s + (travel / self.speed_um_per_s
-                                           if self.speed_um_per_s else 0.0)
+        self.duration_s = self.settle_s + (
+            travel / self.speed_um_per_s if self.speed_um_per_s else 0.0
+        )
 
 
 @dataclass
@@ -214,10 +238,14 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
     describes (to share one between instances).
     """
 
-    def __init__(self, config: OpticalConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep,
-                 chip: Chip | None = None) -> None:
+    def __init__(
+        self,
+        config: OpticalConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        chip: Chip | None = None,
+    ) -> None:
         self._config = config if config is not None else OpticalConfig()
         cfg = self._config
         self.name = cfg.name
@@ -231,13 +259,30 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         self._rng = np.random.default_rng([cfg.seed, 0x0C7A])  # apart from the chip's streams
         self._camera = self._make_camera(cfg.camera.exposure_s)
         t0 = clock()
-        start_z = cfg.start_z_um if cfg.start_z_um is not None else cfg.focus_z_at(
-            cfg.start_x_um, cfg.start_y_um)
+        start_z = (
+            cfg.start_z_um
+            if cfg.start_z_um is not None
+            else cfg.focus_z_at(cfg.start_x_um, cfg.start_y_um)
+        )
         self._z = _Axis(cfg.z_settle_s, cfg.z_backlash_um, None, start_z, start_z, start_z, t0)
-        self._x = _Axis(cfg.stage_settle_s, cfg.stage_backlash_um, cfg.stage_speed_um_per_s,
-                        cfg.start_x_um, cfg.start_x_um, cfg.start_x_um, t0)
-        self._y = _Axis(cfg.stage_settle_s, cfg.stage_backlash_um, cfg.stage_speed_um_per_s,
-                        cfg.start_y_um, cfg.start_y_um, cfg.start_y_um, t0)
+        self._x = _Axis(
+            cfg.stage_settle_s,
+            cfg.stage_backlash_um,
+            cfg.stage_speed_um_per_s,
+            cfg.start_x_um,
+            cfg.start_x_um,
+            cfg.start_x_um,
+            t0,
+        )
+        self._y = _Axis(
+            cfg.stage_settle_s,
+            cfg.stage_backlash_um,
+            cfg.stage_speed_um_per_s,
+            cfg.start_y_um,
+            cfg.start_y_um,
+            cfg.start_y_um,
+            t0,
+        )
 
     def _make_camera(self, exposure_s: float) -> Camera:
         cfg = self._config
@@ -265,8 +310,11 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
 
     def set_exposure_s(self, exposure_s: float) -> None:
         """Change the exposure; an automatic gain keeps the brightness (and the noise grows)."""
-        if not (isinstance(exposure_s, (int, float)) and math.isfinite(exposure_s)
-                and 1e-6 <= exposure_s <= 10.0):
+        if not (
+            isinstance(exposure_s, (int, float))
+            and math.isfinite(exposure_s)
+            and 1e-6 <= exposure_s <= 10.0
+        ):
             raise LimitError(f"exposure {exposure_s!r} s is outside [1e-6, 10] s")
         self._camera = self._make_camera(float(exposure_s))
 
@@ -275,8 +323,9 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         x, y = self._actual_xy(self._clock())
         return self._config.focus_z_at(x, y)
 
-    def expected_contrast_rgb(self, material: str, thickness_nm: float,
-                              oxide_nm: float) -> np.ndarray:
+    def expected_contrast_rgb(
+        self, material: str, thickness_nm: float, oxide_nm: float
+    ) -> np.ndarray:
         """The contrast R_film / R_substrate − 1 (R, G, B) the model predicts."""
         return self._table.contrast_rgb(MATERIALS[material], thickness_nm, oxide_nm)
 
@@ -289,8 +338,9 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         """A frame and the ground truth of the tile under the camera: every visible object
         with its mask and attributes (see :class:`FlakeChipSource`)."""
         frame, tile = self._acquire()
-        return frame, AnnotatedImage(frame.pixels, self._objects_truth(tile),
-                                     self._tile_attributes(frame, tile))
+        return frame, AnnotatedImage(
+            frame.pixels, self._objects_truth(tile), self._tile_attributes(frame, tile)
+        )
 
     # -- Microscope hooks -----------------------------------------------------------------------
     def state(self) -> MicroscopeState:
@@ -317,8 +367,10 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             if remaining <= 0:
                 return
             self._sleep(remaining)
-        raise DeviceError("the actuators never settled: the clock does not advance while "
-                          "sleeping; inject a sleep() that advances the injected clock")
+        raise DeviceError(
+            "the actuators never settled: the clock does not advance while "
+            "sleeping; inject a sleep() that advances the injected clock"
+        )
 
     # -- physics ----------------------------------------------------------------------------------
     def _actual_xy(self, t: float) -> tuple[float, float]:
@@ -329,12 +381,16 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         z, z_settled = self._z.position(t)
         xy_settled = self._x.position(t)[1] and self._y.position(t)[1]
         return MicroscopeState(
-            wd_um=float(z), wd_target_um=float(self._z.target_um),
+            wd_um=float(z),
+            wd_target_um=float(self._z.target_um),
             settled=bool(z_settled and xy_settled),
-            stage_x_um=float(self._x.target_um), stage_y_um=float(self._y.target_um),
-            magnification=float(cfg.magnification), pixel_size_nm=cfg.pixel_um * 1e3,
+            stage_x_um=float(self._x.target_um),
+            stage_y_um=float(self._y.target_um),
+            magnification=float(cfg.magnification),
+            pixel_size_nm=cfg.pixel_um * 1e3,
             exposure_s=float(self._camera.config.exposure_s),
-            numerical_aperture=float(cfg.numerical_aperture))
+            numerical_aperture=float(cfg.numerical_aperture),
+        )
 
     def _acquire(self) -> tuple[Frame, _Tile]:
         cfg = self._config
@@ -347,11 +403,19 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         if cfg.pace_frames:
             self._sleep(self._camera.config.exposure_s)
         focus = cfg.focus_z_at(cx, cy)
-        truth = SimTruth(focus_wd_um=float(focus), defocus_um=float(state.wd_um - focus),
-                         dof_um=optical_depth_of_field_um(cfg.pixel_um * 1e3,
-                                                          cfg.numerical_aperture))
-        frame = Frame(pixels=pixels, state=state, start_time_ns=start_ns,
-                      stop_time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns(), truth=truth)
+        truth = SimTruth(
+            focus_wd_um=float(focus),
+            defocus_um=float(state.wd_um - focus),
+            dof_um=optical_depth_of_field_um(cfg.pixel_um * 1e3, cfg.numerical_aperture),
+        )
+        frame = Frame(
+            pixels=pixels,
+            state=state,
+            start_time_ns=start_ns,
+            stop_time_ns=time.time_ns(),
+            monotonic_ns=time.monotonic_ns(),
+            truth=truth,
+        )
         return frame, tile
 
     def _render(self, cx: float, cy: float, z: float) -> _Tile:
@@ -361,8 +425,11 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         margin = 0
         if not cfg.ideal:  # room for blur to reach in from objects just outside the field
             half_x, half_y = (cols / 2 + 8) * p, (rows / 2 + 8) * p
-            worst = max(abs(z - cfg.focus_z_at(cx + sx * half_x, cy + sy * half_y))
-                        for sx in (-1, 0, 1) for sy in (-1, 0, 1))
+            worst = max(
+                abs(z - cfg.focus_z_at(cx + sx * half_x, cy + sy * half_y))
+                for sx in (-1, 0, 1)
+                for sy in (-1, 0, 1)
+            )
             spec = blur_spec(1.1 * worst + 1.0, cfg.numerical_aperture, p)
             margin = math.ceil(spec.along_px / 2 + 4 * spec.sigma_px) + 2
         layout = self._chip.layout(cx, cy, (rows, cols), p, margin)
@@ -385,18 +452,17 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
                 self._paint_sharp(electrons, layout.labels, regions, contrast, m)
             else:
                 spec = blur_spec(defocus[regions[0].obj.object_id], cfg.numerical_aperture, p)
-                self._paint_blurred(electrons, background, layout.labels, regions, contrast,
-                                    m, spec)
-        frame_labels = layout.labels[m:m + rows, m:m + cols]
-        return _Tile(electrons, layout.regions, frame_labels, contrast, oxide, defocus,
-                     (cx, cy), z)
+                self._paint_blurred(
+                    electrons, background, layout.labels, regions, contrast, m, spec
+                )
+        frame_labels = layout.labels[m : m + rows, m : m + cols]
+        return _Tile(electrons, layout.regions, frame_labels, contrast, oxide, defocus, (cx, cy), z)
 
     def _region_contrast(self, drawn: DrawnRegion, oxide_nm: float) -> np.ndarray:
         region = drawn.region
         if region.factor_rgb is not None:  # dirt: an absorber, not a film
             return np.asarray(region.factor_rgb, float) - 1.0
-        return self._table.contrast_rgb(MATERIALS[region.material], region.thickness_nm,
-                                        oxide_nm)
+        return self._table.contrast_rgb(MATERIALS[region.material], region.thickness_nm, oxide_nm)
 
     def _background(self, cx: float, cy: float) -> np.ndarray:
         """Mean electrons of the bare chip (rows, cols, 3) float32.
@@ -416,10 +482,13 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         oxide = self._chip.oxide_nm(x[None, :], y[:, None])
         lo, hi = self._table.oxide_nm[0], self._table.oxide_nm[-1]
         reflectance = self._table.background_rgb(np.clip(oxide, lo, hi))
-        grid = (reflectance * self._camera.vignetting(r_px[:, None], c_px[None, :])[..., None]
-                * self._camera.e_per_reflectance).astype(np.float32)
+        grid = (
+            reflectance
+            * self._camera.vignetting(r_px[:, None], c_px[None, :])[..., None]
+            * self._camera.e_per_reflectance
+        ).astype(np.float32)
         full = cv2.resize(grid, (n_c * s, n_r * s), interpolation=cv2.INTER_LINEAR)
-        out = full[s:s + rows, s:s + cols]  # a view: the caller copies it once
+        out = full[s : s + rows, s : s + cols]  # a view: the caller copies it once
         self._paint_off_chip(out, cx, cy)
         return out
 
@@ -436,15 +505,23 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         if c_lo <= 0 and r_lo <= 0 and c_hi >= cols and r_hi >= rows:
             return
         inside = np.zeros((rows, cols), bool)
-        inside[max(r_lo, 0):max(min(r_hi, rows), 0), max(c_lo, 0):max(min(c_hi, cols), 0)] = True
+        inside[max(r_lo, 0) : max(min(r_hi, rows), 0), max(c_lo, 0) : max(min(c_hi, cols), 0)] = (
+            True
+        )
         rr, cc = np.nonzero(~inside)
         vignetting = self._camera.vignetting(rr, cc)[:, None]
-        out[rr, cc] = (cfg.off_chip_reflectance * vignetting
-                       * self._camera.e_per_reflectance).astype(np.float32)
+        out[rr, cc] = (
+            cfg.off_chip_reflectance * vignetting * self._camera.e_per_reflectance
+        ).astype(np.float32)
 
     @staticmethod
-    def _paint_sharp(electrons: np.ndarray, labels: np.ndarray, regions: list[DrawnRegion],
-                     contrast: dict[int, np.ndarray], m: int) -> None:
+    def _paint_sharp(
+        electrons: np.ndarray,
+        labels: np.ndarray,
+        regions: list[DrawnRegion],
+        contrast: dict[int, np.ndarray],
+        m: int,
+    ) -> None:
         rows, cols = electrons.shape[:2]
         for drawn in regions:
             r0, r1, c0, c1 = drawn.bbox
@@ -452,13 +529,20 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             fc0, fc1 = max(c0 - m, 0), min(c1 - m, cols)
             if fr1 <= fr0 or fc1 <= fc0:
                 continue
-            mask = labels[fr0 + m:fr1 + m, fc0 + m:fc1 + m] == drawn.label
+            mask = labels[fr0 + m : fr1 + m, fc0 + m : fc1 + m] == drawn.label
             view = electrons[fr0:fr1, fc0:fc1]
             view[mask] *= (1.0 + contrast[drawn.label]).astype(np.float32)
 
-    def _paint_blurred(self, electrons: np.ndarray, background: np.ndarray, labels: np.ndarray,
-                       regions: list[DrawnRegion], contrast: dict[int, np.ndarray], m: int,
-                       spec: BlurSpec) -> None:
+    def _paint_blurred(
+        self,
+        electrons: np.ndarray,
+        background: np.ndarray,
+        labels: np.ndarray,
+        regions: list[DrawnRegion],
+        contrast: dict[int, np.ndarray],
+        m: int,
+        spec: BlurSpec,
+    ) -> None:
         """Add background × (PSF ⊛ contrast map) of one object over its padded bounding box."""
         rows, cols = electrons.shape[:2]
         pad = math.ceil(spec.along_px / 2 + 4 * spec.sigma_px) + 2
@@ -475,7 +559,7 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         for drawn in regions:
             delta[patch == drawn.label] = contrast[drawn.label]
         blurred = self._blur(delta, spec)
-        part = blurred[fr0 + m - r0:fr1 + m - r0, fc0 + m - c0:fc1 + m - c0]
+        part = blurred[fr0 + m - r0 : fr1 + m - r0, fc0 + m - c0 : fc1 + m - c0]
         electrons[fr0:fr1, fc0:fc1] += background[fr0:fr1, fc0:fc1] * part
 
     def _blur(self, image: np.ndarray, spec: BlurSpec) -> np.ndarray:
@@ -487,8 +571,7 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         big_h, big_w = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
         padded = np.zeros((big_h, big_w, 3), np.float32)
         padded[:h, :w] = image
-        small = cv2.resize(padded, (big_w // factor, big_h // factor),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(padded, (big_w // factor, big_h // factor), interpolation=cv2.INTER_AREA)
         small = convolve(small, self._kernels.get(spec.on_grid(factor)))
         return cv2.resize(small, (big_w, big_h), interpolation=cv2.INTER_LINEAR)[:h, :w]
 
@@ -501,13 +584,18 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             if area == 0:
                 continue
             obj, region = drawn.obj, drawn.region
-            objects.append(ObjectTruth(
-                category=region.material, mask=mask,
-                attributes=self._object_attributes(obj, drawn, tile, area, mask)))
+            objects.append(
+                ObjectTruth(
+                    category=region.material,
+                    mask=mask,
+                    attributes=self._object_attributes(obj, drawn, tile, area, mask),
+                )
+            )
         return objects
 
-    def _object_attributes(self, obj: ChipObject, drawn: DrawnRegion, tile: _Tile, area: int,
-                           mask: np.ndarray) -> dict[str, Any]:
+    def _object_attributes(
+        self, obj: ChipObject, drawn: DrawnRegion, tile: _Tile, area: int, mask: np.ndarray
+    ) -> dict[str, Any]:
         region = drawn.region
         kind = obj.kind if region is obj.regions[0] else "terrace"
         edge = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
@@ -575,8 +663,13 @@ class FlakeChipSource:
 
     name = "flakes"
 
-    def __init__(self, config: OpticalConfig | None = None, seed: int = 0,
-                 ideal: bool = False, defocus_dof: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: OpticalConfig | None = None,
+        seed: int = 0,
+        ideal: bool = False,
+        defocus_dof: float = 1.0,
+    ) -> None:
         base = config if config is not None else OpticalConfig()
         if ideal and config is None:  # 16 bits, so quantisation does not blur contrast checks
             base = dataclasses.replace(base, camera=dataclasses.replace(base.camera, bit_depth=16))
@@ -596,15 +689,22 @@ class FlakeChipSource:
         n_ox, n_si = Substrate().indices(lam)
 
         def index_samples(values: np.ndarray) -> dict[str, list[float]]:
-            return {f"{int(w)}nm": [float(v.real), float(-v.imag)] for w, v in zip(
-                lam, values, strict=True)}
+            return {
+                f"{int(w)}nm": [float(v.real), float(-v.imag)]
+                for w, v in zip(lam, values, strict=True)
+            }
 
         oxide_0 = float(sim.chip.oxide_nm(0.0, 0.0))
         reference = {}
         for name in ("graphene", "hBN"):
             material = MATERIALS[name]
-            reference[name] = {str(n): [float(c) for c in sim.expected_contrast_rgb(
-                name, material.thickness_nm(n), oxide_0)] for n in (1, 2, 3)}
+            reference[name] = {
+                str(n): [
+                    float(c)
+                    for c in sim.expected_contrast_rgb(name, material.thickness_nm(n), oxide_0)
+                ]
+                for n in (1, 2, 3)
+            }
         return {
             "source": self.name,
             "seed": self.seed,
@@ -614,13 +714,17 @@ class FlakeChipSource:
             "oxide_range_nm": list(cfg.chip.oxide_range_nm()),
             "spectrum": {
                 **dataclasses.asdict(cfg.spectrum),
-                "wavelengths_nm": [float(WAVELENGTHS_NM[0]), float(WAVELENGTHS_NM[-1]),
-                                   float(WAVELENGTHS_NM[1] - WAVELENGTHS_NM[0])],
+                "wavelengths_nm": [
+                    float(WAVELENGTHS_NM[0]),
+                    float(WAVELENGTHS_NM[-1]),
+                    float(WAVELENGTHS_NM[1] - WAVELENGTHS_NM[0]),
+                ],
                 "channel_order": "RGB",
                 "raw_response_rgb": [float(v) for v in cfg.spectrum.raw_response()],
             },
             "indices_n_k": {
-                "SiO2": index_samples(n_ox), "Si": index_samples(n_si),
+                "SiO2": index_samples(n_ox),
+                "Si": index_samples(n_si),
                 **{name: index_samples(m.index(lam)) for name, m in MATERIALS.items()},
             },
             "index_sources": {
@@ -628,8 +732,9 @@ class FlakeChipSource:
                 "Si": "Green, Sol. Energ. Mat. Sol. Cells 92, 1305 (2008), tabulated",
                 **{name: m.source for name, m in MATERIALS.items()},
             },
-            "layer_thickness_nm": {name: m.layer_nm for name, m in MATERIALS.items()
-                                   if name != "residue"},
+            "layer_thickness_nm": {
+                name: m.layer_nm for name, m in MATERIALS.items() if name != "residue"
+            },
             "contrast_rgb_at_chip_centre": {"oxide_nm": oxide_0, **reference},
             "optics": {
                 "magnification": cfg.magnification,
@@ -650,7 +755,8 @@ class FlakeChipSource:
                 "black_level_dn_resolved": camera.black_level_dn,
             },
             "actuators": {
-                "z_settle_s": cfg.z_settle_s, "z_backlash_um": cfg.z_backlash_um,
+                "z_settle_s": cfg.z_settle_s,
+                "z_backlash_um": cfg.z_backlash_um,
                 "stage_settle_s": cfg.stage_settle_s,
                 "stage_speed_um_per_s": cfg.stage_speed_um_per_s,
                 "stage_backlash_um": cfg.stage_backlash_um,
@@ -662,8 +768,9 @@ class FlakeChipSource:
         every call (a fresh microscope each time, sharing the chip)."""
         cfg = self.config
         clock = _ManualClock()
-        sim = SimulatedOpticalMicroscope(cfg, clock=clock, sleep=clock.sleep,
-                                         chip=self.microscope.chip)
+        sim = SimulatedOpticalMicroscope(
+            cfg, clock=clock, sleep=clock.sleep, chip=self.microscope.chip
+        )
         rng = np.random.default_rng([self.seed, 0xDA7A])
         limits = sim.limits()
         rows, cols = cfg.camera.shape
@@ -673,18 +780,34 @@ class FlakeChipSource:
         while made < n:
             attempts += 1
             if attempts > 1000 * n:
-                raise ValueError(f"found only {made} of {n} tiles with flakes: the chip has too "
-                                 "few flakes; raise ChipConfig.flakes_per_mm2")
-            flakes = [o for o in sim.chip.cell(int(rng.integers(sim.chip.cells_x)),
-                                               int(rng.integers(sim.chip.cells_y)))
-                      if o.kind == "flake"]
+                raise ValueError(
+                    f"found only {made} of {n} tiles with flakes: the chip has too "
+                    "few flakes; raise ChipConfig.flakes_per_mm2"
+                )
+            flakes = [
+                o
+                for o in sim.chip.cell(
+                    int(rng.integers(sim.chip.cells_x)), int(rng.integers(sim.chip.cells_y))
+                )
+                if o.kind == "flake"
+            ]
             if not flakes:
                 continue
             obj = flakes[int(rng.integers(len(flakes)))]
-            x = float(np.clip(obj.centre_um[0] + rng.uniform(-0.3, 0.3) * fov_x,
-                              limits.stage_x_min_um, limits.stage_x_max_um))
-            y = float(np.clip(obj.centre_um[1] + rng.uniform(-0.3, 0.3) * fov_y,
-                              limits.stage_y_min_um, limits.stage_y_max_um))
+            x = float(
+                np.clip(
+                    obj.centre_um[0] + rng.uniform(-0.3, 0.3) * fov_x,
+                    limits.stage_x_min_um,
+                    limits.stage_x_max_um,
+                )
+            )
+            y = float(
+                np.clip(
+                    obj.centre_um[1] + rng.uniform(-0.3, 0.3) * fov_y,
+                    limits.stage_y_min_um,
+                    limits.stage_y_max_um,
+                )
+            )
             sim.move_stage(x, y)
             # Backlash moves the field a little: focus where the stage actually is.
             dz = 0.0 if cfg.ideal else float(rng.uniform(-1.0, 1.0)) * self.defocus_dof * dof

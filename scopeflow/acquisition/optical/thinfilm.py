@@ -34,25 +34,56 @@ IndexFunction = Callable[[np.ndarray], np.ndarray]
 
 # Crystalline Si at 300 K, λ (nm), n, k: M. A. Green, Sol. Energ. Mat. Sol. Cells 92, 1305
 # (2008), every 10 nm from 400 to 750 nm (refractiveindex.info, "Si/Green-2008").
-_SI_GREEN_2008 = np.array([
-    (400, 5.613, 0.296), (410, 5.330, 0.227), (420, 5.119, 0.176), (430, 4.949, 0.138),
-    (440, 4.812, 0.107), (450, 4.691, 0.0863), (460, 4.587, 0.0714), (470, 4.497, 0.0621),
-    (480, 4.419, 0.0550), (490, 4.350, 0.0491), (500, 4.294, 0.0442), (510, 4.241, 0.0394),
-    (520, 4.193, 0.0364), (530, 4.151, 0.0331), (540, 4.112, 0.0303), (550, 4.077, 0.0280),
-    (560, 4.045, 0.0258), (570, 4.015, 0.0241), (580, 3.988, 0.0225), (590, 3.963, 0.0211),
-    (600, 3.940, 0.0199), (610, 3.918, 0.0184), (620, 3.898, 0.0174), (630, 3.879, 0.0164),
-    (640, 3.861, 0.0154), (650, 3.844, 0.0144), (660, 3.828, 0.0135), (670, 3.813, 0.0127),
-    (680, 3.798, 0.0119), (690, 3.784, 0.0112), (700, 3.772, 0.0105), (710, 3.759, 0.0101),
-    (720, 3.748, 0.0096), (730, 3.737, 0.0089), (740, 3.727, 0.0084), (750, 3.717, 0.0078),
-])
+_SI_GREEN_2008 = np.array(
+    [
+        (400, 5.613, 0.296),
+        (410, 5.330, 0.227),
+        (420, 5.119, 0.176),
+        (430, 4.949, 0.138),
+        (440, 4.812, 0.107),
+        (450, 4.691, 0.0863),
+        (460, 4.587, 0.0714),
+        (470, 4.497, 0.0621),
+        (480, 4.419, 0.0550),
+        (490, 4.350, 0.0491),
+        (500, 4.294, 0.0442),
+        (510, 4.241, 0.0394),
+        (520, 4.193, 0.0364),
+        (530, 4.151, 0.0331),
+        (540, 4.112, 0.0303),
+        (550, 4.077, 0.0280),
+        (560, 4.045, 0.0258),
+        (570, 4.015, 0.0241),
+        (580, 3.988, 0.0225),
+        (590, 3.963, 0.0211),
+        (600, 3.940, 0.0199),
+        (610, 3.918, 0.0184),
+        (620, 3.898, 0.0174),
+        (630, 3.879, 0.0164),
+        (640, 3.861, 0.0154),
+        (650, 3.844, 0.0144),
+        (660, 3.828, 0.0135),
+        (670, 3.813, 0.0127),
+        (680, 3.798, 0.0119),
+        (690, 3.784, 0.0112),
+        (700, 3.772, 0.0105),
+        (710, 3.759, 0.0101),
+        (720, 3.748, 0.0096),
+        (730, 3.737, 0.0089),
+        (740, 3.727, 0.0084),
+        (750, 3.717, 0.0078),
+    ]
+)
 
 
 def sio2_index(wavelength_nm: np.ndarray) -> np.ndarray:
     """Fused silica (thermal oxide), Malitson's Sellmeier formula (JOSA 55, 1205 (1965))."""
     lam2 = (np.asarray(wavelength_nm, float) * 1e-3) ** 2  # µm²
-    n2 = 1.0 + (0.6961663 * lam2 / (lam2 - 0.0684043 ** 2)
-                + 0.4079426 * lam2 / (lam2 - 0.1162414 ** 2)
-                + 0.8974794 * lam2 / (lam2 - 9.896161 ** 2))
+    n2 = 1.0 + (
+        0.6961663 * lam2 / (lam2 - 0.0684043**2)
+        + 0.4079426 * lam2 / (lam2 - 0.1162414**2)
+        + 0.8974794 * lam2 / (lam2 - 9.896161**2)
+    )
     return np.sqrt(n2).astype(complex)
 
 
@@ -71,7 +102,7 @@ def hbn_index(wavelength_nm: np.ndarray) -> np.ndarray:
     Lee et al., Phys. Status Solidi B 256, 1800417 (2019): 2.18 at 450 nm, 2.14 at 550 nm,
     2.12 at 700 nm; transparent (k = 0). Fitted over 450–1200 nm; used down to 400 nm."""
     lam2 = (np.asarray(wavelength_nm, float) * 1e-3) ** 2
-    return np.sqrt(1.0 + 3.263 * lam2 / (lam2 - 0.1644 ** 2)).astype(complex)
+    return np.sqrt(1.0 + 3.263 * lam2 / (lam2 - 0.1644**2)).astype(complex)
 
 
 def constant_index(value: complex) -> IndexFunction:
@@ -97,26 +128,37 @@ class Material:
 
 
 GRAPHENE = Material(
-    "graphene", 0.335, constant_index(2.6 - 1.3j),
+    "graphene",
+    0.335,
+    constant_index(2.6 - 1.3j),
     "n = 2.6 − 1.3i (graphite, wavelength independent) and 0.335 nm per layer, as used by "
-    "Blake et al., APL 91, 063124 (2007)")
+    "Blake et al., APL 91, 063124 (2007)",
+)
 HBN = Material(
-    "hBN", 0.333, hbn_index,
+    "hBN",
+    0.333,
+    hbn_index,
     "Lee et al., Phys. Status Solidi B 256, 1800417 (2019), in-plane, k = 0; 0.333 nm per layer "
-    "(interlayer spacing of bulk hBN)")
+    "(interlayer spacing of bulk hBN)",
+)
 RESIDUE = Material(
-    "residue", 1.0, constant_index(1.49),
+    "residue",
+    1.0,
+    constant_index(1.49),
     "tape adhesive / polymer residue as a transparent film of n = 1.49 (PMMA at 589 nm, "
-    "Sultanova et al., Acta Phys. Pol. A 116, 585 (2009)); thickness in nm")
+    "Sultanova et al., Acta Phys. Pol. A 116, 585 (2009)); thickness in nm",
+)
 
 #: Film materials by name.
 MATERIALS: dict[str, Material] = {m.name: m for m in (GRAPHENE, HBN, RESIDUE)}
 
 
-def stack_reflectance(wavelength_nm: np.ndarray,
-                      films: Sequence[tuple[np.ndarray | complex, np.ndarray | float]],
-                      substrate_index: np.ndarray | complex,
-                      ambient_index: complex = 1.0) -> np.ndarray:
+def stack_reflectance(
+    wavelength_nm: np.ndarray,
+    films: Sequence[tuple[np.ndarray | complex, np.ndarray | float]],
+    substrate_index: np.ndarray | complex,
+    ambient_index: complex = 1.0,
+) -> np.ndarray:
     """Normal-incidence reflectance |r|² of ``films`` (index, thickness nm), listed from the
     ambient side down, on a semi-infinite substrate.
 
@@ -139,9 +181,14 @@ def stack_reflectance(wavelength_nm: np.ndarray,
     return np.abs(r) ** 2
 
 
-def blake_reflectance(n1: np.ndarray | complex, d1_nm: float, n2: np.ndarray | complex,
-                      d2_nm: float, n3: np.ndarray | complex,
-                      wavelength_nm: np.ndarray) -> np.ndarray:
+def blake_reflectance(
+    n1: np.ndarray | complex,
+    d1_nm: float,
+    n2: np.ndarray | complex,
+    d2_nm: float,
+    n3: np.ndarray | complex,
+    wavelength_nm: np.ndarray,
+) -> np.ndarray:
     """Reflectance of air / flake (n1, d1) / oxide (n2, d2) / Si (n3), written as in Blake et al.
     (2007), eq. (1); equal to :func:`stack_reflectance` for that stack."""
     n0 = 1.0
@@ -152,10 +199,18 @@ def blake_reflectance(n1: np.ndarray | complex, d1_nm: float, n2: np.ndarray | c
     f1 = 2.0 * math.pi * n1 * d1_nm / lam
     f2 = 2.0 * math.pi * n2 * d2_nm / lam
     e = np.exp
-    num = (r1 * e(1j * (f1 + f2)) + r2 * e(-1j * (f1 - f2)) + r3 * e(-1j * (f1 + f2))
-           + r1 * r2 * r3 * e(1j * (f1 - f2)))
-    den = (e(1j * (f1 + f2)) + r1 * r2 * e(-1j * (f1 - f2)) + r1 * r3 * e(-1j * (f1 + f2))
-           + r2 * r3 * e(1j * (f1 - f2)))
+    num = (
+        r1 * e(1j * (f1 + f2))
+        + r2 * e(-1j * (f1 - f2))
+        + r3 * e(-1j * (f1 + f2))
+        + r1 * r2 * r3 * e(1j * (f1 - f2))
+    )
+    den = (
+        e(1j * (f1 + f2))
+        + r1 * r2 * e(-1j * (f1 - f2))
+        + r1 * r3 * e(-1j * (f1 + f2))
+        + r2 * r3 * e(1j * (f1 - f2))
+    )
     return np.abs(num / den) ** 2
 
 
@@ -163,7 +218,7 @@ def blackbody(wavelength_nm: np.ndarray, temperature_k: float) -> np.ndarray:
     """Planck's spectral radiance (arbitrary units) at ``temperature_k``."""
     lam_m = np.asarray(wavelength_nm, float) * 1e-9
     c2 = 6.62607015e-34 * 299792458.0 / 1.380649e-23  # hc/k, m·K
-    return lam_m ** -5 / np.expm1(c2 / (lam_m * temperature_k))
+    return lam_m**-5 / np.expm1(c2 / (lam_m * temperature_k))
 
 
 def _gaussian(wavelength_nm: np.ndarray, centre_nm: float, fwhm_nm: float) -> np.ndarray:
@@ -206,8 +261,12 @@ class SpectralModel:
 
     def sensitivities(self, wavelength_nm: np.ndarray = WAVELENGTHS_NM) -> np.ndarray:
         """Channel sensitivities Q_c(λ), shape (3, n), R, G, B, peak 1."""
-        return np.stack([_gaussian(wavelength_nm, c, w)
-                         for c, w in zip(self.band_centres_nm, self.band_fwhm_nm, strict=True)])
+        return np.stack(
+            [
+                _gaussian(wavelength_nm, c, w)
+                for c, w in zip(self.band_centres_nm, self.band_fwhm_nm, strict=True)
+            ]
+        )
 
     def raw_response(self) -> np.ndarray:
         """Signal of each channel from a perfect mirror, relative to the strongest (shape (3,))."""
@@ -228,13 +287,13 @@ class SpectralModel:
 class Substrate:
     """Si with a thermal SiO₂ layer; indices from :func:`si_index` and :func:`sio2_index`."""
 
-    def indices(self, wavelength_nm: np.ndarray = WAVELENGTHS_NM) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
+    def indices(self, wavelength_nm: np.ndarray = WAVELENGTHS_NM) -> tuple[np.ndarray, np.ndarray]:
         return sio2_index(wavelength_nm), si_index(wavelength_nm)
 
 
-def film_spectrum(material: Material | None, thickness_nm: float,
-                  oxide_nm: np.ndarray | float) -> np.ndarray:
+def film_spectrum(
+    material: Material | None, thickness_nm: float, oxide_nm: np.ndarray | float
+) -> np.ndarray:
     """Reflectance spectra of ``material`` (None: bare substrate) on each oxide thickness,
     shape (*oxide.shape, n_wavelengths)."""
     lam = WAVELENGTHS_NM
@@ -247,17 +306,25 @@ def film_spectrum(material: Material | None, thickness_nm: float,
     return stack_reflectance(lam, films, n_si) * np.ones(oxide.shape[:-1] + lam.shape)
 
 
-def reflectance_rgb(model: SpectralModel, material: Material | None, thickness_nm: float,
-                    oxide_nm: np.ndarray | float) -> np.ndarray:
+def reflectance_rgb(
+    model: SpectralModel,
+    material: Material | None,
+    thickness_nm: float,
+    oxide_nm: np.ndarray | float,
+) -> np.ndarray:
     """Per-channel (R, G, B) reflectance of a film on the substrate, shape (*oxide.shape, 3)."""
     return model.channel_reflectance(film_spectrum(material, thickness_nm, oxide_nm))
 
 
-def contrast_rgb(model: SpectralModel, material: Material, thickness_nm: float,
-                 oxide_nm: float) -> np.ndarray:
+def contrast_rgb(
+    model: SpectralModel, material: Material, thickness_nm: float, oxide_nm: float
+) -> np.ndarray:
     """Contrast R_flake / R_substrate − 1 per channel (R, G, B), directly integrated."""
-    return (reflectance_rgb(model, material, thickness_nm, oxide_nm)
-            / reflectance_rgb(model, None, 0.0, oxide_nm) - 1.0)
+    return (
+        reflectance_rgb(model, material, thickness_nm, oxide_nm)
+        / reflectance_rgb(model, None, 0.0, oxide_nm)
+        - 1.0
+    )
 
 
 class ContrastTable:
@@ -269,8 +336,9 @@ class ContrastTable:
     below 1e-5 in reflectance (1e-4 relative).
     """
 
-    def __init__(self, model: SpectralModel, oxide_min_nm: float, oxide_max_nm: float,
-                 step_nm: float = 0.25) -> None:
+    def __init__(
+        self, model: SpectralModel, oxide_min_nm: float, oxide_max_nm: float, step_nm: float = 0.25
+    ) -> None:
         if not 0.0 <= oxide_min_nm <= oxide_max_nm:
             raise ValueError("need 0 ≤ oxide_min_nm ≤ oxide_max_nm")
         self.model = model
@@ -282,16 +350,19 @@ class ContrastTable:
     def _interp(self, table: np.ndarray, oxide_nm: np.ndarray | float) -> np.ndarray:
         x = np.asarray(oxide_nm, float)
         if np.any(x < self.oxide_nm[0] - 1e-9) or np.any(x > self.oxide_nm[-1] + 1e-9):
-            raise ValueError(f"oxide thickness outside the table's {self.oxide_nm[0]:.2f}–"
-                             f"{self.oxide_nm[-1]:.2f} nm")
+            raise ValueError(
+                f"oxide thickness outside the table's {self.oxide_nm[0]:.2f}–"
+                f"{self.oxide_nm[-1]:.2f} nm"
+            )
         return np.stack([np.interp(x, self.oxide_nm, table[:, c]) for c in range(3)], axis=-1)
 
     def background_rgb(self, oxide_nm: np.ndarray | float) -> np.ndarray:
         """Bare-substrate reflectance per channel, shape (*oxide.shape, 3)."""
         return self._interp(self._background, oxide_nm)
 
-    def film_rgb(self, material: Material, thickness_nm: float,
-                 oxide_nm: np.ndarray | float) -> np.ndarray:
+    def film_rgb(
+        self, material: Material, thickness_nm: float, oxide_nm: np.ndarray | float
+    ) -> np.ndarray:
         """Reflectance per channel with the film on top, shape (*oxide.shape, 3)."""
         key = (material.name, round(float(thickness_nm), 6))
         rows = self._rows.get(key)
@@ -300,8 +371,6 @@ class ContrastTable:
             self._rows[key] = rows
         return self._interp(rows, oxide_nm)
 
-    def contrast_rgb(self, material: Material, thickness_nm: float,
-                     oxide_nm: float) -> np.ndarray:
+    def contrast_rgb(self, material: Material, thickness_nm: float, oxide_nm: float) -> np.ndarray:
         """R_film / R_substrate − 1 per channel (R, G, B) at one oxide thickness."""
-        return self.film_rgb(material, thickness_nm, oxide_nm) / self.background_rgb(
-            oxide_nm) - 1.0
+        return self.film_rgb(material, thickness_nm, oxide_nm) / self.background_rgb(oxide_nm) - 1.0

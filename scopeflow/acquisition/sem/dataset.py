@@ -38,8 +38,9 @@ class SEMFocusSource:
 
     name = "sem"
 
-    def __init__(self, seed: int = 0, ideal: bool = False,
-                 config: SEMDatasetConfig | None = None) -> None:
+    def __init__(
+        self, seed: int = 0, ideal: bool = False, config: SEMDatasetConfig | None = None
+    ) -> None:
         self.seed = seed
         self.ideal = ideal
         self.config = config or SEMDatasetConfig()
@@ -81,24 +82,43 @@ class SEMFocusSource:
             if self.ideal:
                 defocus_dof, astig_um = 0.0, 0.0
             sim_cfg = replace(
-                SEMConfig(), seed=self.seed + k, family=family,
-                frame_shape=(cfg.frame_size, cfg.frame_size), pixel_size_nm=pixel_nm,
-                beam_semiangle_mrad=alpha, dose_e_per_px=dose, astigmatism_um=astig_um,
-                astigmatism_angle_deg=angle, start_wd_um=5000.0 + defocus_dof * dof,
-                start_stage_x_um=float(stage[0]), start_stage_y_um=float(stage[1]), settle_s=0.0)
+                SEMConfig(),
+                seed=self.seed + k,
+                family=family,
+                frame_shape=(cfg.frame_size, cfg.frame_size),
+                pixel_size_nm=pixel_nm,
+                beam_semiangle_mrad=alpha,
+                dose_e_per_px=dose,
+                astigmatism_um=astig_um,
+                astigmatism_angle_deg=angle,
+                start_wd_um=5000.0 + defocus_dof * dof,
+                start_stage_x_um=float(stage[0]),
+                start_stage_y_um=float(stage[1]),
+                settle_s=0.0,
+            )
             sim = SimulatedSEM(sim_cfg, specimen=self._specimen(family))
             frame, clean = sim.acquire_with_clean()
             image = frame.pixels
             if self.ideal:
                 info = np.iinfo(image.dtype)
                 image = np.clip(np.rint(clean), 0, info.max).astype(image.dtype)
-            yield AnnotatedImage(image=image, objects=[], attributes={
-                "family": family, "pixel_size_nm": pixel_nm, "beam_semiangle_mrad": alpha,
-                "dose_e_per_px": dose, "dof_um": dof, "defocus_um": defocus_dof * dof,
-                "defocus_dof": defocus_dof, "astigmatism_um": astig_um,
-                "astigmatism_angle_deg": angle if astig_um else 0.0,
-                "stage_xy_um": [float(stage[0]), float(stage[1])], "ideal": self.ideal,
-            })
+            yield AnnotatedImage(
+                image=image,
+                objects=[],
+                attributes={
+                    "family": family,
+                    "pixel_size_nm": pixel_nm,
+                    "beam_semiangle_mrad": alpha,
+                    "dose_e_per_px": dose,
+                    "dof_um": dof,
+                    "defocus_um": defocus_dof * dof,
+                    "defocus_dof": defocus_dof,
+                    "astigmatism_um": astig_um,
+                    "astigmatism_angle_deg": angle if astig_um else 0.0,
+                    "stage_xy_um": [float(stage[0]), float(stage[1])],
+                    "ideal": self.ideal,
+                },
+            )
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:

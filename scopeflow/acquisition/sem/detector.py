@@ -83,7 +83,8 @@ def _noise_chunk(lam: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     if big.any():  # beyond the table the Poisson law is normal to < 2 % skewness
         # The quantile and dither bits are free here: 11 + 4 of them index a second normal.
         spare = ((bits[big] & np.uint32(_U_LEVELS - 1)) << np.uint32(4)) | (
-            bits[big] >> np.uint32(28))
+            bits[big] >> np.uint32(28)
+        )
         counts[big] = np.round(lam[big] + np.sqrt(lam[big]) * normals.take(spare))
     return counts, gauss
 
@@ -97,8 +98,9 @@ def _chunks(mean_e: np.ndarray):
         yield part, lam
 
 
-def shot_and_read_noise(mean_e: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
+def shot_and_read_noise(
+    mean_e: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Poisson counts with the given means, and independent standard normals (both float32).
 
     One 32-bit random word per pixel: 11 bits pick the Poisson quantile, 15 bits the normal one,
@@ -125,8 +127,9 @@ def jitter_lines(image: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
     rows, cols = image.shape
     map_x = np.arange(cols, dtype=np.float32)[None, :] + shifts_px.astype(np.float32)[:, None]
     map_y = np.broadcast_to(np.arange(rows, dtype=np.float32)[:, None], (rows, cols))
-    return cv2.remap(image, map_x, np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        image, map_x, np.ascontiguousarray(map_y), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 @dataclass(frozen=True)

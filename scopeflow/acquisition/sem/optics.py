@@ -29,8 +29,9 @@ COARSE_MIN_DIAMETER_PX = 8.0
 RESAMPLING_VARIANCE_PX2 = 0.25
 
 
-def blur_diameters_px(defocus_um: float, semiangle_mrad: float, pixel_nm: float,
-                      astigmatism_um: float = 0.0) -> tuple[float, float]:
+def blur_diameters_px(
+    defocus_um: float, semiangle_mrad: float, pixel_nm: float, astigmatism_um: float = 0.0
+) -> tuple[float, float]:
     """Geometric blur-disk diameters in pixels, (along, across) the astigmatism axis.
 
     ``2α|Δz + a/2| / p`` along and ``2α|Δz − a/2| / p`` across; without astigmatism both are
@@ -59,8 +60,10 @@ class BlurSpec:
     def coarse_factor(self, max_factor: int) -> int:
         """Power-of-two grid factor at which this blur is rendered (1 = full resolution)."""
         factor = 1
-        while (min(self.along_px, self.across_px) / (2 * factor) >= COARSE_MIN_DIAMETER_PX
-               and 2 * factor <= max_factor):
+        while (
+            min(self.along_px, self.across_px) / (2 * factor) >= COARSE_MIN_DIAMETER_PX
+            and 2 * factor <= max_factor
+        ):
             factor *= 2
         return factor
 
@@ -75,8 +78,9 @@ class BlurSpec:
             return self
         f2 = factor * factor
         sigma = SIGMA_FLOOR_PX
-        extra = (self.sigma_px ** 2 + RESAMPLING_VARIANCE_PX2) / f2 - sigma ** 2 \
-            - RESAMPLING_VARIANCE_PX2
+        extra = (
+            (self.sigma_px**2 + RESAMPLING_VARIANCE_PX2) / f2 - sigma**2 - RESAMPLING_VARIANCE_PX2
+        )
 
         def shrink(d: float) -> float:
             return math.sqrt(max(d * d / f2 + 16.0 * extra, 0.0))
@@ -92,8 +96,9 @@ class BlurSpec:
         if longest <= max_px:
             return self
         scale = max_px / longest
-        return BlurSpec(self.along_px * scale, self.across_px * scale, self.angle_deg,
-                        self.sigma_px)
+        return BlurSpec(
+            self.along_px * scale, self.across_px * scale, self.angle_deg, self.sigma_px
+        )
 
 
 def psf_kernel(spec: BlurSpec) -> np.ndarray:
@@ -106,7 +111,7 @@ def psf_kernel(spec: BlurSpec) -> np.ndarray:
     # Fine sampling matters for small disks; large ones are smooth at the pixel scale already.
     s = max(1, min(4, math.ceil(32.0 / max(spec.along_px, spec.across_px, 1.0))))
     radius = math.ceil(max(spec.along_px, spec.across_px) / 2 + 4 * spec.sigma_px)
-    grid = (np.arange(2 * radius * s + 1, dtype=np.float32) - radius * s)  # fine samples
+    grid = np.arange(2 * radius * s + 1, dtype=np.float32) - radius * s  # fine samples
     theta = math.radians(spec.angle_deg)
     xx, yy = grid[None, :], grid[:, None]
     u = xx * math.cos(theta) + yy * math.sin(theta)  # along the astigmatism axis
@@ -120,11 +125,16 @@ def psf_kernel(spec: BlurSpec) -> np.ndarray:
     # below the Gaussian floor; small round disks are drawn as before.
     a, b = max(a, min(b, 1.0)), max(b, min(a, 1.0))
     rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-    grad = np.sqrt((u / a ** 2) ** 2 + (v / b ** 2) ** 2) / np.maximum(rho, 1e-12)
+    grad = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2) / np.maximum(rho, 1e-12)
     signed = (rho - 1.0) / np.maximum(grad, 1e-12)  # ≈ distance to the edge, fine samples
     disk = np.clip(0.5 - signed, 0.0, 1.0).astype(np.float32)
-    fine = cv2.GaussianBlur(disk, (0, 0), sigmaX=spec.sigma_px * s, sigmaY=spec.sigma_px * s,
-                            borderType=cv2.BORDER_CONSTANT)
+    fine = cv2.GaussianBlur(
+        disk,
+        (0, 0),
+        sigmaX=spec.sigma_px * s,
+        sigmaY=spec.sigma_px * s,
+        borderType=cv2.BORDER_CONSTANT,
+    )
     kernel = np.ascontiguousarray(fine[::s, ::s])
     return kernel / kernel.sum(dtype=np.float64)
 
@@ -142,8 +152,12 @@ class KernelCache:
         return round(round(d / step) * step, 6)
 
     def get(self, spec: BlurSpec) -> np.ndarray:
-        key = (self._quantize(spec.along_px), self._quantize(spec.across_px),
-               round(spec.angle_deg % 180.0, 3), round(spec.sigma_px, 4))
+        key = (
+            self._quantize(spec.along_px),
+            self._quantize(spec.across_px),
+            round(spec.angle_deg % 180.0, 3),
+            round(spec.sigma_px, 4),
+        )
         kernel = self._kernels.get(key)
         if kernel is None:
             kernel = psf_kernel(BlurSpec(key[0], key[1], key[2], key[3])).astype(np.float32)
@@ -162,8 +176,9 @@ def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return cv2.filter2D(image, cv2.CV_32F, kernel, borderType=cv2.BORDER_REPLICATE)
 
 
-def defocus_levels(dz_min_um: float, dz_max_um: float, px_per_um: float,
-                   max_levels: int) -> list[float]:
+def defocus_levels(
+    dz_min_um: float, dz_max_um: float, px_per_um: float, max_levels: int
+) -> list[float]:
     """Defocus values at which to render blur for a field spanning [dz_min, dz_max].
 
     ``px_per_um`` converts defocus to blur-disk diameter (2α/p). One level when the diameter
@@ -185,8 +200,9 @@ def defocus_levels(dz_min_um: float, dz_max_um: float, px_per_um: float,
     return [float(z) for z in levels]
 
 
-def blend_levels(images: list[np.ndarray], levels_um: list[float],
-                 defocus_map_um: np.ndarray) -> np.ndarray:
+def blend_levels(
+    images: list[np.ndarray], levels_um: list[float], defocus_map_um: np.ndarray
+) -> np.ndarray:
     """Per-pixel linear interpolation between images blurred at ``levels_um`` (ascending).
 
     Each image gets a hat-shaped weight in defocus (1 at its own level, 0 at its neighbours);
@@ -199,12 +215,14 @@ def blend_levels(images: list[np.ndarray], levels_um: list[float],
     for k, image in enumerate(images):
         weight = np.ones(out.shape, np.float32)
         if k > 0:
-            rising = (defocus_map_um - np.float32(levels_um[k - 1])) \
-                * np.float32(1.0 / (levels_um[k] - levels_um[k - 1]))
+            rising = (defocus_map_um - np.float32(levels_um[k - 1])) * np.float32(
+                1.0 / (levels_um[k] - levels_um[k - 1])
+            )
             np.minimum(weight, rising, out=weight)
         if k < last:
-            falling = (np.float32(levels_um[k + 1]) - defocus_map_um) \
-                * np.float32(1.0 / (levels_um[k + 1] - levels_um[k]))
+            falling = (np.float32(levels_um[k + 1]) - defocus_map_um) * np.float32(
+                1.0 / (levels_um[k + 1] - levels_um[k])
+            )
             np.minimum(weight, falling, out=weight)
         np.maximum(weight, 0.0, out=weight)
         weight *= image

@@ -112,8 +112,9 @@ class SEMConfig:
     backlash_um: float = 0.0
     family: str = "nanoparticles"
     seed: int = 0
-    texture: np.ndarray | str | os.PathLike[str] | None = field(default=None, compare=False,
-                                                                repr=False)
+    texture: np.ndarray | str | os.PathLike[str] | None = field(
+        default=None, compare=False, repr=False
+    )
     texture_pixel_nm: float = 5.0
     specimen_samples: int = 2048
     specimen_sample_nm: float = 4.0
@@ -127,14 +128,27 @@ class SEMConfig:
     def __post_init__(self) -> None:
         rows, cols = self.frame_shape
         if not (8 <= rows <= 8192 and 8 <= cols <= 8192):
-            raise ValueError(f"frame_shape must be between 8 and 8192 per side, got "
-                             f"{self.frame_shape}")
+            raise ValueError(
+                f"frame_shape must be between 8 and 8192 per side, got {self.frame_shape}"
+            )
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        positive = ("pixel_size_nm", "dwell_time_us", "beam_semiangle_mrad", "charging_tau_s",
-                    "texture_pixel_nm", "specimen_sample_nm")
-        non_negative = ("probe_fwhm_nm", "dose_e_per_px", "read_noise_e", "line_jitter_px",
-                        "settle_s", "backlash_um")
+        positive = (
+            "pixel_size_nm",
+            "dwell_time_us",
+            "beam_semiangle_mrad",
+            "charging_tau_s",
+            "texture_pixel_nm",
+            "specimen_sample_nm",
+        )
+        non_negative = (
+            "probe_fwhm_nm",
+            "dose_e_per_px",
+            "read_noise_e",
+            "line_jitter_px",
+            "settle_s",
+            "backlash_um",
+        )
         for name in positive + non_negative:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
@@ -145,8 +159,10 @@ class SEMConfig:
                 raise ValueError(f"{name} must lie within ±80°, got {getattr(self, name)!r}")
         for name in ("start_stage_x_um", "start_stage_y_um"):
             if not self.stage_min_um <= getattr(self, name) <= self.stage_max_um:
-                raise ValueError(f"{name} must lie within the stage limits [{self.stage_min_um}, "
-                                 f"{self.stage_max_um}] µm")
+                raise ValueError(
+                    f"{name} must lie within the stage limits [{self.stage_min_um}, "
+                    f"{self.stage_max_um}] µm"
+                )
         if self.tilt_blur_levels < 1:
             raise ValueError("tilt_blur_levels must be at least 1")
         if self.texture is None and self.family not in SPECIMEN_FAMILIES:
@@ -156,8 +172,10 @@ class SEMConfig:
             raise ValueError("specimen_samples must be an even number ≥ 64")
         start = self.focus_wd_um if self.start_wd_um is None else self.start_wd_um
         if not self.wd_min_um <= start <= self.wd_max_um:
-            raise ValueError(f"the start WD {start} µm lies outside [{self.wd_min_um}, "
-                             f"{self.wd_max_um}] µm; set start_wd_um or the WD limits")
+            raise ValueError(
+                f"the start WD {start} µm lies outside [{self.wd_min_um}, "
+                f"{self.wd_max_um}] µm; set start_wd_um or the WD limits"
+            )
 
     @property
     def out_dtype(self) -> np.dtype:
@@ -182,12 +200,15 @@ class SEMConfig:
         return Detector(gain, offset, self.read_noise_e, self.out_dtype)
 
     def limits(self) -> Limits:
-        return Limits(wd_min_um=float(self.wd_min_um), wd_max_um=float(self.wd_max_um),
-                      stage_x_min_um=float(self.stage_min_um),
-                      stage_x_max_um=float(self.stage_max_um),
-                      stage_y_min_um=float(self.stage_min_um),
-                      stage_y_max_um=float(self.stage_max_um),
-                      max_wd_step_um=self.max_wd_step_um)
+        return Limits(
+            wd_min_um=float(self.wd_min_um),
+            wd_max_um=float(self.wd_max_um),
+            stage_x_min_um=float(self.stage_min_um),
+            stage_x_max_um=float(self.stage_max_um),
+            stage_y_min_um=float(self.stage_min_um),
+            stage_y_max_um=float(self.stage_max_um),
+            max_wd_step_um=self.max_wd_step_um,
+        )
 
 
 @dataclass
@@ -228,10 +249,14 @@ class SimulatedSEM(MicroscopeBase):
     overrides the one the config describes (to share one among simulators).
     """
 
-    def __init__(self, config: SEMConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep,
-                 specimen: Specimen | None = None) -> None:
+    def __init__(
+        self,
+        config: SEMConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        specimen: Specimen | None = None,
+    ) -> None:
         self._config = config if config is not None else SEMConfig()
         cfg = self._config
         self.name = cfg.name
@@ -242,8 +267,9 @@ class SimulatedSEM(MicroscopeBase):
             if cfg.texture is not None:
                 specimen = specimen_from_texture(cfg.texture, cfg.texture_pixel_nm)
             else:
-                specimen = make_specimen(cfg.family, cfg.seed, cfg.specimen_samples,
-                                         cfg.specimen_sample_nm)
+                specimen = make_specimen(
+                    cfg.family, cfg.seed, cfg.specimen_samples, cfg.specimen_sample_nm
+                )
         self._specimen = specimen
         self._sampler = SpecimenSampler(specimen)
         self._kernels = KernelCache()
@@ -257,8 +283,9 @@ class SimulatedSEM(MicroscopeBase):
         self._astigmatism_angle_deg = cfg.astigmatism_angle_deg
         self._stage_um = (cfg.start_stage_x_um, cfg.start_stage_y_um)
         start = cfg.focus_wd_um if cfg.start_wd_um is None else cfg.start_wd_um
-        self._wd = _Actuator(cfg.settle_s, cfg.backlash_um, start, start, start,
-                             self._t0 - cfg.settle_s)
+        self._wd = _Actuator(
+            cfg.settle_s, cfg.backlash_um, start, start, start, self._t0 - cfg.settle_s
+        )
 
     # -- extra controls -------------------------------------------------------------------------
     @property
@@ -276,8 +303,11 @@ class SimulatedSEM(MicroscopeBase):
 
     def set_pixel_size_nm(self, pixel_nm: float) -> None:
         """Change the magnification: the field of view becomes ``frame_shape × pixel_nm``."""
-        if not (isinstance(pixel_nm, (int, float)) and math.isfinite(pixel_nm)
-                and 0.05 <= pixel_nm <= 1e5):
+        if not (
+            isinstance(pixel_nm, (int, float))
+            and math.isfinite(pixel_nm)
+            and 0.05 <= pixel_nm <= 1e5
+        ):
             raise LimitError(f"pixel size {pixel_nm!r} nm is outside [0.05, 1e5] nm")
         self._pixel_nm = float(pixel_nm)
 
@@ -331,32 +361,45 @@ class SimulatedSEM(MicroscopeBase):
             if remaining <= 0:
                 return
             self._sleep(remaining)
-        raise DeviceError("the WD actuator never settled: the clock does not advance while "
-                          "sleeping; inject a sleep() that advances the injected clock")
+        raise DeviceError(
+            "the WD actuator never settled: the clock does not advance while "
+            "sleeping; inject a sleep() that advances the injected clock"
+        )
 
     # -- physics ----------------------------------------------------------------------------------
     def _centre_um(self, t: float) -> tuple[float, float]:
         """Specimen coordinates under the field centre: stage position plus drift, µm."""
         elapsed = t - self._t0
         cfg = self._config
-        return (self._stage_um[0] + cfg.stage_drift_x_nm_per_s * elapsed * 1e-3,
-                self._stage_um[1] + cfg.stage_drift_y_nm_per_s * elapsed * 1e-3)
+        return (
+            self._stage_um[0] + cfg.stage_drift_x_nm_per_s * elapsed * 1e-3,
+            self._stage_um[1] + cfg.stage_drift_y_nm_per_s * elapsed * 1e-3,
+        )
 
     def _focus_wd_at(self, t: float, x_um: float, y_um: float) -> float:
         cfg = self._config
-        return (cfg.focus_wd_um + cfg.focus_drift_um_per_s * (t - self._t0)
-                + math.tan(math.radians(cfg.tilt_x_deg)) * x_um
-                + math.tan(math.radians(cfg.tilt_y_deg)) * y_um)
+        return (
+            cfg.focus_wd_um
+            + cfg.focus_drift_um_per_s * (t - self._t0)
+            + math.tan(math.radians(cfg.tilt_x_deg)) * x_um
+            + math.tan(math.radians(cfg.tilt_y_deg)) * y_um
+        )
 
     def _state_at(self, t: float) -> MicroscopeState:
         wd, settled = self._wd.position(t)
         cfg = self._config
         return MicroscopeState(
-            wd_um=float(wd), wd_target_um=float(self._wd.target_um), settled=bool(settled),
-            stage_x_um=float(self._stage_um[0]), stage_y_um=float(self._stage_um[1]),
+            wd_um=float(wd),
+            wd_target_um=float(self._wd.target_um),
+            settled=bool(settled),
+            stage_x_um=float(self._stage_um[0]),
+            stage_y_um=float(self._stage_um[1]),
             magnification=DISPLAY_WIDTH_UM / (cfg.frame_shape[1] * self._pixel_nm * 1e-3),
-            pixel_size_nm=float(self._pixel_nm), dwell_time_us=float(cfg.dwell_time_us),
-            dose_e_per_px=float(self._dose), beam_semiangle_mrad=float(cfg.beam_semiangle_mrad))
+            pixel_size_nm=float(self._pixel_nm),
+            dwell_time_us=float(cfg.dwell_time_us),
+            dose_e_per_px=float(self._dose),
+            beam_semiangle_mrad=float(cfg.beam_semiangle_mrad),
+        )
 
     def _acquire(self, *, with_clean: bool) -> tuple[Frame, np.ndarray | None]:
         cfg = self._config
@@ -365,11 +408,15 @@ class SimulatedSEM(MicroscopeBase):
         state = self._state_at(t)
         cx_um, cy_um = self._centre_um(t)
         focus = self._focus_wd_at(t, cx_um, cy_um)
-        truth = SimTruth(focus_wd_um=float(focus), defocus_um=float(state.wd_um - focus),
-                         dof_um=depth_of_field_um(self._pixel_nm, cfg.beam_semiangle_mrad))
+        truth = SimTruth(
+            focus_wd_um=float(focus),
+            defocus_um=float(state.wd_um - focus),
+            dof_um=depth_of_field_um(self._pixel_nm, cfg.beam_semiangle_mrad),
+        )
         mean_e = self._signal(state.wd_um - focus, cx_um, cy_um)
-        mean_e *= np.float32(self._dose * charging_factor(t - self._t0, cfg.charging_fraction,
-                                                          cfg.charging_tau_s))
+        mean_e *= np.float32(
+            self._dose * charging_factor(t - self._t0, cfg.charging_fraction, cfg.charging_tau_s)
+        )
         if cfg.line_jitter_px > 0:
             shifts = self._rng.normal(0.0, cfg.line_jitter_px, mean_e.shape[0])
             mean_e = jitter_lines(mean_e, shifts)
@@ -379,8 +426,14 @@ class SimulatedSEM(MicroscopeBase):
             remaining = t + pixels.size * cfg.dwell_time_us * 1e-6 - self._clock()
             if remaining > 0:
                 self._sleep(remaining)
-        frame = Frame(pixels=pixels, state=state, start_time_ns=start_ns,
-                      stop_time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns(), truth=truth)
+        frame = Frame(
+            pixels=pixels,
+            state=state,
+            start_time_ns=start_ns,
+            stop_time_ns=time.time_ns(),
+            monotonic_ns=time.monotonic_ns(),
+            truth=truth,
+        )
         return frame, clean
 
     def _signal(self, defocus_um: float, cx_um: float, cy_um: float) -> np.ndarray:
@@ -393,8 +446,9 @@ class SimulatedSEM(MicroscopeBase):
         # Focus grows along the tilt, so the defocus (WD − focus) falls: extremes at the corners.
         half_span = (abs(slope_x) * (cols - 1) + abs(slope_y) * (rows - 1)) / 2 * p_um
         px_per_um = 2.0 * cfg.beam_semiangle_mrad / self._pixel_nm
-        levels = defocus_levels(defocus_um - half_span, defocus_um + half_span, px_per_um,
-                                cfg.tilt_blur_levels)
+        levels = defocus_levels(
+            defocus_um - half_span, defocus_um + half_span, px_per_um, cfg.tilt_blur_levels
+        )
         views: dict[int, np.ndarray] = {}  # full-resolution fields shared between levels
         images = [self._blurred(dz, cx_um * 1e3, cy_um * 1e3, views) for dz in levels]
         if len(images) == 1:
@@ -404,45 +458,60 @@ class SimulatedSEM(MicroscopeBase):
         defocus_map = np.float32(defocus_um) + dz_rows[:, None] + dz_cols[None, :]
         return blend_levels(images, levels, defocus_map)
 
-    def _blurred(self, defocus_um: float, cx_nm: float, cy_nm: float,
-                 views: dict[int, np.ndarray]) -> np.ndarray:
+    def _blurred(
+        self, defocus_um: float, cx_nm: float, cy_nm: float, views: dict[int, np.ndarray]
+    ) -> np.ndarray:
         """The field's SE yield blurred at one defocus (float32, frame shape).
 
         ``views`` caches full-resolution fields by margin, for the other levels of this frame.
         """
         cfg = self._config
         rows, cols = cfg.frame_shape
-        along, across = blur_diameters_px(defocus_um, cfg.beam_semiangle_mrad, self._pixel_nm,
-                                          self._astigmatism_um)
-        spec = BlurSpec(along, across, self._astigmatism_angle_deg,
-                        probe_sigma_px(cfg.probe_fwhm_nm, self._pixel_nm))
+        along, across = blur_diameters_px(
+            defocus_um, cfg.beam_semiangle_mrad, self._pixel_nm, self._astigmatism_um
+        )
+        spec = BlurSpec(
+            along,
+            across,
+            self._astigmatism_angle_deg,
+            probe_sigma_px(cfg.probe_fwhm_nm, self._pixel_nm),
+        )
         max_factor = 1
         while min(rows, cols) // (2 * max_factor) >= 32:
             max_factor *= 2
         factor = spec.coarse_factor(max_factor)
         # Beyond twice the field a wider disk changes nothing visible but costs a huge kernel.
-        grid_spec = spec.on_grid(factor).capped(min(2.0 * max(rows, cols) / factor,
-                                                    _MAX_KERNEL_PX))
+        grid_spec = spec.on_grid(factor).capped(min(2.0 * max(rows, cols) / factor, _MAX_KERNEL_PX))
         kernel = self._kernels.get(grid_spec)
         if factor == 1:
             m = kernel.shape[0] // 2
             wider = [k for k in views if k >= m]
             if wider:
                 edge = min(wider) - m
-                view = views[min(wider)][edge:edge + rows + 2 * m, edge:edge + cols + 2 * m]
+                view = views[min(wider)][edge : edge + rows + 2 * m, edge : edge + cols + 2 * m]
             else:
-                view = self._sampler.sample(cx_nm, cy_nm, (rows + 2 * m, cols + 2 * m),
-                                            self._pixel_nm)
+                view = self._sampler.sample(
+                    cx_nm, cy_nm, (rows + 2 * m, cols + 2 * m), self._pixel_nm
+                )
                 views[m] = view
             out = convolve(view, kernel)
-            return out[m:m + rows, m:m + cols]
+            return out[m : m + rows, m : m + cols]
         # Heavy blur: convolve on a grid `factor` times coarser, then interpolate back.
         m = kernel.shape[0] // 2 + 2
         crows, ccols = math.ceil(rows / factor) + 2 * m, math.ceil(cols / factor) + 2 * m
-        coarse = convolve(self._sampler.sample(cx_nm, cy_nm, (crows, ccols),
-                                               self._pixel_nm * factor), kernel)
-        back = np.array([[1 / factor, 0.0, (ccols - 1) / 2 - (cols - 1) / (2 * factor)],
-                         [0.0, 1 / factor, (crows - 1) / 2 - (rows - 1) / (2 * factor)]])
-        return cv2.warpAffine(coarse, back, (cols, rows),
-                              flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
+        coarse = convolve(
+            self._sampler.sample(cx_nm, cy_nm, (crows, ccols), self._pixel_nm * factor), kernel
+        )
+        back = np.array(
+            [
+                [1 / factor, 0.0, (ccols - 1) / 2 - (cols - 1) / (2 * factor)],
+                [0.0, 1 / factor, (crows - 1) / 2 - (rows - 1) / (2 * factor)],
+            ]
+        )
+        return cv2.warpAffine(
+            coarse,
+            back,
+            (cols, rows),
+            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )

@@ -77,8 +77,13 @@ def _resize_wrap(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     sy, sx = ny / shape[0], nx / shape[1]
     # Output sample k sits at (k + 0.5) * s in input-sample units; the input centre of j is j+0.5.
     m = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-    return cv2.warpAffine(a, m, (shape[1], shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_WRAP)
+    return cv2.warpAffine(
+        a,
+        m,
+        (shape[1], shape[0]),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_WRAP,
+    )
 
 
 def smooth_field(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
@@ -104,8 +109,17 @@ def _wrapped_index(top: int, left: int, shape: tuple[int, int], size: tuple[int,
     return np.ix_(rows, cols)
 
 
-def _stamp(height: np.ndarray, material: np.ndarray | None, patch: np.ndarray, mask: np.ndarray,
-           top: int, left: int, yield_value: float | None, *, mode: str) -> None:
+def _stamp(
+    height: np.ndarray,
+    material: np.ndarray | None,
+    patch: np.ndarray,
+    mask: np.ndarray,
+    top: int,
+    left: int,
+    yield_value: float | None,
+    *,
+    mode: str,
+) -> None:
     """Combine ``patch`` into ``height`` at (top, left) with periodic wrap.
 
     ``mode`` is "max" (objects lying on the surface) or "min" (holes, grooves). Where ``mask`` is
@@ -120,8 +134,14 @@ def _stamp(height: np.ndarray, material: np.ndarray | None, patch: np.ndarray, m
         material[ix] = np.where(wins, np.float32(yield_value), material[ix])
 
 
-def _spheres(height: np.ndarray, material: np.ndarray, centres: np.ndarray, radii: np.ndarray,
-             sample_nm: float, yield_value: float) -> None:
+def _spheres(
+    height: np.ndarray,
+    material: np.ndarray,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    sample_nm: float,
+    yield_value: float,
+) -> None:
     """Spheres (centres (y, x) and radii in samples) resting on the surface.
 
     The visible cap of a sphere is R + sqrt(R² − ρ²) above the support; where spheres overlap the
@@ -159,8 +179,9 @@ def _polyline_distance(points: np.ndarray, reach: float) -> tuple[np.ndarray, in
     canvas = np.full((hi[1] - top + 1, hi[0] - left + 1), 255, np.uint8)
     # Fixed-point coordinates (4 fractional bits) keep the centreline sub-sample accurate.
     local = np.round((points - [left, top]) * 16).astype(np.int32)
-    cv2.polylines(canvas, [local.reshape(-1, 1, 2)], False, 0, thickness=1, lineType=cv2.LINE_8,
-                  shift=4)
+    cv2.polylines(
+        canvas, [local.reshape(-1, 1, 2)], False, 0, thickness=1, lineType=cv2.LINE_8, shift=4
+    )
     # The 5×5 chamfer mask (≤ 2 % error) rather than DIST_MASK_PRECISE: OpenCV's precise
     # transform returns slightly different values on its first call in a process, which made
     # specimens, and so datasets, differ between runs with the same seed.
@@ -168,8 +189,14 @@ def _polyline_distance(points: np.ndarray, reach: float) -> tuple[np.ndarray, in
     return dist, top, left
 
 
-def _curve(rng: np.random.Generator, start: np.ndarray, heading: float, length: float,
-           step: float, wiggle: float) -> np.ndarray:
+def _curve(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    heading: float,
+    length: float,
+    step: float,
+    wiggle: float,
+) -> np.ndarray:
     """A smooth random curve: the heading performs a smoothed random walk (x, y in samples)."""
     steps = max(2, int(length / step))
     turns = np.convolve(rng.normal(0.0, wiggle, steps + 8), np.ones(8) / 8, mode="valid")[:steps]
@@ -178,25 +205,42 @@ def _curve(rng: np.random.Generator, start: np.ndarray, heading: float, length: 
     return np.vstack([start, start + xy])
 
 
-def _draw_profile(height: np.ndarray, material: np.ndarray, points: np.ndarray, reach: float,
-                  profile: Callable[[np.ndarray], np.ndarray], yield_value: float | None,
-                  mode: str, chunk: int = 16) -> None:
+def _draw_profile(
+    height: np.ndarray,
+    material: np.ndarray,
+    points: np.ndarray,
+    reach: float,
+    profile: Callable[[np.ndarray], np.ndarray],
+    yield_value: float | None,
+    mode: str,
+    chunk: int = 16,
+) -> None:
     """Stamp a cross-section ``profile(distance)`` along a polyline, in short chunks."""
     for i in range(0, len(points) - 1, chunk):
-        part = points[i:i + chunk + 1]
+        part = points[i : i + chunk + 1]
         dist, top, left = _polyline_distance(part, reach)
         inside = dist < reach
-        _stamp(height, material, profile(dist).astype(np.float32), inside, top, left,
-               yield_value, mode=mode)
+        _stamp(
+            height,
+            material,
+            profile(dist).astype(np.float32),
+            inside,
+            top,
+            left,
+            yield_value,
+            mode=mode,
+        )
 
 
-def _lognormal(rng: np.random.Generator, median: float, sigma: float, lo: float, hi: float,
-               size: int) -> np.ndarray:
+def _lognormal(
+    rng: np.random.Generator, median: float, sigma: float, lo: float, hi: float, size: int
+) -> np.ndarray:
     return np.clip(rng.lognormal(math.log(median), sigma, size), lo, hi)
 
 
-def finish(name: str, height_nm: np.ndarray, material_yield: np.ndarray,
-           sample_nm: float) -> Specimen:
+def finish(
+    name: str, height_nm: np.ndarray, material_yield: np.ndarray, sample_nm: float
+) -> Specimen:
     """Apply the topographic SE contrast (yield ∝ 1/cos tilt) and pack a :class:`Specimen`."""
     h = height_nm.astype(np.float32)
     gx = (np.roll(h, -1, axis=1) - np.roll(h, 1, axis=1)) / (2 * sample_nm)
@@ -204,12 +248,20 @@ def finish(name: str, height_nm: np.ndarray, material_yield: np.ndarray,
     sec_tilt = np.sqrt(1.0 + gx * gx + gy * gy)  # 1/cos θ with tan θ = |∇h|
     cap = 1.0 / math.cos(math.radians(MAX_TILT_DEG))
     se_yield = material_yield.astype(np.float32) * np.minimum(sec_tilt, cap)
-    return Specimen(name=name, height_nm=h, se_yield=se_yield.astype(np.float32),
-                    sample_nm=float(sample_nm))
+    return Specimen(
+        name=name, height_nm=h, se_yield=se_yield.astype(np.float32), sample_nm=float(sample_nm)
+    )
 
 
-def _support(rng: np.random.Generator, n: int, s: float, base_yield: float, grain_nm: float,
-             grain_contrast: float, rough_nm: float) -> tuple[np.ndarray, np.ndarray]:
+def _support(
+    rng: np.random.Generator,
+    n: int,
+    s: float,
+    base_yield: float,
+    grain_nm: float,
+    grain_contrast: float,
+    rough_nm: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """A flat support with fine grainy yield and a little height roughness."""
     material = base_yield * (1.0 + grain_contrast * smooth_field(rng, n, grain_nm / s))
     height = rough_nm * smooth_field(rng, n, 4 * grain_nm / s)
@@ -222,10 +274,11 @@ def _support(rng: np.random.Generator, n: int, s: float, base_yield: float, grai
 def nanoparticles(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
     """Gold nanoparticles (median Ø 24 nm, some agglomerated) on a grainy amorphous-carbon film."""
     s = sample_nm
-    height, material = _support(rng, n, s, YIELD_CARBON, grain_nm=3.0, grain_contrast=0.15,
-                                rough_nm=1.0)
+    height, material = _support(
+        rng, n, s, YIELD_CARBON, grain_nm=3.0, grain_contrast=0.15, rough_nm=1.0
+    )
     area = (n * s) ** 2
-    mean_area = math.pi * (12.0 ** 2) * math.exp(2 * 0.45 ** 2)
+    mean_area = math.pi * (12.0**2) * math.exp(2 * 0.45**2)
     count = int(0.12 * area / mean_area)
     radii_nm = _lognormal(rng, 12.0, 0.45, 3.0, 45.0, count)
     centres = rng.uniform(0, n, (count, 2))
@@ -244,13 +297,14 @@ def nanoparticles(rng: np.random.Generator, n: int, sample_nm: float) -> Specime
 def tin_balls(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
     """Tin spheres on carbon, radii 8–500 nm with n(R) ∝ R⁻³ (equal area per size decade)."""
     s = sample_nm
-    height, material = _support(rng, n, s, YIELD_CARBON, grain_nm=3.0, grain_contrast=0.12,
-                                rough_nm=1.0)
+    height, material = _support(
+        rng, n, s, YIELD_CARBON, grain_nm=3.0, grain_contrast=0.12, rough_nm=1.0
+    )
     r_min, r_max = 8.0, min(500.0, n * s / 8)
-    mean_r2 = 2 * math.log(r_max / r_min) / (r_min ** -2 - r_max ** -2)
+    mean_r2 = 2 * math.log(r_max / r_min) / (r_min**-2 - r_max**-2)
     count = int(0.35 * (n * s) ** 2 / (math.pi * mean_r2))
     u = rng.random(count)
-    radii_nm = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+    radii_nm = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
     centres = rng.uniform(0, n, (count, 2))
     _spheres(height, material, centres, radii_nm / s, s, YIELD_TIN)
     return finish("tin_balls", height, material, s)
@@ -269,12 +323,13 @@ def _voronoi_labels(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
             ok = np.all((yx >= 0) & (yx < size), axis=1)
             canvas[yx[ok, 0], yx[ok, 1]] = 0
             owner[yx[ok, 0], yx[ok, 1]] = np.flatnonzero(ok)
-    _, labels = cv2.distanceTransformWithLabels(canvas, cv2.DIST_L2, cv2.DIST_MASK_5,
-                                                labelType=cv2.DIST_LABEL_PIXEL)
+    _, labels = cv2.distanceTransformWithLabels(
+        canvas, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
+    )
     zero_y, zero_x = np.nonzero(canvas == 0)
     label_owner = np.zeros(labels.max() + 1, np.int32)
     label_owner[labels[zero_y, zero_x]] = owner[zero_y, zero_x]
-    return label_owner[labels[pad:pad + n, pad:pad + n]]
+    return label_owner[labels[pad : pad + n, pad : pad + n]]
 
 
 def grains(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
@@ -297,9 +352,10 @@ def grains(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
 def pores(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
     """Dark pores (median Ø 60 nm, ~20 % porosity) in a bright, slightly rough ceramic matrix."""
     s = sample_nm
-    height, material = _support(rng, n, s, YIELD_CERAMIC, grain_nm=8.0, grain_contrast=0.06,
-                                rough_nm=2.0)
-    mean_area = math.pi * 30.0 ** 2 * math.exp(2 * 0.6 ** 2) * 1.25
+    height, material = _support(
+        rng, n, s, YIELD_CERAMIC, grain_nm=8.0, grain_contrast=0.06, rough_nm=2.0
+    )
+    mean_area = math.pi * 30.0**2 * math.exp(2 * 0.6**2) * 1.25
     count = int(0.2 * (n * s) ** 2 / mean_area)
     radii = _lognormal(rng, 30.0, 0.6, 6.0, 250.0, count) / s
     for r in radii:
@@ -316,7 +372,7 @@ def pores(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
         inside = rho2 < 1.0
         depth = min(2 * r * s, 200.0)
         # Steep walls, rounded bottom: depth profile (1 − ρ⁸).
-        patch = np.where(inside, -depth * (1.0 - rho2 ** 4), 0.0).astype(np.float32)
+        patch = np.where(inside, -depth * (1.0 - rho2**4), 0.0).astype(np.float32)
         _stamp(height, material, patch, inside, top, left, YIELD_PORE_BOTTOM, mode="min")
     return finish("pores", height, material, s)
 
@@ -324,15 +380,17 @@ def pores(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
 def fibres(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
     """Curved cylindrical fibres (median Ø 70 nm) lying on a silicon substrate."""
     s = sample_nm
-    height, material = _support(rng, n, s, YIELD_SILICON, grain_nm=4.0, grain_contrast=0.08,
-                                rough_nm=0.5)
+    height, material = _support(
+        rng, n, s, YIELD_SILICON, grain_nm=4.0, grain_contrast=0.08, rough_nm=0.5
+    )
     mean_len = 0.6 * n
     count = max(3, int(0.25 * n * n / (2 * 40.0 / s * mean_len)))
     for _ in range(count):
         r = float(_lognormal(rng, 35.0, 0.5, 10.0, 150.0, 1)[0]) / s
         length = rng.uniform(0.3, 0.9) * n
-        pts = _curve(rng, rng.uniform(0, n, 2), rng.uniform(0, 2 * math.pi), length,
-                     step=4.0, wiggle=0.04)
+        pts = _curve(
+            rng, rng.uniform(0, n, 2), rng.uniform(0, 2 * math.pi), length, step=4.0, wiggle=0.04
+        )
         base = float(rng.uniform(0.0, 0.5)) * r  # fibres lie on each other, a little raised
 
         def cylinder(d: np.ndarray, r: float = r, base: float = base) -> np.ndarray:
@@ -349,8 +407,9 @@ def scratches(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
     because fewer SE escape from a narrow groove.
     """
     s = sample_nm
-    height, material = _support(rng, n, s, YIELD_METAL, grain_nm=5.0, grain_contrast=0.03,
-                                rough_nm=0.3)
+    height, material = _support(
+        rng, n, s, YIELD_METAL, grain_nm=5.0, grain_contrast=0.03, rough_nm=0.3
+    )
     # Grains under the smeared layer show through (orientation contrast), the visible structure
     # at low magnification where the polishing lines are sub-pixel.
     material *= 1.0 + 0.3 * smooth_field(rng, n, 150.0 / s)
@@ -366,13 +425,14 @@ def scratches(rng: np.random.Generator, n: int, sample_nm: float) -> Specimen:
         depth = (0.5 if is_deep else 0.4) * width_nm
         random_heading = is_deep and rng.random() < 0.5
         heading = rng.uniform(0, math.pi) if random_heading else direction + rng.normal(0, 0.08)
-        pts = _curve(rng, rng.uniform(0, n, 2), heading, rng.uniform(0.2, 0.9) * n,
-                     step=8.0, wiggle=0.003)
+        pts = _curve(
+            rng, rng.uniform(0, n, 2), heading, rng.uniform(0.2, 0.9) * n, step=8.0, wiggle=0.003
+        )
         for i in range(0, len(pts) - 1, 8):  # short chunks keep the bounding boxes small
-            dist, top, left = _polyline_distance(pts[i:i + 9], 2.2 * hw)
+            dist, top, left = _polyline_distance(pts[i : i + 9], 2.2 * hw)
             near = dist < 2.2 * hw
             groove = (-depth * np.maximum(0.0, 1.0 - dist / hw)).astype(np.float32)
-            lip = (0.2 * depth * np.exp(-(((dist - 1.4 * hw) / (0.5 * hw)) ** 2)))
+            lip = 0.2 * depth * np.exp(-(((dist - 1.4 * hw) / (0.5 * hw)) ** 2))
             _stamp(cut, None, groove, near, top, left, None, mode="min")
             _stamp(lips, None, lip.astype(np.float32), near, top, left, None, mode="max")
     material *= 1.0 - 0.5 * np.clip(-cut / 10.0, 0.0, 1.0)
@@ -408,24 +468,28 @@ def load_texture(texture: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
         path = Path(texture)
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
-            raise ValueError(f"cannot read texture image {path}: missing or not an image format "
-                             "OpenCV reads (PNG, TIFF, JPEG...)")
+            raise ValueError(
+                f"cannot read texture image {path}: missing or not an image format "
+                "OpenCV reads (PNG, TIFF, JPEG...)"
+            )
         if image.ndim == 3:
             code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
             image = cv2.cvtColor(image, code)
     else:
         image = np.asarray(texture)
     if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"a texture must be a 2D image of at least 2×2 pixels, got shape "
-                         f"{image.shape}")
+        raise ValueError(
+            f"a texture must be a 2D image of at least 2×2 pixels, got shape {image.shape}"
+        )
     image = image.astype(np.float32)
     if not np.all(np.isfinite(image)):
         raise ValueError("a texture must contain finite values only")
     return image
 
 
-def specimen_from_texture(texture: np.ndarray | str | os.PathLike[str],
-                          pixel_nm: float) -> Specimen:
+def specimen_from_texture(
+    texture: np.ndarray | str | os.PathLike[str], pixel_nm: float
+) -> Specimen:
     """A flat specimen whose SE yield is the image, each image pixel ``pixel_nm`` wide.
 
     Intensities are mapped linearly onto yields 0.05–1.0 (a constant image maps to 1.0). The image
@@ -438,9 +502,12 @@ def specimen_from_texture(texture: np.ndarray | str | os.PathLike[str],
     lo, hi = float(image.min()), float(image.max())
     norm = (image - lo) / (hi - lo) if hi > lo else np.ones_like(image)
     se_yield = TEXTURE_YIELD_MIN + (TEXTURE_YIELD_MAX - TEXTURE_YIELD_MIN) * norm
-    return Specimen(name="texture", height_nm=np.zeros_like(se_yield),
-                    se_yield=np.ascontiguousarray(se_yield, dtype=np.float32),
-                    sample_nm=float(pixel_nm))
+    return Specimen(
+        name="texture",
+        height_nm=np.zeros_like(se_yield),
+        se_yield=np.ascontiguousarray(se_yield, dtype=np.float32),
+        sample_nm=float(pixel_nm),
+    )
 
 
 class SpecimenSampler:
@@ -473,8 +540,9 @@ class SpecimenSampler:
                 index = i
         return index
 
-    def _prepared(self, pixel_nm: float, rows: int, cols: int) -> tuple[np.ndarray, float, float,
-                                                                         tuple[int, int]]:
+    def _prepared(
+        self, pixel_nm: float, rows: int, cols: int
+    ) -> tuple[np.ndarray, float, float, tuple[int, int]]:
         """(filtered level extended by wrapping, sample_y, sample_x, period in samples).
 
         The level is extended by at least ``rows × cols`` samples so that any field that size
@@ -493,16 +561,18 @@ class SpecimenSampler:
             if extended is None and max(sig_y, sig_x) > 0.05:
                 pad = math.ceil(4 * max(sig_y, sig_x)) + 1
                 padded = np.pad(level, pad, mode="wrap")
-                filtered = cv2.GaussianBlur(padded, (0, 0), sigmaX=max(sig_x, 1e-3),
-                                            sigmaY=max(sig_y, 1e-3))[pad:-pad, pad:-pad]
+                filtered = cv2.GaussianBlur(
+                    padded, (0, 0), sigmaX=max(sig_x, 1e-3), sigmaY=max(sig_y, 1e-3)
+                )[pad:-pad, pad:-pad]
             extended = np.ascontiguousarray(np.pad(filtered, ((0, rows), (0, cols)), mode="wrap"))
             while len(self._filtered) >= self._cache_size:
                 self._filtered.pop(next(iter(self._filtered)))
         self._filtered[key] = extended  # re-inserted last: least recently used goes first
         return extended, sy, sx, (ny, nx)
 
-    def sample(self, centre_x_nm: float, centre_y_nm: float, shape: tuple[int, int],
-               pixel_nm: float) -> np.ndarray:
+    def sample(
+        self, centre_x_nm: float, centre_y_nm: float, shape: tuple[int, int], pixel_nm: float
+    ) -> np.ndarray:
         """The SE yield on a ``shape`` grid of ``pixel_nm`` pixels centred on (x, y) nm."""
         rows, cols = shape
         base, sy, sx = self._levels[self._level_index(pixel_nm)]
@@ -511,17 +581,22 @@ class SpecimenSampler:
         span_cols = math.ceil(cols * pixel_nm / sx) + 4
         # A field many periods wide (a tiny texture) would need a huge extension: wrap instead.
         extend = span_rows <= 4 * base.shape[0] and span_cols <= 4 * base.shape[1]
-        level, sy, sx, (ny, nx) = self._prepared(pixel_nm, span_rows if extend else 0,
-                                                 span_cols if extend else 0)
+        level, sy, sx, (ny, nx) = self._prepared(
+            pixel_nm, span_rows if extend else 0, span_cols if extend else 0
+        )
         # Physical x of output column j; level sample k is centred at (k + 0.5)·s.
         x0 = centre_x_nm - (cols - 1) / 2 * pixel_nm
         y0 = centre_y_nm - (rows - 1) / 2 * pixel_nm
         tx = (x0 / sx - 0.5) % nx  # start within the first period, read in bounds
         ty = (y0 / sy - 0.5) % ny
         m = np.array([[pixel_nm / sx, 0.0, tx], [0.0, pixel_nm / sy, ty]])
-        return cv2.warpAffine(level, m, (cols, rows),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE if extend else cv2.BORDER_WRAP)
+        return cv2.warpAffine(
+            level,
+            m,
+            (cols, rows),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE if extend else cv2.BORDER_WRAP,
+        )
 
 
 def _half(level: np.ndarray) -> np.ndarray:

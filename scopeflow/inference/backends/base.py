@@ -42,8 +42,10 @@ def check_inputs(expected: tuple[str, ...], inputs: dict[str, np.ndarray]) -> No
     missing = set(expected) - inputs.keys()
     extra = inputs.keys() - set(expected)
     if missing or extra:
-        raise ValueError(f"inputs must be {sorted(expected)}; missing {sorted(missing)}, "
-                         f"unexpected {sorted(extra)}")
+        raise ValueError(
+            f"inputs must be {sorted(expected)}; missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}"
+        )
     for name, arr in inputs.items():
         if arr.dtype != np.float32:
             raise ValueError(f"input {name!r} must be float32, got {arr.dtype}")
@@ -59,6 +61,8 @@ def model_path(backend: Backend, model: str, suffix: str, weights_dir: Path | No
         raise BackendUnavailable(why)
     path = model_file(model, suffix, weights_dir)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: train the model ('scopeflow train {model}') "
-                                f"and ship the run ('scopeflow export {model} --run DIR')")
+        raise FileNotFoundError(
+            f"{path} is missing: train the model ('scopeflow train {model}') "
+            f"and ship the run ('scopeflow export {model} --run DIR')"
+        )
     return path

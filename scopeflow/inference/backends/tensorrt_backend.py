@@ -25,8 +25,9 @@ WORKSPACE_BYTES = 1 << 30
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SCOPEFLOW_TRT_CACHE",
-                               Path.home() / ".cache" / "scopeflow" / "tensorrt"))
+    return Path(
+        os.environ.get("SCOPEFLOW_TRT_CACHE", Path.home() / ".cache" / "scopeflow" / "tensorrt")
+    )
 
 
 class TensorRTSession:
@@ -67,8 +68,12 @@ class TensorRTSession:
 
 
 def _torch_dtype(torch: Any, trt_dtype: Any, trt: Any) -> Any:
-    return {trt.float32: torch.float32, trt.float16: torch.float16,
-            trt.int32: torch.int32, trt.int64: torch.int64}[trt_dtype]
+    return {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+    }[trt_dtype]
 
 
 class TensorRTBackend:
@@ -80,8 +85,10 @@ class TensorRTBackend:
         try:
             import tensorrt as trt
         except ImportError:
-            return False, ("tensorrt is not installed (pip install -e '.[gpu]' on a machine "
-                           "with an NVIDIA GPU)")
+            return False, (
+                "tensorrt is not installed (pip install -e '.[gpu]' on a machine "
+                "with an NVIDIA GPU)"
+            )
         try:
             import torch
         except ImportError:
@@ -113,12 +120,16 @@ class TensorRTBackend:
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
         major, minor = torch.cuda.get_device_capability(0)
         gpu = torch.cuda.get_device_name(0).replace(" ", "_").replace("/", "_")
-        return cache_dir() / f"{gpu}-sm{major}{minor}-trt{trt.__version__}" / (
-            f"{onnx_path.stem}-{digest}-fp16.engine")
+        return (
+            cache_dir()
+            / f"{gpu}-sm{major}{minor}-trt{trt.__version__}"
+            / (f"{onnx_path.stem}-{digest}-fp16.engine")
+        )
 
     @staticmethod
-    def _build(model: str, onnx_path: Path, logger: Any, trt: Any,
-               weights_dir: Path | None) -> bytes:
+    def _build(
+        model: str, onnx_path: Path, logger: Any, trt: Any, weights_dir: Path | None
+    ) -> bytes:
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, logger)

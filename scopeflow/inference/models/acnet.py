@@ -37,8 +37,12 @@ from scopeflow.inference.models.aenet import AENetResult
 NAME = "acnet"
 INPUT_NAMES = ("observations",)
 OUTPUT_NAMES = ("correction", "confidence", "p_positive")
-DYNAMIC_AXES = {"observations": {0: "n"}, "correction": {0: "n"}, "confidence": {0: "n"},
-                "p_positive": {0: "n"}}
+DYNAMIC_AXES = {
+    "observations": {0: "n"},
+    "correction": {0: "n"},
+    "confidence": {0: "n"},
+    "p_positive": {0: "n"},
+}
 
 K = 3  # observations used: the current frame and the two before it
 SLOT = 6  # values per observation
@@ -77,8 +81,9 @@ class Proposal:
     sign_confidence: float
 
 
-def encode(observations: Sequence[Observation], astigmatism_axis_deg: float | None = None
-           ) -> np.ndarray:
+def encode(
+    observations: Sequence[Observation], astigmatism_axis_deg: float | None = None
+) -> np.ndarray:
     """The (INPUT_SIZE,) float32 input for ``observations`` (oldest first, current last).
 
     Observations whose frame had no signal are left out; only the newest ``K`` are used.
@@ -98,8 +103,14 @@ def encode(observations: Sequence[Observation], astigmatism_axis_deg: float | No
         f = obs.result.features
         ox, oy = float(f[2]), float(f[3])
         base = 1 + k * SLOT
-        x[base:base + SLOT] = (1.0, obs.wd_offset_dof / OFFSET_SCALE, f[0], f[1],
-                               c * ox + s * oy, -s * ox + c * oy)
+        x[base : base + SLOT] = (
+            1.0,
+            obs.wd_offset_dof / OFFSET_SCALE,
+            f[0],
+            f[1],
+            c * ox + s * oy,
+            -s * ox + c * oy,
+        )
     return x
 
 
@@ -114,11 +125,12 @@ def _check(observations: Sequence[Observation], astigmatism_axis_deg: float | No
         if not np.isfinite(obs.result.features).all():
             raise ValueError(f"observation {i} has non-finite AENet features")
     if abs(observations[-1].wd_offset_dof) > 1e-6:
-        raise ValueError("the last observation must be the current frame (WD offset 0); got "
-                         f"{observations[-1].wd_offset_dof} DoF")
+        raise ValueError(
+            "the last observation must be the current frame (WD offset 0); got "
+            f"{observations[-1].wd_offset_dof} DoF"
+        )
     if astigmatism_axis_deg is not None and not math.isfinite(astigmatism_axis_deg):
-        raise ValueError(f"astigmatism_axis_deg must be finite or None, got "
-                         f"{astigmatism_axis_deg}")
+        raise ValueError(f"astigmatism_axis_deg must be finite or None, got {astigmatism_axis_deg}")
 
 
 class ACNet:
@@ -127,8 +139,9 @@ class ACNet:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def propose(self, observations: Sequence[Observation],
-                astigmatism_axis_deg: float | None = None) -> Proposal:
+    def propose(
+        self, observations: Sequence[Observation], astigmatism_axis_deg: float | None = None
+    ) -> Proposal:
         """The next WD correction from ``observations`` (oldest first; the last is the current
         frame, WD offset 0). ``astigmatism_axis_deg``: the column's astigmatism axis when known
         (from the image x axis towards +y), which lets one frame give the sign."""
@@ -138,9 +151,11 @@ class ACNet:
         x = encode(observations, astigmatism_axis_deg)[None]
         out = self.session.run({"observations": x})
         p = float(out["p_positive"][0])
-        return Proposal(correction_dof=float(out["correction"][0]),
-                        confidence=float(out["confidence"][0]),
-                        sign_confidence=max(p, 1.0 - p))
+        return Proposal(
+            correction_dof=float(out["correction"][0]),
+            confidence=float(out["confidence"][0]),
+            sign_confidence=max(p, 1.0 - p),
+        )
 
 
 def build() -> Any:
@@ -151,9 +166,14 @@ def build() -> Any:
     class ACNetModule(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.Sequential(nn.Linear(INPUT_SIZE, HIDDEN), nn.ReLU(),
-                                      nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                                      nn.Linear(HIDDEN, HIDDEN), nn.ReLU())
+            self.body = nn.Sequential(
+                nn.Linear(INPUT_SIZE, HIDDEN),
+                nn.ReLU(),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.ReLU(),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.ReLU(),
+            )
             self.head = nn.Linear(HIDDEN, 3)
 
         def raw(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,12 @@ from scopeflow.inference.evaluators import signal_check
 NAME = "aenet"
 INPUT_NAMES = ("patches",)
 OUTPUT_NAMES = ("log_u", "log_scale", "orientation")
-DYNAMIC_AXES = {"patches": {0: "n"}, "log_u": {0: "n"}, "log_scale": {0: "n"},
-                "orientation": {0: "n"}}
+DYNAMIC_AXES = {
+    "patches": {0: "n"},
+    "log_u": {0: "n"},
+    "log_scale": {0: "n"},
+    "orientation": {0: "n"},
+}
 
 PATCH = 64  # pixels per side of a patch
 COARSE_FACTOR = 4  # the second scale: the frame averaged 4 × 4 pixels down
@@ -55,16 +59,22 @@ MAX_COARSE_PATCHES = 4
 U0_DOF = 0.25  # blur floor: the network estimates sqrt(u² + U0²)
 LEVEL_MIN_DOF = 0.5  # level 9 up to here
 LEVEL_MAX_DOF = 30.0  # level 0 beyond here
-LEVEL_EDGES_DOF = tuple(LEVEL_MIN_DOF * (LEVEL_MAX_DOF / LEVEL_MIN_DOF) ** (k / 8)
-                        for k in range(9))
+LEVEL_EDGES_DOF = tuple(
+    LEVEL_MIN_DOF * (LEVEL_MAX_DOF / LEVEL_MIN_DOF) ** (k / 8) for k in range(9)
+)
 WIDTHS = (24, 32, 48, 64, 64)  # channels of the conv layers
 # Frame-level features handed to ACNet, in this order.
 FEATURE_NAMES = ("log_u", "log_u_sigma", "orientation_x", "orientation_y")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights for RGB frames
 #: TensorRT optimisation profile (min, opt, max) of the patch batch: one frame's patches at most
 _FRAME_PATCHES = MAX_PATCHES + MAX_COARSE_PATCHES
-TENSORRT_PROFILE = {"patches": [[1, 1, PATCH, PATCH], [_FRAME_PATCHES, 1, PATCH, PATCH],
-                                [_FRAME_PATCHES, 1, PATCH, PATCH]]}
+TENSORRT_PROFILE = {
+    "patches": [
+        [1, 1, PATCH, PATCH],
+        [_FRAME_PATCHES, 1, PATCH, PATCH],
+        [_FRAME_PATCHES, 1, PATCH, PATCH],
+    ]
+}
 
 
 # -- level mapping ------------------------------------------------------------------------------
@@ -103,8 +113,9 @@ def dof_from_log_u(log_u: np.ndarray | float) -> np.ndarray | float:
     return float(out) if np.ndim(out) == 0 else out
 
 
-def orientation_target(along_px: float, across_px: float, angle_deg: float,
-                       sigma_px: float = 0.5) -> np.ndarray:
+def orientation_target(
+    along_px: float, across_px: float, angle_deg: float, sigma_px: float = 0.5
+) -> np.ndarray:
     """Training target of the ``orientation`` head: the blur ellipse as a doubled-angle vector.
 
     Anisotropy (v∥ − v⊥)/(v∥ + v⊥) of the PSF's second moments (disk d²/16 plus the probe's σ²)
@@ -126,8 +137,10 @@ def to_luminance(frame: np.ndarray) -> np.ndarray:
         raise ValueError(f"frame dtype must be integer or float, got {frame.dtype}")
     if frame.ndim == 3:
         if frame.shape[2] != 3:
-            raise ValueError(f"frame must be (H, W) or (H, W, 3); got {frame.shape[2]} channels "
-                             f"(shape {frame.shape}): pass RGB or a single channel")
+            raise ValueError(
+                f"frame must be (H, W) or (H, W, 3); got {frame.shape[2]} channels "
+                f"(shape {frame.shape}): pass RGB or a single channel"
+            )
         lum = frame.astype(np.float32) @ _LUMA
     elif frame.ndim == 2:
         lum = frame.astype(np.float32)
@@ -135,8 +148,10 @@ def to_luminance(frame: np.ndarray) -> np.ndarray:
         raise ValueError(f"frame must be (H, W) or (H, W, 3); got shape {frame.shape}")
     h, w = lum.shape
     if h < PATCH or w < PATCH:
-        raise ValueError(f"frame {h}×{w} is smaller than one {PATCH}×{PATCH} patch; "
-                         f"AENet needs at least {PATCH} pixels per side")
+        raise ValueError(
+            f"frame {h}×{w} is smaller than one {PATCH}×{PATCH} patch; "
+            f"AENet needs at least {PATCH} pixels per side"
+        )
     if not np.isfinite(lum).all():
         raise ValueError("frame holds NaN or inf pixels; AENet needs finite values")
     return lum
@@ -160,15 +175,16 @@ def _grid(image: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     if ny == 0 or nx == 0 or count == 0:
         return np.zeros((0, p, p), np.float32), np.zeros((0, 2), np.int64)
     y0, x0 = (h - ny * p) // 2, (w - nx * p) // 2
-    grid = image[y0:y0 + ny * p, x0:x0 + nx * p].reshape(ny, p, nx, p).swapaxes(1, 2)
+    grid = image[y0 : y0 + ny * p, x0 : x0 + nx * p].reshape(ny, p, nx, p).swapaxes(1, 2)
     grid = grid.reshape(ny * nx, p, p)
     keep = np.sort(np.argsort(-grid.std(axis=(1, 2)), kind="stable")[:count])
     corners = np.stack([y0 + (keep // nx) * p, x0 + (keep % nx) * p], axis=1)
     return grid[keep], corners
 
 
-def extract_patches(lum: np.ndarray, max_patches: int = MAX_PATCHES,
-                    max_coarse: int = MAX_COARSE_PATCHES) -> tuple[np.ndarray, np.ndarray]:
+def extract_patches(
+    lum: np.ndarray, max_patches: int = MAX_PATCHES, max_coarse: int = MAX_COARSE_PATCHES
+) -> tuple[np.ndarray, np.ndarray]:
     """Network input from a luminance frame: ((N, 1, P, P) float32, (N,) scale of each patch).
 
     Scale 1: full-resolution patches; scale ``COARSE_FACTOR``: patches of the frame averaged
@@ -179,7 +195,7 @@ def extract_patches(lum: np.ndarray, max_patches: int = MAX_PATCHES,
     h, w = lum.shape
     hc, wc = h // f, w // f
     if min(hc, wc) >= PATCH:
-        coarse_frame = cv2.resize(lum[:hc * f, :wc * f], (wc, hc), interpolation=cv2.INTER_AREA)
+        coarse_frame = cv2.resize(lum[: hc * f, : wc * f], (wc, hc), interpolation=cv2.INTER_AREA)
         coarse, _ = _grid(coarse_frame, max_coarse)
     else:
         coarse = np.zeros((0, PATCH, PATCH), np.float32)
@@ -207,8 +223,7 @@ def build() -> Any:
                     # blur (1–2 px, the top octave) stays visible at a quarter of the cost.
                     conv = nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)
                 else:  # 32² → 16² → 8² → 4², then one layer at 4²
-                    conv = nn.Conv2d(c_in, c_out, 3, 2 if i < len(WIDTHS) - 1 else 1, 1,
-                                     bias=False)
+                    conv = nn.Conv2d(c_in, c_out, 3, 2 if i < len(WIDTHS) - 1 else 1, 1, bias=False)
                 layers += [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
                 c_in = c_out
             self.body = nn.Sequential(*layers)
@@ -255,8 +270,9 @@ def to_frame_scale(log_u: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.log(np.sqrt(u * u + U0_DOF * U0_DOF))
 
 
-def aggregate(log_u: np.ndarray, log_scale: np.ndarray, orientation: np.ndarray,
-              scales: np.ndarray) -> np.ndarray:
+def aggregate(
+    log_u: np.ndarray, log_scale: np.ndarray, orientation: np.ndarray, scales: np.ndarray
+) -> np.ndarray:
     """Frame features (``FEATURE_NAMES``) from per-patch outputs and the patches' scales."""
     frame_log_u = to_frame_scale(log_u, scales)
     ls = np.clip(log_scale.astype(np.float64), -6.0, 6.0)
@@ -292,5 +308,10 @@ class AENet:
         u = float(dof_from_log_u(features[0]))
         score = float(score_from_dof(u))
         ok = signal_check(frame if frame.ndim == 2 else lum) == "ok"
-        return AENetResult(score=score, level=int(level_from_score(score)),
-                           abs_defocus_dof=u, features=features, signal_ok=ok)
+        return AENetResult(
+            score=score,
+            level=int(level_from_score(score)),
+            abs_defocus_dof=u,
+            features=features,
+            signal_ok=ok,
+        )

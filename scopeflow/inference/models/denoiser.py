@@ -43,8 +43,10 @@ from scopeflow.inference.tiling import tiled
 NAME = "denoiser"
 INPUT_NAMES = ("image",)
 OUTPUT_NAMES = ("denoised",)
-DYNAMIC_AXES = {"image": {0: "batch", 2: "height", 3: "width"},
-                "denoised": {0: "batch", 2: "height", 3: "width"}}
+DYNAMIC_AXES = {
+    "image": {0: "batch", 2: "height", 3: "width"},
+    "denoised": {0: "batch", 2: "height", 3: "width"},
+}
 
 CHANNELS = (16, 32, 64)  # per U-Net level; multiples of 16 suit ONNX Runtime's blocked kernels
 SHUFFLE = 2  # space-to-depth factor at the input
@@ -64,8 +66,12 @@ def build(channels: tuple[int, ...] = CHANNELS) -> Any:
     from torch import nn
 
     def block(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                             nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
 
     class DenoiserNet(nn.Module):
         def __init__(self) -> None:
@@ -174,11 +180,14 @@ def check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"the denoiser takes a numpy array, got {type(frame).__name__}")
     if frame.ndim == 3:
-        raise ValueError(f"the denoiser takes single-channel (H, W) frames; got shape "
-                         f"{frame.shape} ({frame.shape[-1]} channels): convert to grey first")
+        raise ValueError(
+            f"the denoiser takes single-channel (H, W) frames; got shape "
+            f"{frame.shape} ({frame.shape[-1]} channels): convert to grey first"
+        )
     if frame.ndim != 2:
-        raise ValueError(f"the denoiser takes (H, W) frames; got {frame.ndim} dimensions "
-                         f"(shape {frame.shape})")
+        raise ValueError(
+            f"the denoiser takes (H, W) frames; got {frame.ndim} dimensions (shape {frame.shape})"
+        )
     if frame.size == 0:
         raise ValueError(f"the frame is empty (shape {frame.shape})")
     if frame.dtype not in _DTYPES:
@@ -197,11 +206,14 @@ class Denoiser:
 
     def __init__(self, session: Session, tile: int = TILE, overlap: int = OVERLAP) -> None:
         if tile % MULTIPLE or tile < 2 * MULTIPLE:
-            raise ValueError(f"tile must be a multiple of {MULTIPLE} and at least "
-                             f"{2 * MULTIPLE}, got {tile}")
+            raise ValueError(
+                f"tile must be a multiple of {MULTIPLE} and at least {2 * MULTIPLE}, got {tile}"
+            )
         if not 0 <= 4 * overlap <= tile:
-            raise ValueError(f"overlap must be ≥ 0 and at most a quarter of the tile, got "
-                             f"{overlap} for tile {tile}")
+            raise ValueError(
+                f"overlap must be ≥ 0 and at most a quarter of the tile, got "
+                f"{overlap} for tile {tile}"
+            )
         self.session = session
         self.tile = tile
         self.overlap = overlap

@@ -38,11 +38,21 @@ from scopeflow.schemas.results import Detection, RleMask
 NAME = "flake_detector"
 INPUT_NAMES = ("contrast",)
 OUTPUT_NAMES = ("probs",)
-DYNAMIC_AXES = {"contrast": {0: "batch", 2: "height", 3: "width"},
-                "probs": {0: "batch", 2: "height", 3: "width"}}
+DYNAMIC_AXES = {
+    "contrast": {0: "batch", 2: "height", 3: "width"},
+    "probs": {0: "batch", 2: "height", 3: "width"},
+}
 
-CLASSES = ("background", "graphene_1L", "graphene_2L", "graphene_3L", "graphene_thick", "hBN",
-           "residue", "dirt")
+CLASSES = (
+    "background",
+    "graphene_1L",
+    "graphene_2L",
+    "graphene_3L",
+    "graphene_thick",
+    "hBN",
+    "residue",
+    "dirt",
+)
 DECOYS = ("residue", "dirt")  # classes the network knows so as not to call them flakes
 #: material and layer count each class reports
 CLASS_ATTRIBUTES: dict[str, dict[str, str | int]] = {
@@ -81,14 +91,23 @@ def _segnet_class() -> Any:
     from torch import nn
 
     def conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
 
     class SegNet(nn.Module):
         """U-Net with a stride-2 stem and a pixel-shuffle head; softmax class probabilities."""
 
-        def __init__(self, in_channels: int, classes: int, widths: tuple[int, ...],
-                     clip: tuple[float, float], scale: float) -> None:
+        def __init__(
+            self,
+            in_channels: int,
+            classes: int,
+            widths: tuple[int, ...],
+            clip: tuple[float, float],
+            scale: float,
+        ) -> None:
             super().__init__()
             w = widths
             self.clip = clip
@@ -96,16 +115,19 @@ def _segnet_class() -> Any:
             self.stem = nn.Sequential(*conv(in_channels, w[0], 2), *conv(w[0], w[0]))
             self.down = nn.ModuleList(
                 nn.Sequential(*conv(w[i], w[i + 1]), *conv(w[i + 1], w[i + 1]))
-                for i in range(len(w) - 1))
+                for i in range(len(w) - 1)
+            )
             self.up = nn.ModuleList(
                 nn.Sequential(*conv(w[i + 1] + w[i], w[i]), *conv(w[i], w[i]))
-                for i in reversed(range(len(w) - 1)))
+                for i in reversed(range(len(w) - 1))
+            )
             self.head = nn.Conv2d(w[0], classes * 4, 1)
             self.shuffle = nn.PixelShuffle(2)
             # A per-pixel path at full resolution: the colour of the pixel itself, added to
             # the context path's logits (fine contrast steps survive the stride-2 stem).
-            self.pixel = nn.Sequential(nn.Conv2d(in_channels, 16, 1), nn.ReLU(inplace=True),
-                                       nn.Conv2d(16, classes, 1))
+            self.pixel = nn.Sequential(
+                nn.Conv2d(in_channels, 16, 1), nn.ReLU(inplace=True), nn.Conv2d(16, classes, 1)
+            )
 
         def logits(self, x: torch.Tensor) -> torch.Tensor:
             # asinh(c / scale): linear for faint contrast (monolayers, thin hBN: what must be
@@ -135,8 +157,13 @@ def _segnet_class() -> Any:
     return SegNet
 
 
-def segnet(in_channels: int, classes: int, widths: tuple[int, ...] = WIDTHS,
-           clip: tuple[float, float] = CONTRAST_CLIP, scale: float = CONTRAST_SCALE) -> Any:
+def segnet(
+    in_channels: int,
+    classes: int,
+    widths: tuple[int, ...] = WIDTHS,
+    clip: tuple[float, float] = CONTRAST_CLIP,
+    scale: float = CONTRAST_SCALE,
+) -> Any:
     """The segmentation U-Net (torch module): (N, in, H, W) → (N, classes, H, W) probabilities;
     ``.logits(x)`` for training. The input is clipped to ``clip`` and compressed as
     asinh(x / ``scale``). H and W must be multiples of ``2 ** len(widths)``."""
@@ -164,11 +191,15 @@ def as_unit_float(frame: np.ndarray, channels: int) -> np.ndarray:
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
     if channels == 3 and not (frame.ndim == 3 and frame.shape[2] == 3):
-        raise ValueError(f"expected an RGB frame of shape (H, W, 3), got shape {frame.shape}: "
-                         "pass the colour camera's frame, not a single channel")
+        raise ValueError(
+            f"expected an RGB frame of shape (H, W, 3), got shape {frame.shape}: "
+            "pass the colour camera's frame, not a single channel"
+        )
     if channels == 1 and frame.ndim != 2:
-        raise ValueError(f"expected a single-channel frame of shape (H, W), got shape "
-                         f"{frame.shape}: pass one camera frame")
+        raise ValueError(
+            f"expected a single-channel frame of shape (H, W), got shape "
+            f"{frame.shape}: pass one camera frame"
+        )
     if min(frame.shape[:2]) < MIN_SIDE_PX:
         raise ValueError(f"frame {frame.shape[:2]} is smaller than {MIN_SIDE_PX} px on a side")
     if frame.dtype in (np.uint8, np.uint16):
@@ -201,8 +232,15 @@ def _mode(values: np.ndarray, bin_width: float = 0.02) -> np.ndarray:
     return out
 
 
-def robust_background(image: np.ndarray, *, cell: int, degree: int, iterations: int = 5,
-                      k_sigma: float = 3.0, floor: float = 0.01) -> np.ndarray:
+def robust_background(
+    image: np.ndarray,
+    *,
+    cell: int,
+    degree: int,
+    iterations: int = 5,
+    k_sigma: float = 3.0,
+    floor: float = 0.01,
+) -> np.ndarray:
     """A smooth fit of the bare background of ``image`` (H, W, C) > 0, same shape.
 
     The image is averaged into ``cell``-pixel cells; log intensity is fitted per channel with a
@@ -250,8 +288,7 @@ def robust_background(image: np.ndarray, *, cell: int, degree: int, iterations: 
             square[j, i] = value
         # einsum rather than @ here too (no BLAS threads), in float32: the log background
         # needs no more than 1e-6 relative precision.
-        log_bg = np.einsum("yj,jx->yx", yp.astype(np.float32),
-                           (square @ xp).astype(np.float32))
+        log_bg = np.einsum("yj,jx->yx", yp.astype(np.float32), (square @ xp).astype(np.float32))
         out[..., ch] = cv2.exp(log_bg)
     return out
 
@@ -264,8 +301,7 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     ph, pw = (-h) % factor, (-w) % factor
     if ph or pw:
         image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-    return cv2.resize(image, ((w + pw) // factor, (h + ph) // factor),
-                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, ((w + pw) // factor, (h + ph) // factor), interpolation=cv2.INTER_AREA)
 
 
 def flake_contrast(frame: np.ndarray, black_level: float = BLACK_LEVEL) -> np.ndarray:
@@ -273,8 +309,9 @@ def flake_contrast(frame: np.ndarray, black_level: float = BLACK_LEVEL) -> np.nd
     unit = as_unit_float(frame, 3)
     small = downsample(unit, DOWNSAMPLE) - np.float32(black_level)
     small = np.maximum(small, np.float32(0.0))
-    background = robust_background(np.maximum(small, 1e-4), cell=BACKGROUND_CELL_PX,
-                                   degree=BACKGROUND_DEGREE)
+    background = robust_background(
+        np.maximum(small, 1e-4), cell=BACKGROUND_CELL_PX, degree=BACKGROUND_DEGREE
+    )
     contrast = small / np.maximum(background, np.float32(1e-4)) - np.float32(1.0)
     contrast[off_chip(contrast)] = 0.0  # the holder is not a flake: show it as bare substrate
     return np.ascontiguousarray(contrast.transpose(2, 0, 1))
@@ -313,8 +350,13 @@ class Component:
     score: float
 
 
-def components(probs: np.ndarray, class_map: np.ndarray, classes: tuple[int, ...],
-               min_area: int, min_score: float) -> list[Component]:
+def components(
+    probs: np.ndarray,
+    class_map: np.ndarray,
+    classes: tuple[int, ...],
+    min_area: int,
+    min_score: float,
+) -> list[Component]:
     """Connected components (8-connected) of each class in ``classes`` of ``class_map``."""
     found = []
     for k in classes:
@@ -324,15 +366,15 @@ def components(probs: np.ndarray, class_map: np.ndarray, classes: tuple[int, ...
             continue
         # Label only the box the class occupies: most classes cover a sliver of the frame.
         r0, c0 = int(rows[0]), int(cols[0])
-        box = np.ascontiguousarray(present[r0:rows[-1] + 1, c0:cols[-1] + 1]).view(np.uint8)
+        box = np.ascontiguousarray(present[r0 : rows[-1] + 1, c0 : cols[-1] + 1]).view(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8)
         for i in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[i])
             if area < min_area:
                 continue
-            mask = labels[y:y + h, x:x + w] == i
+            mask = labels[y : y + h, x : x + w] == i
             x, y = x + c0, y + r0
-            score = float(probs[k, y:y + h, x:x + w][mask].mean())
+            score = float(probs[k, y : y + h, x : x + w][mask].mean())
             if score >= min_score:
                 found.append(Component(k, (x, y, w, h), mask, score))
     return found
@@ -345,7 +387,7 @@ def rle_from_crop(crop: np.ndarray, row0: int, col0: int, shape: tuple[int, int]
     h, w = shape
     ch, cw = crop.shape
     strip = np.zeros((h, cw), np.uint8)
-    strip[row0:row0 + ch] = crop
+    strip[row0 : row0 + ch] = crop
     flat = strip.ravel(order="F")
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     runs = np.diff(np.concatenate(([0], edges, [flat.size])))
@@ -362,24 +404,33 @@ def rle_from_crop(crop: np.ndarray, row0: int, col0: int, shape: tuple[int, int]
     return RleMask(size=(int(h), int(w)), counts=rle["counts"].decode("ascii"))
 
 
-def detection_from_mask(mask: np.ndarray, row0: int, col0: int, shape: tuple[int, int],
-                        category: str, score: float,
-                        attributes: dict[str, float | int | str]) -> Detection:
+def detection_from_mask(
+    mask: np.ndarray,
+    row0: int,
+    col0: int,
+    shape: tuple[int, int],
+    category: str,
+    score: float,
+    attributes: dict[str, float | int | str],
+) -> Detection:
     """A :class:`Detection` from a boolean mask crop placed at (row0, col0) in a frame."""
     rows, cols = np.nonzero(mask)
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     tight = mask[y0:y1, x0:x1]
     return Detection(
-        category=category, score=float(min(max(score, 0.0), 1.0)),
+        category=category,
+        score=float(min(max(score, 0.0), 1.0)),
         bbox_xywh_px=(float(col0 + x0), float(row0 + y0), float(x1 - x0), float(y1 - y0)),
         centroid_xy_px=(float(col0 + cols.mean()), float(row0 + rows.mean())),
         area_px=float(rows.size),
         mask=rle_from_crop(tight.view(np.uint8), int(row0 + y0), int(col0 + x0), shape),
-        attributes=attributes)
+        attributes=attributes,
+    )
 
 
-def upsample_component(comp: Component, factor: int,
-                       shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+def upsample_component(
+    comp: Component, factor: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, int, int]:
     """A component's mask at full resolution (pixel repeat), cropped to the frame."""
     x, y, _, _ = comp.bbox
     big = np.repeat(np.repeat(comp.mask, factor, axis=0), factor, axis=1)
@@ -389,8 +440,9 @@ def upsample_component(comp: Component, factor: int,
 
 
 # -- the runner -----------------------------------------------------------------------------------
-def segment(session: Session, contrast: np.ndarray, *, tile: int, overlap: int,
-            multiple: int) -> np.ndarray:
+def segment(
+    session: Session, contrast: np.ndarray, *, tile: int, overlap: int, multiple: int
+) -> np.ndarray:
     """Class probabilities (K, H, W) of a segmentation network (:func:`segnet`: input
     ``contrast``, output ``probs``) for one (C, H, W) input, in overlapping tiles beyond
     ``tile``."""
@@ -409,9 +461,17 @@ class FlakeDetector:
     network-resolution tiling of frames larger than ``tile`` (a 1920×1200 tile: one pass).
     """
 
-    def __init__(self, session: Session, *, black_level: float = BLACK_LEVEL,
-                 min_area_px: int = MIN_AREA_PX, min_score: float = MIN_SCORE,
-                 include_decoys: bool = False, tile: int = TILE, overlap: int = OVERLAP) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        black_level: float = BLACK_LEVEL,
+        min_area_px: int = MIN_AREA_PX,
+        min_score: float = MIN_SCORE,
+        include_decoys: bool = False,
+        tile: int = TILE,
+        overlap: int = OVERLAP,
+    ) -> None:
         self.session = session
         self.black_level = float(black_level)
         self.min_area_px = int(min_area_px)
@@ -422,15 +482,23 @@ class FlakeDetector:
 
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """Class probabilities (K, h, w) at network resolution (the frame ``DOWNSAMPLE``× down)."""
-        return segment(self.session, flake_contrast(frame, self.black_level), tile=self.tile,
-                       overlap=self.overlap, multiple=MULTIPLE)
+        return segment(
+            self.session,
+            flake_contrast(frame, self.black_level),
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=MULTIPLE,
+        )
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections."""
         probs = self.probabilities(frame)
         class_map = probs.argmax(axis=0).astype(np.uint8)
-        wanted = tuple(k for k, name in enumerate(CLASSES)
-                       if k > 0 and (self.include_decoys or name not in DECOYS))
+        wanted = tuple(
+            k
+            for k, name in enumerate(CLASSES)
+            if k > 0 and (self.include_decoys or name not in DECOYS)
+        )
         shape = (int(frame.shape[0]), int(frame.shape[1]))
         found = []
         for comp in components(probs, class_map, wanted, self.min_area_px, self.min_score):
@@ -439,8 +507,15 @@ class FlakeDetector:
             mask, r0, c0 = upsample_component(comp, DOWNSAMPLE, shape)
             if not mask.any():
                 continue
-            found.append(detection_from_mask(
-                mask, r0, c0, shape, str(attrs["material"]), comp.score,
-                {"material": attrs["material"], "layers": attrs["layers"], "class": name}))
+            found.append(
+                detection_from_mask(
+                    mask,
+                    r0,
+                    c0,
+                    shape,
+                    str(attrs["material"]),
+                    comp.score,
+                    {"material": attrs["material"], "layers": attrs["layers"], "class": name},
+                )
+            )
         return found
-

@@ -38,8 +38,10 @@ from scopeflow.schemas.results import Detection
 NAME = "particle_detector"
 INPUT_NAMES = ("contrast",)
 OUTPUT_NAMES = ("probs",)
-DYNAMIC_AXES = {"contrast": {0: "batch", 2: "height", 3: "width"},
-                "probs": {0: "batch", 2: "height", 3: "width"}}
+DYNAMIC_AXES = {
+    "contrast": {0: "batch", 2: "height", 3: "width"},
+    "probs": {0: "batch", 2: "height", 3: "width"},
+}
 
 CLASSES = ("background", "particle")
 WIDTHS = (16, 32, 48, 64)
@@ -74,8 +76,9 @@ def insitu_contrast(frame: np.ndarray, offset_dn: float = 0.0) -> np.ndarray:
         scale = np.iinfo(frame.dtype).max if frame.dtype in (np.uint8, np.uint16) else 1.0
         unit = unit - np.float32(offset_dn / scale)
     unit = np.maximum(unit, np.float32(0.0))
-    background = robust_background(np.maximum(unit, 1e-6)[..., None], cell=BACKGROUND_CELL_PX,
-                                   degree=BACKGROUND_DEGREE)[..., 0]
+    background = robust_background(
+        np.maximum(unit, 1e-6)[..., None], cell=BACKGROUND_CELL_PX, degree=BACKGROUND_DEGREE
+    )[..., 0]
     contrast = unit / np.maximum(background, np.float32(1e-6)) - np.float32(1.0)
     # Where no beam reaches the camera (a blank frame, a closed valve) there is no contrast to
     # read: 0, not the −1 that dividing noise by a near-zero background would give.
@@ -89,9 +92,16 @@ class ParticleDetector:
     ``offset_dn``: the camera's dark offset in the frame's units (0 for the simulator).
     """
 
-    def __init__(self, session: Session, *, offset_dn: float = 0.0,
-                 min_area_px: int = MIN_AREA_PX, min_score: float = MIN_SCORE,
-                 tile: int = TILE, overlap: int = OVERLAP) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        offset_dn: float = 0.0,
+        min_area_px: int = MIN_AREA_PX,
+        min_score: float = MIN_SCORE,
+        tile: int = TILE,
+        overlap: int = OVERLAP,
+    ) -> None:
         self.session = session
         self.offset_dn = float(offset_dn)
         self.min_area_px = int(min_area_px)
@@ -101,8 +111,13 @@ class ParticleDetector:
 
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """Class probabilities (2, H, W): background, particle."""
-        return segment(self.session, insitu_contrast(frame, self.offset_dn), tile=self.tile,
-                       overlap=self.overlap, multiple=MULTIPLE)
+        return segment(
+            self.session,
+            insitu_contrast(frame, self.offset_dn),
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=MULTIPLE,
+        )
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Particles in the frame, as wire-ready detections (category ``"particle"``)."""
@@ -115,6 +130,5 @@ class ParticleDetector:
         found = []
         for comp in components(probs, class_map, (1,), self.min_area_px, self.min_score):
             x, y, _, _ = comp.bbox
-            found.append(detection_from_mask(comp.mask, y, x, shape, "particle", comp.score,
-                                             {}))
+            found.append(detection_from_mask(comp.mask, y, x, shape, "particle", comp.score, {}))
         return found

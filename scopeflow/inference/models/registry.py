@@ -52,7 +52,8 @@ def model_metadata(name: str, weights_dir: Path | None = None) -> dict[str, Any]
     if not path.exists():
         raise FileNotFoundError(
             f"model {name!r} is not shipped ({path} missing); train and export it with "
-            f"'scopeflow train {name}' and 'scopeflow export {name}'")
+            f"'scopeflow train {name}' and 'scopeflow export {name}'"
+        )
     return json.loads(path.read_text())
 
 
