@@ -1,9 +1,8 @@
-"""The ``scopeflow`` command line: nodes, the demo, the doctor and the benchmarks."""
+"""The ``scopeflow`` command line: jobs, nodes, the demo, the doctor and the benchmarks."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -40,21 +39,12 @@ def _curve_server(args):
     return CurveServerKeys(Path(args.curve_secret), Path(args.curve_clients))
 
 
-def _curve_client(args):
-    from scopeflow.transport.endpoints import CurveClientKeys
-
-    if bool(args.curve_secret) != bool(args.curve_server_public):
-        raise SystemExit("--curve-secret and --curve-server-public go together")
-    if not args.curve_secret:
-        return None
-    return CurveClientKeys(Path(args.curve_secret), Path(args.curve_server_public))
-
-
 def _cmd_node_acquire(args) -> int:
-    from scopeflow.acquisition.factory import microscope_from_args
     from scopeflow.acquisition.node import AcquireConfig, AcquireNode
+    from scopeflow.acquisition.sim_adapter import microscope_from_args
+    from scopeflow.devices.registry import open_device
 
-    microscope = microscope_from_args(args)
+    microscope = open_device(args.device) if args.device else microscope_from_args(args)
     config = AcquireConfig(
         frames_endpoint=args.frames,
         commands_endpoint=args.commands,
@@ -94,31 +84,6 @@ def _cmd_node_infer(args) -> int:
         f"{args.model} on {node.processor.backend}",
     )
     return _run_until_signalled(node)
-
-
-def _cmd_node_control(args) -> int:
-    from scopeflow.control.node import ControlConfig, run_control
-
-    outcome = run_control(
-        ControlConfig(
-            commands_endpoint=args.commands,
-            results_endpoint=args.results,
-            search_range_dof=args.search_range_dof,
-            tolerance_dof=args.tolerance_dof,
-            max_frames=args.max_frames,
-            timeout_s=args.timeout_s,
-            curve=_curve_client(args),
-            max_step_um=args.max_step_um,
-            acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
-            track_frames=args.track,
-        )
-    )
-    text = json.dumps(outcome.to_dict(), indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
-    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -267,7 +232,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--astigmatism-um", type=float, default=0.0)
     g.add_argument("--focus-drift-um-per-s", type=float, default=0.0)
-    g.add_argument("--settle-s", type=float, default=0.005, help="WD actuator settle time")
+    g.add_argument(
+        "--settle-s",
+        type=float,
+        default=None,
+        help="focus (and stage) settle time, s (default: the simulator's)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     acq.add_argument("--curve-secret", default=None, help="server secret key file")
     acq.add_argument("--curve-clients", default=None, help="folder of authorised client keys")
     acq.add_argument("--name", default="acquire")
+    acq.add_argument(
+        "--device",
+        default=None,
+        metavar="SPEC",
+        help="serve any registered adapter (e.g. sim:sem,seed=3 or mmcore:CFG) instead of --sim",
+    )
     _add_sim_options(acq)
     acq.set_defaults(func=_cmd_node_acquire)
 
@@ -332,37 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--name", default="infer")
     inf.set_defaults(func=_cmd_node_infer)
 
-    ctl = nodes.add_parser("control", help="run autofocus once against a running pipeline")
-    ctl.add_argument("--commands", default=DEFAULT_COMMANDS, help="command endpoint (connect)")
-    ctl.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (connect)")
-    ctl.add_argument("--out", default=None, help="write the outcome JSON here (default stdout)")
-    ctl.add_argument("--search-range-dof", type=float, default=30.0)
-    ctl.add_argument("--tolerance-dof", type=float, default=0.5)
-    ctl.add_argument("--max-frames", type=int, default=40)
-    ctl.add_argument(
-        "--max-step-um",
-        type=float,
-        default=None,
-        help="split WD moves larger than this (default: the device's maximum)",
-    )
-    ctl.add_argument(
-        "--acnet-backend",
-        default="auto",
-        help="backend of ACNet for AENet-driven autofocus, or 'none'",
-    )
-    ctl.add_argument(
-        "--track",
-        type=int,
-        default=0,
-        metavar="N",
-        help="after a converged autofocus, keep focus for N live frames",
-    )
-    ctl.add_argument(
-        "--timeout-s", type=float, default=5.0, help="give up when a peer is silent this long"
-    )
-    ctl.add_argument("--curve-secret", default=None, help="client secret key file")
-    ctl.add_argument("--curve-server-public", default=None, help="server public key file")
-    ctl.set_defaults(func=_cmd_node_control)
+    from scopeflow.jobs.command import add_parsers as add_job_parsers
+
+    add_job_parsers(sub)
 
     demo = sub.add_parser("demo", help="autofocus end to end on a simulated SEM")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
@@ -482,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ScopeflowError as exc:  # a user-facing problem: its reason, not a traceback
         print(f"scopeflow: error ({exc.code}): {exc.reason}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except (ValueError, FileExistsError) as exc:  # bad options, or data we would overwrite
         print(f"scopeflow: error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
 """``scopeflow demo``: autofocus end to end on a simulated SEM, as three real processes.
 
-The acquisition node (simulated SEM), the inference node (AENet by default, or a classical
-sharpness metric with ``--evaluator``) and the control node (AENet/ACNet autofocus, or the
-golden-section baseline for a classical metric) each run as their own ``scopeflow node …``
-process, wired over ipc sockets in a private temporary folder. The run folder receives
-``summary.json``, the full ``autofocus.json`` outcome, ``focus_trace.png`` and every node's log.
+The acquisition node (simulated SEM) and the inference node (AENet by default, or a classical
+sharpness metric with ``--evaluator``) each run as their own ``scopeflow node …`` process, and
+the autofocus job runs on them as ``scopeflow run autofocus --scope remote:…`` (AENet/ACNet
+autofocus, or the golden-section baseline for a classical metric), wired over ipc sockets in a
+private temporary folder. The run folder receives ``summary.json``, the job's ``outcome.json``,
+``focus_trace.png`` and every process's log.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ CONTROL_TIMEOUT_S = 180.0
 
 def _start(name: str, args: list[str], logs: Path) -> subprocess.Popen:
     log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed when the process is reaped
-    cmd = [sys.executable, "-m", "scopeflow", "node", *args]
+    cmd = [sys.executable, "-m", "scopeflow", *args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
@@ -44,7 +45,9 @@ def _stop(proc: subprocess.Popen, name: str) -> str | None:
             proc.kill()
             proc.wait()
             problem = f"{name} did not stop within {NODE_STOP_TIMEOUT_S:g} s and was killed"
-    if problem is None and proc.returncode not in (0,):
+    # The job's own status says whether it reached its goal (the summary reports that); a
+    # node must exit cleanly.
+    if problem is None and name != "control" and proc.returncode != 0:
         problem = f"{name} exited with status {proc.returncode}"
     proc.log_file.close()  # type: ignore[attr-defined]
     return problem
@@ -71,6 +74,7 @@ def run_demo(
             "acquire": _start(
                 "acquire",
                 [
+                    "node",
                     "acquire",
                     "--frames",
                     frames,
@@ -85,17 +89,23 @@ def run_demo(
             ),
             "infer": _start(
                 "infer",
-                ["infer", "--frames", frames, "--results", results, "--evaluator", evaluator],
+                [
+                    "node",
+                    "infer",
+                    "--frames",
+                    frames,
+                    "--results",
+                    results,
+                    "--evaluator",
+                    evaluator,
+                ],
                 logs,
             ),
         }
-        outcome_path = out / "autofocus.json"
+        outcome_path = out / "outcome.json"
         t0 = time.monotonic()
-        control = _start(
-            "control",
-            ["control", "--commands", commands, "--results", results, "--out", str(outcome_path)],
-            logs,
-        )
+        job = ["run", "autofocus", "--scope", f"remote:{commands}", "--results", results]
+        control = _start("control", [*job, "--out", str(out)], logs)
         procs["control"] = control
         problems = []
         try:
@@ -112,7 +122,8 @@ def run_demo(
         for p in problems:
             progress(f"  - {p}")
         return 2
-    outcome = json.loads(outcome_path.read_text())
+    job_outcome = json.loads(outcome_path.read_text())
+    outcome = {**job_outcome["details"], "seconds": job_outcome["runner"]["seconds"]}
     summary = {
         "job": "autofocus",
         "evaluator": outcome["evaluator"],

@@ -7,15 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
 
-from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
 from scopeflow.acquisition.sem import SEMConfig
+from scopeflow.devices.protocols import Microscope
 from scopeflow.inference.node import InferConfig, InferNode
+from scopeflow.jobs.autofocus import AutofocusJob, AutofocusRecord
+from scopeflow.jobs.base import JobOutcome
+from scopeflow.jobs.runner import RunnerConfig, run_job
 from scopeflow.schemas.state import depth_of_field_um
+from scopeflow.scopes.remote import RemoteScope
 
 
 @dataclass
@@ -95,3 +100,36 @@ def seeded_trial(seed: int, rng_seed: int, families: tuple[str, ...]) -> tuple[S
         settle_s=0.0,
     )
     return cfg, start_dof
+
+
+def run_remote(
+    ctx: zmq.Context,
+    commands: str,
+    results: str,
+    job: Any,
+    *,
+    timeout_s: float = 10.0,
+    ready_timeout_s: float = 20.0,
+) -> JobOutcome:
+    """Run ``job`` through a remote scope on a pipeline's endpoints, as ``scopeflow run`` does."""
+    scope = RemoteScope(commands, results, ctx=ctx, timeout_s=timeout_s)
+    try:
+        outcome, _ = run_job(
+            job, scope, RunnerConfig(ready_timeout_s=ready_timeout_s, result_timeout_s=timeout_s)
+        )
+    finally:
+        scope.close()
+    return outcome
+
+
+def remote_autofocus(p: Pipeline, **options: float) -> AutofocusRecord:
+    """One autofocus job over a pipeline's sockets; its record (every frame, the reason)."""
+    return autofocus_record(p.ctx, p.commands, p.results, **options)
+
+
+def autofocus_record(ctx: zmq.Context, commands: str, results: str, **options: float):
+    job = AutofocusJob()
+    outcome = run_remote(ctx, commands, results, job, **options)
+    if not outcome.details:  # the runner ended it before the job began (scope not ready)
+        job.record.stop_reason, job.record.message = outcome.reason, outcome.message
+    return job.record

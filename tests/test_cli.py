@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scopeflow.cli import build_parser
+from scopeflow.errors import EndpointError
 
 SF = [sys.executable, "-m", "scopeflow"]
 
@@ -78,7 +79,7 @@ def test_nodes_refuse_a_public_command_endpoint_without_curve():
         text=True,
         timeout=60,
     )
-    assert res.returncode == 2
+    assert res.returncode == EndpointError.exit_code == 7
     assert "CURVE" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -87,7 +88,10 @@ def test_every_subcommand_has_help():
     for argv in (
         ["node", "acquire"],
         ["node", "infer"],
-        ["node", "control"],
+        ["run", "autofocus", "--scope", "sim:sem"],
+        ["run", "scan", "--scope", "sim:optical"],
+        ["run", "track-focus", "--scope", "remote:tcp://127.0.0.1:5551"],
+        ["jobs"],
         ["demo"],
         ["doctor"],
         ["bench", "transport"],

@@ -9,10 +9,9 @@ import sys
 import pytest
 
 from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM
-from scopeflow.control.node import ControlConfig, run_control
 from scopeflow.schemas.state import depth_of_field_um
 
-from harness import pipeline, seeded_trial
+from harness import pipeline, remote_autofocus, seeded_trial
 
 N_TRIALS = 20
 
@@ -28,7 +27,7 @@ def test_closed_loop_converges_from_up_to_20_dof_in_95_percent_of_trials(ipc_dir
         cfg, start_dof = trial_config(seed)
         sem = SimulatedSEM(cfg)
         with pipeline(ipc_dir, sem) as p:
-            out = run_control(ControlConfig(p.commands, p.results, timeout_s=10.0), ctx=p.ctx)
+            out = remote_autofocus(p)
         error_dof = abs(sem.state().wd_um - sem.true_focus_wd_um()) / out.dof_um
         outcomes.append((seed, cfg.family, start_dof, out.stop_reason, error_dof, out.frames))
         # The outcome's own accounting agrees with the simulator's ground truth.
@@ -67,8 +66,9 @@ def test_demo_runs_three_processes_and_writes_the_summary(tmp_path):
     assert summary["final_error_um"] <= 0.5 * summary["dof_um"]
     assert summary["initial_error_um"] > 4 * summary["dof_um"]  # the demo starts defocused
     assert summary["dof_um"] == pytest.approx(depth_of_field_um(10.0, 3.0))
-    outcome = json.loads((out / "autofocus.json").read_text())
-    assert summary["frames"] == len(outcome["records"])
+    outcome = json.loads((out / "outcome.json").read_text())
+    assert outcome["job"] == "autofocus" and outcome["reached_goal"] is True
+    assert summary["frames"] == len(outcome["details"]["records"])
     png = (out / "focus_trace.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     for node in ("acquire", "infer", "control"):
@@ -77,7 +77,7 @@ def test_demo_runs_three_processes_and_writes_the_summary(tmp_path):
 
 def _autofocus(ipc_dir, sem: SimulatedSEM, evaluator: str = "normalized_variance"):
     with pipeline(ipc_dir, sem, evaluator=evaluator) as p:
-        return run_control(ControlConfig(p.commands, p.results, timeout_s=10.0), ctx=p.ctx)
+        return remote_autofocus(p)
 
 
 # Each safety rule holds for both controllers: the golden-section baseline (classical scores)

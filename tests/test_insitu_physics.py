@@ -28,8 +28,9 @@ from scopeflow.acquisition.insitu import (
     electron_wavelength_nm,
 )
 from scopeflow.acquisition.insitu.particles import track_ids
-from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.truth import AnnotatedImage, DatasetSource
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Microscope
 from scopeflow.errors import DeviceError, LimitError
 
 from fakes import FakeClock
@@ -610,11 +611,11 @@ def test_is_a_microscope_with_state_and_limits() -> None:
     assert state.magnification == pytest.approx(15e3 / 0.4)  # detector pitch / pixel size
     for bad in (60.0, -60.0, float("nan")):
         with pytest.raises(LimitError):
-            cam.set_wd(bad)
+            guard(cam).set_wd(bad)
     with pytest.raises(LimitError):  # inside the limits but a larger step than allowed
-        cam.set_wd(30.0)
+        guard(cam).set_wd(30.0)
     with pytest.raises(LimitError):
-        cam.move_stage(2000.0, 0.0)
+        guard(cam).move_stage(2000.0, 0.0)
     for dose in (-1.0, 1e6, float("inf")):
         with pytest.raises(LimitError):
             cam.set_dose_e_per_px(dose)

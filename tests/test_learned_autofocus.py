@@ -13,12 +13,12 @@ import pytest
 from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.control.focus_model import FocusPosterior, Reading
 from scopeflow.control.learned_autofocus import FrameReading, LearnedAutofocus
-from scopeflow.control.node import ControlConfig, run_control
-from scopeflow.control.runner import _steps
 from scopeflow.control.tracking import FocusTracker
+from scopeflow.jobs.runner import split_move
+from scopeflow.jobs.track_focus import TrackFocusJob
 from scopeflow.schemas.state import Limits, depth_of_field_um
 
-from harness import pipeline, seeded_trial
+from harness import pipeline, remote_autofocus, run_remote, seeded_trial
 
 LIMITS = Limits(
     wd_min_um=1000.0,
@@ -191,7 +191,7 @@ def test_focus_beyond_a_limit_keeps_every_target_inside():
 
 @pytest.mark.parametrize(("a", "b", "step"), [(0.0, 10.0, 3.0), (10.0, -7.0, 2.5), (5.0, 6.0, 4.0)])
 def test_moves_larger_than_the_maximum_step_are_split(a, b, step):
-    path = _steps(a, b, step)
+    path = split_move(a, b, step)
     assert path[-1] == b
     hops = np.abs(np.diff([a, *path]))
     assert hops.max() <= step + 1e-9
@@ -225,11 +225,9 @@ def trial_config(seed: int) -> tuple[SEMConfig, float]:
     return seeded_trial(seed, 2000 + seed, ("fibres", "grains", "nanoparticles", "tin_balls"))
 
 
-def _learned(ipc_dir, sem: SimulatedSEM, **control):
+def _learned(ipc_dir, sem: SimulatedSEM):
     with pipeline(ipc_dir, sem, evaluator="aenet") as p:
-        return run_control(
-            ControlConfig(p.commands, p.results, timeout_s=10.0, **control), ctx=p.ctx
-        )
+        return remote_autofocus(p)
 
 
 def test_aenet_acnet_autofocus_over_sockets_converges_from_20_dof(ipc_dir):
@@ -284,10 +282,11 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
             focus_drift_um_per_s=drift,
         )
     )
-    out = _learned(ipc_dir, sem, track_frames=1000)
-    assert out.stop_reason == "converged", out.message
-    track = out.tracking
-    assert track is not None and track["stop_reason"] == "done", track
+    with pipeline(ipc_dir, sem, evaluator="aenet") as p:
+        out = run_remote(p.ctx, p.commands, p.results, TrackFocusJob(1000))
+    assert out.details["autofocus"]["stop_reason"] == "converged", out.message
+    track = out.details["tracking"]
+    assert out.reached_goal and track["stop_reason"] == "done", track
     assert track["live_frames"] == 1000
     # The specimen drifted by several DoF over the run, yet stayed in focus.
     assert sem.true_focus_wd_um() - 5000.0 > 3 * dof

@@ -15,19 +15,18 @@ import zmq.auth
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
 from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
-from scopeflow.control.client import CommandRejected, MicroscopeClient
-from scopeflow.control.node import ControlConfig, run_control
-from scopeflow.control.results import ResultSubscriber
+from scopeflow.devices.remote import CommandRejected, MicroscopeClient
 from scopeflow.errors import LimitError, PeerTimeout
 from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.metrics import NodeMetrics
 from scopeflow.schemas.codec import decode
 from scopeflow.schemas.results import FocusEstimate
+from scopeflow.scopes.results import ResultSubscriber
 from scopeflow.transport.endpoints import CurveClientKeys, CurveServerKeys
 from scopeflow.transport.streams import LosslessReceiver, send
 
 from children import header_for
-from harness import pipeline, running
+from harness import autofocus_record, pipeline, remote_autofocus, running
 
 
 def small_sem(**kw) -> SimulatedSEM:
@@ -286,9 +285,7 @@ def test_silent_microscope_stops_the_controller_with_timeout(ipc_dir):
 
 def test_controller_without_inference_node_stops_with_timeout(ipc_dir):
     with pipeline(ipc_dir, small_sem(), with_infer=False) as p:
-        out = run_control(
-            ControlConfig(p.commands, p.results, timeout_s=0.5, ready_timeout_s=1.0), ctx=p.ctx
-        )
+        out = remote_autofocus(p, timeout_s=0.5, ready_timeout_s=1.0)
     assert out.stop_reason == "timeout"
     assert "inference node" in out.message
     assert out.frames == 0
@@ -309,8 +306,8 @@ def test_microscope_vanishing_mid_run_stops_with_timeout(ipc_dir):
     result = {}
 
     def control() -> None:
-        result["out"] = run_control(
-            ControlConfig(f"ipc://{ipc_dir}/c", f"ipc://{ipc_dir}/r", timeout_s=1.0), ctx=ctx
+        result["out"] = autofocus_record(
+            ctx, f"ipc://{ipc_dir}/c", f"ipc://{ipc_dir}/r", timeout_s=1.0
         )
 
     with running(inf):

@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.optical import (
     GRAPHENE,
     HBN,
@@ -38,6 +37,8 @@ from scopeflow.acquisition.optical import (
 )
 from scopeflow.acquisition.optical.thinfilm import WAVELENGTHS_NM, si_index, sio2_index
 from scopeflow.acquisition.truth import DatasetSource
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Microscope
 from scopeflow.errors import LimitError
 from scopeflow.schemas.state import optical_depth_of_field_um
 
@@ -490,14 +491,15 @@ def test_is_a_microscope_and_limits_are_enforced() -> None:
     sim, _ = make_sim(OpticalConfig(camera=SMALL, max_z_step_um=100.0))
     assert isinstance(sim, Microscope)
     limits = sim.limits()
+    guarded = guard(sim)
     assert (limits.wd_min_um, limits.wd_max_um) == (0.0, 5000.0)
     assert (limits.stage_x_min_um, limits.stage_x_max_um) == (-5500.0, 5500.0)
     for bad_z in (limits.wd_max_um + 1.0, limits.wd_min_um - 1.0, float("nan"), 2500.0 + 150.0):
         with pytest.raises(LimitError):
-            sim.set_wd(bad_z)
+            guarded.set_wd(bad_z)
     for bad_xy in ((6000.0, 0.0), (0.0, -5600.0), (float("inf"), 0.0)):
         with pytest.raises(LimitError):
-            sim.move_stage(*bad_xy)
+            guarded.move_stage(*bad_xy)
     state = sim.state()  # refused commands moved nothing
     assert (state.wd_um, state.stage_x_um, state.stage_y_um) == (2500.0, 0.0, 0.0)
     with pytest.raises(LimitError):

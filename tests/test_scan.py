@@ -1,45 +1,61 @@
-"""A tile scan driven over the protocol against the simulated optical microscope."""
+"""The scan job: a 3×3 serpentine tile scan with an autofocus at each tile, over the simulated
+optical microscope, on a local scope and on a remote one (the same job code on both)."""
 
 from __future__ import annotations
 
-import pytest
+import useq
 
 from scopeflow.acquisition.optical import OpticalConfig, SimulatedOpticalMicroscope
-from scopeflow.control.client import MicroscopeClient
-from scopeflow.control.results import ResultSubscriber
-from scopeflow.control.runner import RunnerConfig, run_autofocus
-from scopeflow.metrics import NodeMetrics
+from scopeflow.jobs.autofocus import AutofocusJobConfig
+from scopeflow.jobs.runner import RunnerConfig, run_job
+from scopeflow.jobs.scan import ScanJob
+from scopeflow.scopes.local import LocalScope
 
-from harness import pipeline
+from harness import pipeline, run_remote
 
 GRID_STEP_UM = 3000.0
 
 
-def test_three_by_three_scan_with_a_z_search_at_each_tile(ipc_dir):
-    scope = SimulatedOpticalMicroscope(OpticalConfig(seed=3, z_settle_s=0.0, stage_settle_s=0.0))
-    tiles = []
-    with pipeline(ipc_dir, scope, evaluator="tenengrad") as p:
-        client = MicroscopeClient(p.ctx, p.commands, timeout_s=10)
-        results = ResultSubscriber(p.ctx, p.results, NodeMetrics("scan"))
-        try:
-            for row in (-1, 0, 1):
-                cols = (-1, 0, 1) if row % 2 == 0 else (1, 0, -1)  # serpentine
-                for col in cols:
-                    x, y = col * GRID_STEP_UM, row * GRID_STEP_UM
-                    reply = client.move_stage(x, y)
-                    assert (reply.state.stage_x_um, reply.state.stage_y_um) == (x, y)
-                    out = run_autofocus(client, results, RunnerConfig(ready_timeout_s=10))
-                    tiles.append((x, y, out, scope.true_focus_z_um(), scope.state().wd_um))
-        finally:
-            client.close()
-            results.close()
-    assert len(tiles) == 9
-    converged = [t for t in tiles if t[2].stop_reason == "converged"]
-    assert len(converged) >= 8, [(t[0], t[1], t[2].stop_reason, t[2].message) for t in tiles]
-    for x, y, out, true_z, z in converged:
-        assert abs(z - true_z) <= 0.5 * out.dof_um, (x, y, z, true_z, out.dof_um)
+def _optical() -> SimulatedOpticalMicroscope:
+    return SimulatedOpticalMicroscope(OpticalConfig(seed=3, z_settle_s=0.0, stage_settle_s=0.0))
+
+
+def _scan_job() -> ScanJob:
+    grid = useq.GridRowsColumns(rows=3, columns=3, fov_width=GRID_STEP_UM, fov_height=GRID_STEP_UM)
+    return ScanJob(grid, autofocus=AutofocusJobConfig(acnet_backend=None))
+
+
+def _check(outcome, scope: SimulatedOpticalMicroscope) -> None:
+    tiles = outcome.details["tiles"]
+    assert outcome.job == "scan" and outcome.reached_goal, outcome.message
+    assert [(t["x_um"], t["y_um"]) for t in tiles] == [  # serpentine, y up, around (0, 0)
+        (-3000.0, 3000.0), (0.0, 3000.0), (3000.0, 3000.0),
+        (3000.0, 0.0), (0.0, 0.0), (-3000.0, 0.0),
+        (-3000.0, -3000.0), (0.0, -3000.0), (3000.0, -3000.0),
+    ]  # fmt: skip
+    converged = [t for t in tiles if t["autofocus"] == "converged"]
+    assert len(converged) >= 8, [(t["x_um"], t["y_um"], t["autofocus"]) for t in tiles]
+    assert outcome.figures["tiles_focused"] == len(converged)
+    for t in converged:  # ground truth of the simulator: each tile ended in focus
+        assert t["final_error_dof"] <= 0.5, t
     # The focus surface is tilted and bowed: the tiles' focus positions really differ.
-    focus = [t[3] for t in tiles]
-    assert max(focus) - min(focus) > 2 * converged[0][2].dof_um
-    assert all(out.stop_reason in ("converged", "no_signal") for _, _, out, _, _ in tiles)
-    assert converged[0][2].dof_um == pytest.approx(scope.state().depth_of_field_um())
+    dof = scope.state().depth_of_field_um()
+    cfg = scope.config
+    focus = [cfg.focus_z_at(t["x_um"], t["y_um"]) for t in tiles]
+    assert max(focus) - min(focus) > 2 * dof
+    assert all(t["autofocus"] in ("converged", "no_signal") for t in tiles)
+
+
+def test_scan_on_a_local_scope_focuses_every_tile():
+    sim = _optical()
+    scope = LocalScope(sim, models={"focus": "tenengrad"})
+    outcome, stats = run_job(_scan_job(), scope, RunnerConfig())
+    _check(outcome, sim)
+    assert stats.frames == outcome.figures["frames"] and stats.moves >= 9
+
+
+def test_the_same_scan_on_a_remote_scope_over_sockets(ipc_dir):
+    sim = _optical()
+    with pipeline(ipc_dir, sim, evaluator="tenengrad") as p:
+        outcome = run_remote(p.ctx, p.commands, p.results, _scan_job())
+    _check(outcome, sim)

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.microscope import Microscope
 from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM, make_specimen
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Microscope
 from scopeflow.errors import DeviceError, LimitError
 
 from fakes import FakeClock
@@ -60,17 +61,18 @@ def test_is_a_microscope_and_limits_are_enforced(particles) -> None:
     sim, _ = make_sim(SEMConfig(frame_shape=(64, 64), max_wd_step_um=500.0), particles)
     assert isinstance(sim, Microscope)
     limits = sim.limits()
+    guarded = guard(sim)
     assert (limits.wd_min_um, limits.wd_max_um) == (1000.0, 50000.0)
     with pytest.raises(LimitError):
-        sim.set_wd(limits.wd_max_um + 1.0)
+        guarded.set_wd(limits.wd_max_um + 1.0)
     with pytest.raises(LimitError):
-        sim.set_wd(limits.wd_min_um - 1.0)
+        guarded.set_wd(limits.wd_min_um - 1.0)
     with pytest.raises(LimitError):
-        sim.set_wd(float("nan"))
+        guarded.set_wd(float("nan"))
     with pytest.raises(LimitError):  # a single step larger than max_wd_step_um
-        sim.set_wd(5000.0 + 600.0)
+        guarded.set_wd(5000.0 + 600.0)
     with pytest.raises(LimitError):
-        sim.move_stage(60000.0, 0.0)
+        guarded.move_stage(60000.0, 0.0)
     assert sim.state().wd_um == 5000.0  # refused commands did not move anything
 
 

@@ -1,9 +1,9 @@
-"""Carries out validated commands against a ``Microscope`` and builds the replies.
+"""Carries out validated commands against a microscope and builds the replies.
 
-Transport-free: the acquisition node feeds it decoded commands and sends what it returns. Limits
-are enforced here, before the microscope is touched (and again by ``MicroscopeBase`` for adapters
-built on it); a rate limit guards against runaway clients; every failure becomes a typed error
-with a reason, and nothing an adapter raises can take the node down.
+Transport-free: the acquisition node feeds it decoded commands and sends what it returns. The
+microscope is served through :func:`scopeflow.devices.limits.guard`, so every move is checked
+before the adapter is touched; a rate limit guards against runaway clients; every failure
+becomes a typed error with a reason, and nothing an adapter raises can take the node down.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from scopeflow.acquisition.microscope import Frame, Microscope, check_stage_move, check_wd_move
-from scopeflow.errors import DeviceError, LimitError, RateLimitError, ScopeflowError
+from scopeflow.devices.frames import MoveCounter
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Frame, Microscope
+from scopeflow.errors import DeviceError, RateLimitError, ScopeflowError
 from scopeflow.schemas.commands import Acquire, Command, GetState, MoveStage, Reply, SetWD
 
 log = logging.getLogger(__name__)
@@ -57,12 +59,16 @@ class CommandServer:
         max_commands_per_s: float = 1000.0,
         frame_subscribers: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.microscope = microscope
+        self.microscope = guard(microscope)
         self.publish_frame = publish_frame
         self.series_unique_id = series_unique_id
         self.frame_subscribers = frame_subscribers
         self._bucket = TokenBucket(max_commands_per_s)
-        self.command_seq = 0
+        self._moves = MoveCounter()
+
+    @property
+    def command_seq(self) -> int:
+        return self._moves.count
 
     def execute(self, cmd: Command) -> Reply:
         """Carry out ``cmd``; raise a ScopeflowError (with its wire code) when it cannot be."""
@@ -73,13 +79,11 @@ class CommandServer:
         image_id: int | None = None
         try:
             if isinstance(cmd, SetWD):
-                check_wd_move(
-                    self.microscope.limits(), self.microscope.state().wd_target_um, cmd.wd_um
-                )
-                self._move(lambda: self.microscope.set_wd(cmd.wd_um, wait=cmd.wait))
+                self._moves.run(lambda: self.microscope.set_wd(cmd.wd_um, wait=cmd.wait))
             elif isinstance(cmd, MoveStage):
-                check_stage_move(self.microscope.limits(), cmd.x_um, cmd.y_um)
-                self._move(lambda: self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait))
+                self._moves.run(
+                    lambda: self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait)
+                )
             elif isinstance(cmd, Acquire):
                 image_id = self.publish_frame(self.microscope.acquire())
             elif not isinstance(cmd, GetState):  # pragma: no cover - the schema is closed
@@ -99,16 +103,3 @@ class CommandServer:
         except Exception as exc:  # a device fault must not kill the node
             log.exception("microscope failed on %s", cmd.command)
             raise DeviceError(f"{cmd.command} failed in the microscope: {exc}") from exc
-
-    def _move(self, move: Callable[[], object]) -> None:
-        """Run a state-changing call. Once the device has been asked to move, frames after it
-        must not pass for frames before it, so the count advances even when the move fails
-        (limits were checked before, so a failure here is the device's)."""
-        try:
-            move()
-        except LimitError:  # refused by the adapter before anything moved
-            raise
-        except BaseException:
-            self.command_seq += 1
-            raise
-        self.command_seq += 1

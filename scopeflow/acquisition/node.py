@@ -24,13 +24,14 @@ from typing import Any, Literal
 import zmq
 
 from scopeflow.acquisition.command_server import CommandServer
-from scopeflow.acquisition.microscope import Frame, Microscope
+from scopeflow.devices.frames import frame_header
+from scopeflow.devices.protocols import Frame, Microscope
 from scopeflow.errors import OverrunError, ProtocolError, ScopeflowError
 from scopeflow.runtime import POLL_MS, NodeRuntime
-from scopeflow.schemas.codec import decode, encode, frame_buffer, parse_header_json
+from scopeflow.schemas.codec import decode, encode, parse_header_json
 from scopeflow.schemas.commands import Reply
 from scopeflow.schemas.results import ErrorMessage
-from scopeflow.schemas.series import ImageHeader, SeriesEnd, SeriesStart
+from scopeflow.schemas.series import SeriesEnd, SeriesStart
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LATEST_HWM, LosslessSender, send
 
@@ -181,19 +182,12 @@ class AcquireNode:
 
     def _publish(self, frame: Frame) -> int:
         image_id = self._next_image_id
-        pixels = frame_buffer(frame.pixels)
-        header = ImageHeader(
+        header, pixels = frame_header(
+            frame,
             series_id=self.config.series_id,
             series_unique_id=self.series_unique_id,
             image_id=image_id,
-            shape=pixels.shape,
-            dtype=pixels.dtype.name,
-            start_time_ns=frame.start_time_ns,
-            stop_time_ns=frame.stop_time_ns,
-            monotonic_ns=frame.monotonic_ns,
             command_seq=self.server.command_seq,
-            state=frame.state,
-            truth=frame.truth,
         )
         self._send_all(header, pixels)
         self._next_image_id += 1  # only once sent: image_ids have no gaps from failed frames

@@ -38,7 +38,6 @@ BINS_DOF = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0, 31.0)
 
 def sample(trials: int, seed: int, progress=print) -> dict[str, np.ndarray]:
     """AENet's readings of frames at known defocus, trained families only."""
-    from scopeflow.bench.autofocus import _learned_models
     from scopeflow.bench.autofocus_trials import (
         FOCUS_WD_UM,
         FrameReader,
@@ -46,8 +45,7 @@ def sample(trials: int, seed: int, progress=print) -> dict[str, np.ndarray]:
         make_trials,
     )
 
-    aenet, _ = _learned_models()
-    reader, cache = FrameReader(aenet), SpecimenCache()
+    reader, cache = FrameReader("aenet"), SpecimenCache()
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([np.linspace(-3.0, 3.0, 13), rng.uniform(-30.0, 30.0, 8)])
     rows: list[tuple[int, float, float, float]] = []
@@ -57,7 +55,7 @@ def sample(trials: int, seed: int, progress=print) -> dict[str, np.ndarray]:
         for dz in offsets:
             sim.set_wd(FOCUS_WD_UM + dz * trial.dof_um)
             frame = sim.acquire()
-            r = reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px)
+            r = reader(frame)
             if r.abs_defocus_dof is None or r.features is None or frame.truth is None:
                 continue  # no signal: nothing to calibrate with
             rows.append(

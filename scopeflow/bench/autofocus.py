@@ -2,13 +2,15 @@
 
 Methods, each on the same seeded trials (:mod:`scopeflow.bench.autofocus_trials`):
 
-- ``scopeflow``: :class:`~scopeflow.control.learned_autofocus.LearnedAutofocus` with AENet and
-  ACNet on ONNX Runtime (the normalised-variance sharpness rides along, as the node sends it);
+- ``scopeflow``: the ``autofocus`` job (:class:`~scopeflow.jobs.autofocus.AutofocusJob`, the
+  AENet/ACNet controller) on a local scope around the trial's simulator, AENet and ACNet on
+  ONNX Runtime, frames read by the inference node's own processor (the normalised-variance
+  sharpness rides along, as the node sends it);
 - ``search-normalized-variance``, ``search-tenengrad``: the golden-section baseline
   (:class:`~scopeflow.control.autofocus.GoldenSectionAutofocus`) on that metric;
 - ``mapfost``: :mod:`scopeflow.bench.mapfost_baseline`, its aperture factor calibrated once per
   run on calibration trials of its own seed;
-- ``scopeflow-aenet-only``: the ablation, the same controller without ACNet (the posterior's
+- ``scopeflow-aenet-only``: the ablation, the same job without ACNet (the posterior's
   targets only), to show what ACNet's proposals add.
 
 Success: final |Δz| ≤ 0.5 DoF from the simulator's truth. ``frames``: every frame acquired.
@@ -39,11 +41,11 @@ from scopeflow.bench.autofocus_trials import (
     SpecimenCache,
     Trial,
     make_trials,
+    run_autofocus_job,
     run_loop,
 )
 from scopeflow.bench.timing import median_ms
 from scopeflow.control.autofocus import AutofocusConfig, GoldenSectionAutofocus
-from scopeflow.control.learned_autofocus import LearnedAutofocus
 from scopeflow.control.tracking import FocusTracker
 
 METHODS = (
@@ -75,9 +77,9 @@ def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, 
     sim = cache.microscope(trial)
     start = sim.state().wd_target_um
     if method in ("scopeflow", "scopeflow-aenet-only"):
-        acnet = ctx["acnet"] if method == "scopeflow" else None  # the ablation: no ACNet
-        machine = LearnedAutofocus(start, sim.limits(), trial.dof_um, acnet)
-        return run_loop(sim, machine, ctx["reader"])
+        # The autofocus job as users run it; the ablation runs it without ACNet.
+        acnet_backend = "onnxruntime" if method == "scopeflow" else None
+        return run_autofocus_job(sim, ctx["reader"], acnet_backend)
     if method.startswith("search-"):
         metric = method.removeprefix("search-").replace("-", "_")
         machine = GoldenSectionAutofocus(start, sim.limits(), trial.dof_um, AutofocusConfig())
@@ -170,9 +172,7 @@ def run_tracking(
             if wd != sim.state().wd_target_um:
                 sim.set_wd(wd)
             frame = sim.acquire()
-            tracker.tell(
-                reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px), kind, clock[0]
-            )
+            tracker.tell(reader(frame), kind, clock[0])
             if kind == "live":
                 live += 1
                 e = abs(frame.truth.defocus_um) / dof
@@ -239,10 +239,9 @@ def run(
     aenet, acnet = _learned_models()
     cache = SpecimenCache()
     ctx: dict[str, Any] = {
-        "acnet": acnet,
-        "reader": FrameReader(aenet),
-        "reader:normalized_variance": FrameReader(None, "normalized_variance"),
-        "reader:tenengrad": FrameReader(None, "tenengrad"),
+        "reader": FrameReader("aenet"),
+        "reader:normalized_variance": FrameReader("normalized_variance"),
+        "reader:tenengrad": FrameReader("tenengrad"),
     }
     result: dict[str, Any] = {"trials": trials, "quick": quick, "frame_size": frame_size}
     if "mapfost" in methods:

@@ -24,7 +24,9 @@ import numpy as np
 
 from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM, make_specimen
 from scopeflow.control.learned_autofocus import FrameReading
-from scopeflow.inference.evaluators import get_evaluator, signal_check
+from scopeflow.devices.frames import frame_message
+from scopeflow.devices.protocols import Frame
+from scopeflow.jobs.autofocus import reading_from_estimate
 
 FOCUS_WD_UM = 5000.0
 BENCH_SEED = 31  # the benchmark's trials; tuning used other seeds (docs/autofocus.md)
@@ -112,23 +114,19 @@ class SpecimenCache:
 
 
 class FrameReader:
-    """Reads a frame as the inference node would: AENet (when given) and a classical metric."""
+    """Reads a frame exactly as the inference node and the jobs do: the node's focus processor
+    (AENet with the classical sharpness, or a classical metric alone) on the frame's ``image``
+    message, then :func:`~scopeflow.jobs.autofocus.reading_from_estimate`."""
 
-    def __init__(self, aenet=None, metric: str = "normalized_variance") -> None:
-        self.aenet = aenet
-        self.metric = get_evaluator(metric)
+    def __init__(self, model: str = "aenet", backend: str = "onnxruntime") -> None:
+        from scopeflow.inference.processors import make_processor
 
-    def __call__(self, pixels: np.ndarray, wd_um: float, dose: float) -> FrameReading:
-        signal = signal_check(pixels, dose)
-        if signal != "ok":
-            return FrameReading(wd_um, signal, None, None, None)
-        sharp = float(self.metric(pixels))
-        if self.aenet is None:
-            return FrameReading(wd_um, signal, None, None, sharp, dose)
-        res = self.aenet.evaluate(pixels)
-        return FrameReading(
-            wd_um, signal, res.abs_defocus_dof, tuple(float(v) for v in res.features), sharp, dose
-        )
+        self.processor = make_processor(model, backend)
+
+    def __call__(self, frame: Frame) -> FrameReading:
+        msg = frame_message(frame, series_id=0, series_unique_id="bench", image_id=0, command_seq=0)
+        ((estimate, _),) = self.processor.process(msg)
+        return reading_from_estimate(estimate)
 
 
 @dataclass
@@ -169,7 +167,7 @@ def run_loop(
             sim.set_wd(wd)
         frame = sim.acquire()
         t0 = time.perf_counter()
-        reading = reader(frame.pixels, frame.state.wd_um, frame.state.dose_e_per_px)
+        reading = reader(frame)
         tell(machine, reading)
         work += time.perf_counter() - t0
         trace.append(
@@ -183,4 +181,32 @@ def run_loop(
     err = (final - sim.true_focus_wd_um()) / dof
     return LoopResult(
         len(trace), machine.stop_reason or "timeout", final, abs(err), abs(start_err), work, trace
+    )
+
+
+def run_autofocus_job(sim: SimulatedSEM, reader: FrameReader, acnet_backend: str | None):
+    """The ``autofocus`` job itself on a local scope around ``sim``, as ``scopeflow run``
+    runs it. ``seconds`` counts the job's decisions and the inference, not the simulator."""
+    from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
+    from scopeflow.jobs.runner import run_job
+    from scopeflow.scopes.local import LocalScope
+
+    dof = sim.config.pixel_size_nm / sim.config.beam_semiangle_mrad
+    start_err = (sim.state().wd_um - sim.true_focus_wd_um()) / dof
+    scope = LocalScope(sim, processors={"focus": reader.processor})
+    outcome, stats = run_job(AutofocusJob(AutofocusJobConfig(acnet_backend=acnet_backend)), scope)
+    final = outcome.details.get("final_wd_um")
+    final = sim.state().wd_target_um if final is None else final
+    trace = [
+        {"wd_um": r["wd_um"], "defocus_dof": r["true_defocus_um"] / dof}
+        for r in outcome.details.get("records", [])
+    ]
+    return LoopResult(
+        frames=stats.frames,
+        stop_reason=outcome.reason,
+        final_wd_um=final,
+        final_error_dof=abs(final - sim.true_focus_wd_um()) / dof,
+        start_error_dof=abs(start_err),
+        seconds=stats.job_seconds + scope.inference_seconds,
+        trace=trace,
     )

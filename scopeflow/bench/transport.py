@@ -201,10 +201,9 @@ def loop_latency(min_samples: int = 500, frame_size: int = 512, progress=print) 
     import subprocess
     import sys
 
-    from scopeflow.control.client import MicroscopeClient
-    from scopeflow.control.results import ResultSubscriber
-    from scopeflow.control.runner import RunnerConfig, run_autofocus
-    from scopeflow.metrics import NodeMetrics
+    from scopeflow.jobs.autofocus import AutofocusJob
+    from scopeflow.jobs.runner import RunnerConfig, run_job
+    from scopeflow.scopes.remote import RemoteScope
 
     samples: list[float] = []
     runs = 0
@@ -228,32 +227,28 @@ def loop_latency(min_samples: int = 500, frame_size: int = 512, progress=print) 
             ),
             subprocess.Popen([*base, "infer", "--frames", frames, "--results", results]),
         ]
-        ctx = zmq.Context()
-        client = MicroscopeClient(ctx, commands, timeout_s=10.0)
-        subscriber = ResultSubscriber(ctx, results, NodeMetrics("bench-control"))
+        scope = RemoteScope(commands, results, timeout_s=10.0)
         try:
             start = None
             while len(samples) < min_samples:
-                state = client.get_state().state if start is None else None
+                state = scope.status().state if start is None else None
                 if state is not None:
                     start = state.wd_target_um
                     dof = state.depth_of_field_um() or 1.0
                 offset = (10.0 if runs % 2 == 0 else -7.0) * dof
-                client.set_wd(start + offset)
-                outcome = run_autofocus(client, subscriber, RunnerConfig(ready_timeout_s=30))
-                if outcome.stop_reason not in ("converged", "limit"):
+                scope.set_focus(start + offset)
+                outcome, stats = run_job(AutofocusJob(), scope, RunnerConfig(ready_timeout_s=30))
+                if outcome.reason not in ("converged", "limit"):
                     raise RuntimeError(
-                        f"autofocus run {runs} ended {outcome.stop_reason}: {outcome.message}"
+                        f"autofocus run {runs} ended {outcome.reason}: {outcome.message}"
                     )
-                samples.extend(outcome.loop_latency_ms)
+                samples.extend(stats.loop_latency_ms or [])
                 runs += 1
                 progress(
                     f"  loop latency: {len(samples)}/{min_samples} samples ({runs} autofocus runs)"
                 )
         finally:
-            client.close()
-            subscriber.close()
-            ctx.term()
+            scope.close()
             for p in procs:
                 p.terminate()
             for p in procs:

@@ -96,13 +96,20 @@ class LatestReceiver:
         self.metrics = metrics
         self.data_kinds = tuple(data_kinds)
         self.on_other = on_other
-        self._gaps = _GapCounter()
+        self._gaps: dict[str, _GapCounter] = {}  # per data kind
+        self._last_kind = ""
 
     def poll(self, timeout_ms: int) -> Message | None:
         """Wait up to ``timeout_ms`` for data; return the newest data message or None."""
+        newest = self.poll_each(timeout_ms)
+        return newest[self._last_kind] if newest else None
+
+    def poll_each(self, timeout_ms: int) -> dict[str, Message]:
+        """Wait up to ``timeout_ms`` for data; return the newest message of each data kind
+        that arrived (empty when none did)."""
+        newest: dict[str, Message] = {}
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
-            return None
-        newest: Message | None = None
+            return newest
         for _ in range(DRAIN_LIMIT):
             try:
                 parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -113,12 +120,13 @@ class LatestReceiver:
                 continue
             if msg.kind in self.data_kinds:
                 self.metrics.inc("frames_received")
-                skipped = self._gaps.gap(msg.header)
+                skipped = self._gaps.setdefault(msg.kind, _GapCounter()).gap(msg.header)
                 if skipped:
                     self.metrics.inc("frames_skipped", skipped)
-                if newest is not None:
+                if msg.kind in newest:
                     self.metrics.inc("frames_skipped")
-                newest = msg
+                newest[msg.kind] = msg
+                self._last_kind = msg.kind
             elif self.on_other is not None:
                 self.on_other(msg)
         return newest

@@ -38,8 +38,9 @@ from scopeflow.acquisition.insitu.particles import (
     subdiffusion_modes,
     track_ids,
 )
-from scopeflow.acquisition.microscope import Frame, MicroscopeBase
 from scopeflow.acquisition.truth import AnnotatedImage, ObjectTruth
+from scopeflow.devices.base import MicroscopeBase
+from scopeflow.devices.protocols import Frame
 from scopeflow.errors import DeviceError, LimitError
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth
 
@@ -564,6 +565,9 @@ class SimulatedInSituCamera(MicroscopeBase):
     def frame_index(self) -> int:
         """Index of the last frame delivered (−1 before the first)."""
         return self._last_index
+
+    def dose_range_e_per_px(self) -> tuple[float, float]:
+        return (0.0, _MAX_DOSE_E_PER_PX)
 
     def set_dose_e_per_px(self, dose: float) -> None:
         """Change the dose per pixel and frame (beam current / spot size)."""

@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from scopeflow.acquisition.microscope import Frame, MicroscopeBase
+from scopeflow.acquisition.actuator import Actuator
 from scopeflow.acquisition.optical.camera import Camera, CameraConfig
 from scopeflow.acquisition.optical.chip import Chip, ChipConfig, ChipObject, DrawnRegion
 from scopeflow.acquisition.optical.thinfilm import (
@@ -42,11 +42,11 @@ from scopeflow.acquisition.optical.thinfilm import (
 )
 from scopeflow.acquisition.sem.optics import BlurSpec, KernelCache, convolve
 from scopeflow.acquisition.truth import AnnotatedImage, ObjectTruth
+from scopeflow.devices.base import MicroscopeBase
+from scopeflow.devices.protocols import Frame
 from scopeflow.errors import DeviceError, LimitError
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, optical_depth_of_field_um
 
-# An actuator is within e⁻⁵ (0.7 %) of its step after its move time, then declared settled.
-_SETTLE_TIME_CONSTANTS = 5.0
 #: σ of the Gaussian fit to the widefield diffraction PSF, in units of λ/NA (Zhang et al. 2007).
 DIFFRACTION_SIGMA_PER_LAMBDA_NA = 0.21
 PSF_WAVELENGTH_NM = 550.0  # one PSF for all channels (green); chromatic blur is not modelled
@@ -181,42 +181,6 @@ class OpticalConfig:
 
 
 @dataclass
-class _Axis:
-    """One actuator: a first-order approach to the goal over the move time; backlash on
-    reversals (exact when approached from below, ``backlash_um`` high from above)."""
-
-    settle_s: float
-    backlash_um: float
-    speed_um_per_s: float | None
-    start_um: float
-    goal_um: float
-    target_um: float
-    commanded_at: float
-    duration_s: float = 0.0
-
-    @property
-    def settled_at(self) -> float:
-        return self.commanded_at + self.duration_s
-
-    def position(self, t: float) -> tuple[float, bool]:
-        """(actual position, settled) at time t."""
-        if t >= self.settled_at:
-            return self.goal_um, True
-        decay = math.exp(-_SETTLE_TIME_CONSTANTS * (t - self.commanded_at) / self.duration_s)
-        return self.goal_um + (self.start_um - self.goal_um) * decay, False
-
-    def command(self, target_um: float, t: float) -> None:
-        self.start_um, _ = self.position(t)
-        self.goal_um = min(max(self.goal_um, target_um), target_um + self.backlash_um)
-        self.target_um = target_um
-        self.commanded_at = t
-        travel = abs(self.goal_um - self.start_um)
-        self.duration_s = self.settle_s + (
-            travel / self.speed_um_per_s if self.speed_um_per_s else 0.0
-        )
-
-
-@dataclass
 class _Tile:
     """A rendered tile before the camera: mean electrons, objects and per-region truth."""
 
@@ -264,24 +228,18 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             if cfg.start_z_um is not None
             else cfg.focus_z_at(cfg.start_x_um, cfg.start_y_um)
         )
-        self._z = _Axis(cfg.z_settle_s, cfg.z_backlash_um, None, start_z, start_z, start_z, t0)
-        self._x = _Axis(
-            cfg.stage_settle_s,
-            cfg.stage_backlash_um,
-            cfg.stage_speed_um_per_s,
-            cfg.start_x_um,
-            cfg.start_x_um,
-            cfg.start_x_um,
-            t0,
+        self._z = Actuator.at_rest(
+            start_z, t0, settle_s=cfg.z_settle_s, backlash_um=cfg.z_backlash_um
         )
-        self._y = _Axis(
-            cfg.stage_settle_s,
-            cfg.stage_backlash_um,
-            cfg.stage_speed_um_per_s,
-            cfg.start_y_um,
-            cfg.start_y_um,
-            cfg.start_y_um,
-            t0,
+        self._x, self._y = (
+            Actuator.at_rest(
+                start,
+                t0,
+                settle_s=cfg.stage_settle_s,
+                backlash_um=cfg.stage_backlash_um,
+                speed_um_per_s=cfg.stage_speed_um_per_s,
+            )
+            for start in (cfg.start_x_um, cfg.start_y_um)
         )
 
     def _make_camera(self, exposure_s: float) -> Camera:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from scopeflow.acquisition.microscope import Frame, MicroscopeBase
+from scopeflow.acquisition.actuator import Actuator
 from scopeflow.acquisition.sem.detector import Detector, charging_factor, jitter_lines
 from scopeflow.acquisition.sem.optics import (
     BlurSpec,
@@ -39,14 +39,17 @@ from scopeflow.acquisition.sem.specimen import (
     make_specimen,
     specimen_from_texture,
 )
+from scopeflow.devices.base import MicroscopeBase
+from scopeflow.devices.protocols import Frame
 from scopeflow.errors import DeviceError, LimitError
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, depth_of_field_um
 
 #: Width of the display the magnification refers to (the Polaroid 4×5 convention), µm.
 DISPLAY_WIDTH_UM = 127_000.0
-# The actuator is modelled as a first-order lag that is within e⁻⁵ (0.7 %) of the step after
-# settle_s, when it is declared settled and snaps to the goal.
-_SETTLE_TIME_CONSTANTS = 5.0
+#: Largest stigmator setting (|x|, |y|) and beam shift (|x|, |y|) the simulated column accepts.
+STIGMATOR_RANGE_UM = 500.0
+BEAM_SHIFT_RANGE_UM = 20.0
+MAX_DOSE_E_PER_PX = 1e6
 _DTYPES = {"uint16": np.dtype(np.uint16), "uint8": np.dtype(np.uint8)}
 _DEFAULT_GAIN_DN_PER_E = 200.0  # uint16 DN; divided by 257 for uint8
 AUTO_GAIN_MEAN_FRACTION = 0.2  # automatic gain puts the mean signal at 20 % of the range
@@ -211,37 +214,6 @@ class SEMConfig:
         )
 
 
-@dataclass
-class _Actuator:
-    """WD actuator: first-order approach to the goal over ``settle_s``; backlash on reversals."""
-
-    settle_s: float
-    backlash_um: float
-    start_um: float  # actual WD when the last command arrived
-    goal_um: float  # where it goes (the command, shifted by backlash)
-    target_um: float  # the last command
-    commanded_at: float
-
-    @property
-    def settled_at(self) -> float:
-        return self.commanded_at + self.settle_s
-
-    def position(self, t: float) -> tuple[float, bool]:
-        """(actual WD, settled) at time t."""
-        if t >= self.settled_at:  # the same comparison the wait loop makes
-            return self.goal_um, True
-        elapsed = t - self.commanded_at
-        decay = math.exp(-_SETTLE_TIME_CONSTANTS * elapsed / self.settle_s)
-        return self.goal_um + (self.start_um - self.goal_um) * decay, False
-
-    def command(self, wd_um: float, t: float) -> None:
-        self.start_um, _ = self.position(t)
-        # Play operator: exact when approached from below, +backlash when approached from above.
-        self.goal_um = min(max(self.goal_um, wd_um), wd_um + self.backlash_um)
-        self.target_um = wd_um
-        self.commanded_at = t
-
-
 class SimulatedSEM(MicroscopeBase):
     """A simulated scanning electron microscope (secondary-electron imaging).
 
@@ -282,9 +254,11 @@ class SimulatedSEM(MicroscopeBase):
         self._astigmatism_um = cfg.astigmatism_um
         self._astigmatism_angle_deg = cfg.astigmatism_angle_deg
         self._stage_um = (cfg.start_stage_x_um, cfg.start_stage_y_um)
+        self._stigmator_um = (0.0, 0.0)
+        self._beam_shift_um = (0.0, 0.0)
         start = cfg.focus_wd_um if cfg.start_wd_um is None else cfg.start_wd_um
-        self._wd = _Actuator(
-            cfg.settle_s, cfg.backlash_um, start, start, start, self._t0 - cfg.settle_s
+        self._wd = Actuator.at_rest(
+            start, self._t0, settle_s=cfg.settle_s, backlash_um=cfg.backlash_um
         )
 
     # -- extra controls -------------------------------------------------------------------------
@@ -313,14 +287,49 @@ class SimulatedSEM(MicroscopeBase):
 
     def set_dose_e_per_px(self, dose: float) -> None:
         """Change the dose (beam current × dwell), primary electrons per pixel."""
-        if not (isinstance(dose, (int, float)) and math.isfinite(dose) and 0 <= dose <= 1e6):
-            raise LimitError(f"dose {dose!r} e⁻/px is outside [0, 1e6]")
+        lo, hi = self.dose_range_e_per_px()
+        if not (isinstance(dose, (int, float)) and math.isfinite(dose) and lo <= dose <= hi):
+            raise LimitError(f"dose {dose!r} e⁻/px is outside [{lo:g}, {hi:g}]")
         self._dose = float(dose)
         if self._config.gain_dn_per_e is None and dose > 0:  # automatic contrast follows
             self._detector = self._config.detector(self._mean_yield, dose)
 
+    def dose_range_e_per_px(self) -> tuple[float, float]:
+        return (0.0, MAX_DOSE_E_PER_PX)
+
+    def stigmator_range_um(self) -> float:
+        return STIGMATOR_RANGE_UM
+
+    def stigmator_um(self) -> tuple[float, float]:
+        return self._stigmator_um
+
+    def set_stigmator(self, x_um: float, y_um: float) -> None:
+        """Apply a stigmator setting. Astigmatism is a vector (A cos 2θ, A sin 2θ); the
+        stigmator subtracts (x, y) from the column's own, and the frames show the rest."""
+        self._stigmator_um = (float(x_um), float(y_um))
+
+    def beam_shift_range_um(self) -> float:
+        return BEAM_SHIFT_RANGE_UM
+
+    def beam_shift_um(self) -> tuple[float, float]:
+        return self._beam_shift_um
+
+    def set_beam_shift(self, x_um: float, y_um: float) -> None:
+        """Shift the scanned field by (x, y) µm on the specimen without moving the stage."""
+        self._beam_shift_um = (float(x_um), float(y_um))
+
+    def residual_astigmatism(self) -> tuple[float, float]:
+        """(focal difference µm, axis °) the frames show: the column's own minus the
+        stigmator's correction."""
+        if self._stigmator_um == (0.0, 0.0):  # exactly the configured values, no round trip
+            return self._astigmatism_um, self._astigmatism_angle_deg
+        two_theta = math.radians(2.0 * self._astigmatism_angle_deg)
+        rx = self._astigmatism_um * math.cos(two_theta) - self._stigmator_um[0]
+        ry = self._astigmatism_um * math.sin(two_theta) - self._stigmator_um[1]
+        return math.hypot(rx, ry), math.degrees(math.atan2(ry, rx)) / 2.0
+
     def set_astigmatism(self, astigmatism_um: float, angle_deg: float) -> None:
-        """Set the residual astigmatism (what a stigmator correction leaves)."""
+        """Set the column's own astigmatism (before any stigmator correction)."""
         for label, value in (("astigmatism_um", astigmatism_um), ("angle_deg", angle_deg)):
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise LimitError(f"{label} must be a finite number, got {value!r}")
@@ -368,12 +377,17 @@ class SimulatedSEM(MicroscopeBase):
 
     # -- physics ----------------------------------------------------------------------------------
     def _centre_um(self, t: float) -> tuple[float, float]:
-        """Specimen coordinates under the field centre: stage position plus drift, µm."""
+        """Specimen coordinates under the field centre: stage position plus beam shift plus
+        drift, µm."""
         elapsed = t - self._t0
         cfg = self._config
         return (
-            self._stage_um[0] + cfg.stage_drift_x_nm_per_s * elapsed * 1e-3,
-            self._stage_um[1] + cfg.stage_drift_y_nm_per_s * elapsed * 1e-3,
+            self._stage_um[0]
+            + self._beam_shift_um[0]
+            + cfg.stage_drift_x_nm_per_s * elapsed * 1e-3,
+            self._stage_um[1]
+            + self._beam_shift_um[1]
+            + cfg.stage_drift_y_nm_per_s * elapsed * 1e-3,
         )
 
     def _focus_wd_at(self, t: float, x_um: float, y_um: float) -> float:
@@ -467,13 +481,14 @@ class SimulatedSEM(MicroscopeBase):
         """
         cfg = self._config
         rows, cols = cfg.frame_shape
+        astigmatism_um, astigmatism_angle_deg = self.residual_astigmatism()
         along, across = blur_diameters_px(
-            defocus_um, cfg.beam_semiangle_mrad, self._pixel_nm, self._astigmatism_um
+            defocus_um, cfg.beam_semiangle_mrad, self._pixel_nm, astigmatism_um
         )
         spec = BlurSpec(
             along,
             across,
-            self._astigmatism_angle_deg,
+            astigmatism_angle_deg,
             probe_sigma_px(cfg.probe_fwhm_nm, self._pixel_nm),
         )
         max_factor = 1

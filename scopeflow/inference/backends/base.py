@@ -7,10 +7,11 @@ from typing import Protocol
 
 import numpy as np
 
+from scopeflow.errors import ModelUnavailable
 from scopeflow.inference.models.registry import model_file
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ModelUnavailable, RuntimeError):
     """The backend cannot run here; the message says why and what would fix it."""
 
 

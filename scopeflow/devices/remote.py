@@ -1,4 +1,10 @@
-"""A command client for an acquisition node's command server (DEALER socket).
+"""The ``remote`` device adapter: a microscope behind an acquisition node's command server.
+
+:class:`MicroscopeClient` speaks the wire protocol (DEALER socket) and returns the server's
+replies; :class:`RemoteMicroscope` is the same client as a device (state, limits, focus drive,
+XY stage), so jobs and contract tests treat a remote microscope like a local one. Frames taken
+by a remote microscope travel on the frame stream, not back through the client (see
+:class:`~scopeflow.scopes.remote.RemoteScope`).
 
 Every request carries an increasing ``seq``; a reply or error with another ``seq`` (a late answer
 to a request that timed out) is discarded. A microscope that does not answer within the timeout
@@ -16,6 +22,7 @@ import zmq
 from scopeflow.errors import PeerTimeout, ProtocolError, ScopeflowError
 from scopeflow.schemas.commands import Acquire, GetState, MoveStage, Reply, SetWD
 from scopeflow.schemas.results import ErrorMessage
+from scopeflow.schemas.state import Limits, MicroscopeState
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import recv, send
 
@@ -96,3 +103,47 @@ class MicroscopeClient:
                 raise CommandRejected(f"{cmd.command} refused: {header.reason}", code=header.code)
             if isinstance(header, Reply):
                 return header
+
+
+class RemoteMicroscope:
+    """A microscope behind a command server, as a device: focus drive, XY stage, state.
+
+    ``last_reply`` is the server's answer to the last command (its ``command_seq`` and series
+    are what a remote scope needs to recognise stale results).
+    """
+
+    def __init__(
+        self, client: MicroscopeClient, name: str = "remote", *, ctx: zmq.Context | None = None
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.last_reply: Reply | None = None
+        self._own_ctx = ctx  # terminated on close: the context was made for this device
+
+    def _ask(self, reply: Reply) -> Reply:
+        self.last_reply = reply
+        return reply
+
+    def state(self) -> MicroscopeState:
+        return self._ask(self.client.get_state()).state
+
+    def limits(self) -> Limits:
+        return self._ask(self.client.get_state()).limits
+
+    def set_wd(self, wd_um: float, *, wait: bool = True) -> MicroscopeState:
+        return self._ask(self.client.set_wd(wd_um, wait=wait)).state
+
+    def move_stage(self, x_um: float, y_um: float, *, wait: bool = True) -> MicroscopeState:
+        return self._ask(self.client.move_stage(x_um, y_um, wait=wait)).state
+
+    def close(self) -> None:
+        self.client.close()
+        if self._own_ctx is not None:
+            self._own_ctx.term()
+
+
+def open_remote(endpoint: str, timeout_s: float = 5.0) -> RemoteMicroscope:
+    """Entry point of the ``remote`` adapter: the command server at ``endpoint``."""
+    ctx = zmq.Context()
+    client = MicroscopeClient(ctx, endpoint, timeout_s=timeout_s)
+    return RemoteMicroscope(client, name=endpoint, ctx=ctx)

@@ -1,0 +1,1 @@
+"""Jobs: workflows that acquire, read results and act, run by one runner on any scope."""

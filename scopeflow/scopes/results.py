@@ -1,0 +1,102 @@
+"""One typed subscriber for the results stream: the kinds a job needs, policy *latest*.
+
+It subscribes to the result kinds asked for (``focus``, ``detections``, ``denoised``) and to
+inference-node heartbeats (so a job knows the results path is connected before it starts: a
+PUB/SUB connection drops whatever is sent before it is established). The newest result of each
+kind is kept, so waiting for one kind never loses another that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from scopeflow.errors import PeerTimeout
+from scopeflow.metrics import NodeMetrics
+from scopeflow.schemas.codec import Message
+from scopeflow.scopes.base import check_kinds
+from scopeflow.transport import endpoints
+from scopeflow.transport.streams import LATEST_HWM, LatestReceiver
+
+
+class ResultSubscriber:
+    """Subscribes to ``kinds`` results and ``status`` heartbeats on one results endpoint."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        metrics: NodeMetrics,
+        kinds: tuple[str, ...] = ("focus",),
+    ) -> None:
+        check_kinds(kinds)
+        self.metrics = metrics
+        self.kinds = kinds
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, LATEST_HWM)
+        for topic in (*kinds, "status"):
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        endpoints.connect(self.sock, endpoint)
+        self.receiver = LatestReceiver(
+            self.sock, metrics, data_kinds=kinds, on_other=self._on_other
+        )
+        self.last_status_ns: int | None = None
+        self._latest: dict[str, Message] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _on_other(self, msg: Message) -> None:
+        if msg.kind == "status":
+            self.last_status_ns = time.monotonic_ns()
+
+    def wait_connected(self, timeout_s: float) -> None:
+        """Block until an inference-node heartbeat arrives; PeerTimeout after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.last_status_ns is None:
+            if time.monotonic() > deadline:
+                raise PeerTimeout(
+                    f"no heartbeat from an inference node within {timeout_s:g} s; "
+                    "check the results endpoint and that the inference node runs"
+                )
+            self._latest.update(self.receiver.poll_each(50))
+
+    def wait_for(
+        self,
+        image_id: int,
+        min_command_seq: int,
+        timeout_s: float,
+        series: str | None = None,
+        kind: str = "focus",
+    ) -> Any:
+        """The ``kind`` result of frame ``image_id`` of ``series`` (or of a newer frame),
+        ignoring stale ones: the header for ``focus`` and ``detections``, the message for
+        ``denoised``.
+
+        A result is stale when its frame was taken before the last state-changing command
+        (``command_seq < min_command_seq``); it is counted and skipped. Results of another
+        series (a restarted acquisition node) are skipped too.
+        """
+        if kind not in self.kinds:
+            raise ValueError(f"this subscriber reads {self.kinds}, not {kind!r}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._latest.pop(kind, None)
+            if msg is not None:
+                header = msg.header
+                if series is not None and header.series_unique_id != series:
+                    pass
+                elif header.command_seq < min_command_seq:
+                    self.metrics.inc("stale_results_ignored")
+                elif header.image_id >= image_id:
+                    return msg if kind == "denoised" else header
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise PeerTimeout(
+                    f"no {kind} result for image {image_id} within {timeout_s:g} s; "
+                    "is an inference node serving it and subscribed to the frame stream?"
+                )
+            self._latest.update(self.receiver.poll_each(remaining_ms))
