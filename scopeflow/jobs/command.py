@@ -107,10 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scope.close()
     path = write_outcome(out, outcome, stats, scope_spec=args.scope, started=started)
     _plots(out, outcome)
-    print(
-        f"{name}: {outcome.reason} ({outcome.message}); "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in outcome.figures.items() if v is not None)
-    )
+    figures = ", ".join(f"{k} {_fmt(v)}" for k, v in outcome.figures.items() if v is not None)
+    print(f"{name}: {outcome.reason} ({outcome.message})" + (f"; {figures}" if figures else ""))
     print(f"wrote {path}")
     return exit_code_for(outcome.reached_goal, outcome.reason)
 

@@ -109,7 +109,20 @@ def bind(
     if curve is not None:
         sock.curve_publickey, sock.curve_secretkey = _keypair(curve.secret_file)
         sock.curve_server = True
-    sock.bind(str(ep))
+    if ep.scheme == "ipc":  # the socket file's folder may not exist yet (a fresh run folder)
+        try:
+            Path(ep.address).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EndpointError(f"cannot create the folder of {endpoint}: {exc.strerror}") from None
+    try:
+        sock.bind(str(ep))
+    except zmq.ZMQError as exc:
+        why = (
+            "another process (a node still running?) holds it; stop it or choose another port"
+            if exc.errno == zmq.EADDRINUSE
+            else exc.strerror
+        )
+        raise EndpointError(f"cannot bind {endpoint}: {why}") from None
     return sock.getsockopt_string(zmq.LAST_ENDPOINT) if ep.scheme == "tcp" else str(ep)
 
 
@@ -118,13 +131,21 @@ def connect(sock: zmq.Socket, endpoint: str, *, curve: CurveClientKeys | None = 
     ep = parse_endpoint(endpoint)
     if curve is not None:
         sock.curve_publickey, sock.curve_secretkey = _keypair(curve.secret_file)
-        sock.curve_serverkey, _ = zmq.auth.load_certificate(curve.server_public_file)
+        try:
+            sock.curve_serverkey, _ = zmq.auth.load_certificate(curve.server_public_file)
+        except (OSError, ValueError) as exc:
+            raise EndpointError(
+                f"cannot read the server's public key {curve.server_public_file}: {exc}"
+            ) from None
     sock.connect(str(ep))
 
 
 def _keypair(secret_file: Path) -> tuple[bytes, bytes]:
     """(public, secret) from a ``*.key_secret`` file made by ``zmq.auth.create_certificates``."""
-    public, secret = zmq.auth.load_certificate(secret_file)
+    try:
+        public, secret = zmq.auth.load_certificate(secret_file)
+    except (OSError, ValueError) as exc:
+        raise EndpointError(f"cannot read the CURVE key file {secret_file}: {exc}") from None
     if secret is None:
         raise EndpointError(f"{secret_file} holds no secret key (use the .key_secret file)")
     return public, secret
