@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import zmq
 
@@ -61,8 +61,13 @@ class NodeRuntime:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def heartbeat_due(self) -> NodeStatus | None:
-        """A status message when one is due (about once per second), else None."""
+    def beat_now(self) -> None:
+        """Make the next heartbeat due at once (something a reader waits for has changed)."""
+        self._next_beat = 0.0
+
+    def heartbeat_due(self, **about: Any) -> NodeStatus | None:
+        """A status message when one is due (about once per second), else None; ``about``
+        holds what the node says of its connections (NodeStatus fields since 1.3)."""
         now = time.monotonic()
         if now < self._next_beat:
             return None
@@ -74,6 +79,7 @@ class NodeRuntime:
             uptime_s=now - self._started,
             monotonic_ns=time.monotonic_ns(),
             counters=self.metrics.snapshot(),
+            **about,
         )
 
     def close(self) -> None:

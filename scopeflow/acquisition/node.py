@@ -143,7 +143,7 @@ class AcquireNode:
                     self._acquire_continuous()
                     # Keep the cadence; if we fell behind, restart it rather than burst.
                     next_frame = max(next_frame + period, time.monotonic() - period)
-                beat = self.rt.heartbeat_due()
+                beat = self.rt.heartbeat_due(series_unique_id=self.series_unique_id)
                 if beat is not None:
                     send(self.frames, beat)
         except Exception:
@@ -210,6 +210,10 @@ class AcquireNode:
                 event = self.frames.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event[:1] == b"\x01" and b"status".startswith(event[1:]):
+                # A new reader of heartbeats (an inference node proving its connection): tell it
+                # the series now rather than up to a second later.
+                self.rt.beat_now()
             # Count subscriptions that receive images (topic a prefix of b"image").
             if not b"image".startswith(event[1:]):
                 continue

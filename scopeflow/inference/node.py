@@ -10,12 +10,14 @@ its reason logged; either way the node keeps serving.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import zmq
 
 from scopeflow.inference.processors import Processor, make_processor
 from scopeflow.runtime import POLL_MS, NodeRuntime
+from scopeflow.schemas.results import FRAMES_FROM_WINDOW_S
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LATEST_HWM, LatestReceiver, send
 
@@ -45,10 +47,14 @@ class InferNode:
         self.frames = self.rt.socket(zmq.SUB)
         self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)
         self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
+        self.frames.setsockopt(zmq.SUBSCRIBE, b"status")  # the acquisition node's heartbeats
         endpoints.connect(self.frames, config.frames_endpoint)
         self.results = self.rt.socket(zmq.PUB)
         self.results_endpoint = endpoints.bind(self.results, config.results_endpoint)
-        self.receiver = LatestReceiver(self.frames, self.rt.metrics, data_kinds=("image",))
+        self.receiver = LatestReceiver(
+            self.frames, self.rt.metrics, data_kinds=("image",), on_other=self._on_upstream
+        )
+        self._upstream: dict[str, float] = {}  # series heard on the frame stream → when
 
     @property
     def metrics(self):
@@ -63,12 +69,35 @@ class InferNode:
             while not self.rt.stopping:
                 msg = self.receiver.poll(POLL_MS)
                 if msg is not None:
+                    self._heard(msg.header.series_unique_id)
                     self._handle(msg)
-                beat = self.rt.heartbeat_due()
+                beat = self.rt.heartbeat_due(
+                    model=self.processor.name,
+                    serves=[self.processor.kind],
+                    frames_from=self._frames_from(),
+                )
                 if beat is not None:
                     send(self.results, beat)
         finally:
             self.rt.close()
+
+    def _on_upstream(self, msg) -> None:
+        """Heartbeats of acquisition nodes (1.3 name their series) prove the frames path."""
+        series = getattr(msg.header, "series_unique_id", None)
+        if msg.kind == "status" and series is not None:
+            self._heard(series)
+
+    def _heard(self, series: str) -> None:
+        if series not in self._upstream:
+            self.rt.beat_now()  # a job may be waiting for exactly this
+        self._upstream[series] = time.monotonic()
+
+    def _frames_from(self) -> list[str]:
+        """The series heard recently, newest first (at most 16, as the schema allows)."""
+        cutoff = time.monotonic() - FRAMES_FROM_WINDOW_S
+        for series in [s for s, t in self._upstream.items() if t < cutoff]:
+            del self._upstream[series]
+        return sorted(self._upstream, key=self._upstream.__getitem__, reverse=True)[:16]
 
     def _handle(self, msg) -> None:
         try:

@@ -33,6 +33,7 @@ class Processor(Protocol):
 
     name: str
     backend: str
+    kind: str  # the result kind it publishes: focus, denoised or detections
 
     def process(self, msg: Message) -> list[Result]: ...
 
@@ -59,6 +60,7 @@ class ClassicalFocus:
     """A classical sharpness metric (the baseline)."""
 
     backend = "numpy"
+    kind = "focus"
 
     def __init__(self, metric: str) -> None:
         self.name = metric
@@ -75,6 +77,7 @@ class AENetFocus:
     """AENet: focus quality 0–9 and |Δz| in depth-of-field units."""
 
     name = "aenet"
+    kind = "focus"
 
     def __init__(self, backend: str) -> None:
         from scopeflow.inference.models.aenet import AENet
@@ -110,6 +113,7 @@ class Denoise:
     """The denoiser: publishes the denoised frame (float32, the input's DN scale)."""
 
     name = "denoiser"
+    kind = "denoised"
 
     def __init__(self, backend: str) -> None:
         from scopeflow.inference.models.denoiser import Denoiser
@@ -126,6 +130,8 @@ class Denoise:
 
 class Detect:
     """A detector: publishes the objects found in the frame."""
+
+    kind = "detections"
 
     def __init__(self, model: str, backend: str) -> None:
         self.name = model

@@ -222,7 +222,7 @@ class AutofocusJob:
         out = self.record
         out.frames = len(out.records)
         _score_against_truth(out)
-        log.info("autofocus %s after %d frames: %s", out.stop_reason, out.frames, out.message)
+        log.debug("autofocus %s after %d frames: %s", out.stop_reason, out.frames, out.message)
         error_dof = (
             out.final_error_um / out.dof_um
             if out.final_error_um is not None and out.dof_um

@@ -80,7 +80,7 @@ def track(
     out.extra_frames = tracker.extra_frames
     out.refocus_count = tracker.refocus_count
     out.drift_um_per_s = tracker.velocity_um
-    log.info("tracking %s: %s, %d extra frames", out.stop_reason, out.message, out.extra_frames)
+    log.debug("tracking %s: %s, %d extra frames", out.stop_reason, out.message, out.extra_frames)
     return JobOutcome(
         "track-focus",
         out.stop_reason,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 PROTOCOL_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 _VERSION_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
@@ -38,3 +38,9 @@ def major_of(version: str) -> int | None:
     """The major number of a ``MAJOR.MINOR`` string, or None when it is not of that form."""
     match = _VERSION_RE.fullmatch(version)
     return int(match.group(1)) if match else None
+
+
+def minor_of(version: str) -> int:
+    """The minor number of a ``MAJOR.MINOR`` string (0 when it is not of that form)."""
+    match = _VERSION_RE.fullmatch(version)
+    return int(match.group(2)) if match else 0

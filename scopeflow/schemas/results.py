@@ -77,8 +77,17 @@ class DetectionsResult(Header):
     detections: Annotated[list[Detection], Field(max_length=100_000)]
 
 
+ResultKind = Literal["focus", "detections", "denoised"]
+
+
 class NodeStatus(Header):
-    """Heartbeat every node publishes about once per second on its output stream."""
+    """Heartbeat every node publishes about once per second on its output stream.
+
+    Since 1.3 nodes say what they are connected to, so a job can tell that the inference node
+    it needs receives this microscope's frames (readiness, protocol.md §5.4): an acquisition
+    node names its series, an inference node its model, the result kinds it publishes and the
+    series whose frame stream reaches it.
+    """
 
     node: Annotated[str, Field(min_length=1, max_length=64)]
     role: Literal["acquire", "infer", "control"]
@@ -86,6 +95,24 @@ class NodeStatus(Header):
     uptime_s: Annotated[float, Field(ge=0)]
     monotonic_ns: Int64
     counters: dict[str, Int64]
+    series_unique_id: SeriesUid | None = Field(
+        default=None, description="acquire: the series it publishes now. Since 1.3."
+    )
+    model: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="infer: the model it runs. Since 1.3."
+    )
+    serves: Annotated[list[ResultKind], Field(max_length=8)] | None = Field(
+        default=None, description="infer: the result kinds it publishes. Since 1.3."
+    )
+    frames_from: Annotated[list[SeriesUid], Field(max_length=16)] | None = Field(
+        default=None,
+        description="infer: the series whose frame stream reached it in the last "
+        "FRAMES_FROM_WINDOW_S seconds (their heartbeats or images). Since 1.3.",
+    )
+
+
+#: How long an inference node keeps naming a series it no longer hears from, s.
+FRAMES_FROM_WINDOW_S = 5.0
 
 
 ErrorCode = Literal[

@@ -18,6 +18,7 @@ import zmq
 from scopeflow.devices.remote import CommandRejected, MicroscopeClient
 from scopeflow.errors import PeerTimeout
 from scopeflow.metrics import NodeMetrics
+from scopeflow.schemas.base import minor_of
 from scopeflow.schemas.commands import Reply
 from scopeflow.scopes.base import ScopeStatus, Shot, check_kinds
 from scopeflow.scopes.results import ResultSubscriber
@@ -51,25 +52,52 @@ class RemoteScope:
         self._moved_seq = 0  # command_seq after the last move: older frames are stale
 
     def wait_ready(self, kinds: tuple[str, ...], timeout_s: float) -> ScopeStatus:
-        """Wait until an inference node's heartbeat reaches us and something subscribes to the
-        frames, so the first frame a job triggers is not lost to a half-connected pipeline."""
+        """Wait until the results a job needs can flow from this microscope's frames.
+
+        From a 1.3 acquisition node: until, for each kind, an inference node's heartbeat says it
+        serves that kind *and* receives this series' frames (which a viewer or a stray socket
+        cannot fake). From an older microscope, whose heartbeats name no series: until an
+        inference heartbeat arrives and the microscope reports an image subscriber (1.2 rule).
+        """
         check_kinds(kinds)
         if self.results is None or self.results.kinds != kinds:
             if self.results is not None:
                 self.results.close()
             self.results = ResultSubscriber(self.ctx, self.results_endpoint, self.metrics, kinds)
         deadline = time.monotonic() + timeout_s
-        self.results.wait_connected(timeout_s)
+        reply = self.client.get_state()
+        series = reply.series_unique_id
+        names_series = minor_of(reply.protocol_version) >= 3
         while True:
-            reply = self.client.get_state()
-            if (reply.frame_subscribers or 0) > 0:
-                return self._status(reply)
+            self.results.poll(50)
+            if names_series:
+                missing = self.results.unserved(kinds, series)
+                if not missing:
+                    return self._status(reply)
+            else:
+                reply = self.client.get_state()
+                if self.results.last_status_ns is not None and (reply.frame_subscribers or 0):
+                    return self._status(reply)
             if time.monotonic() > deadline:
-                raise PeerTimeout(
-                    f"no subscriber on the frame stream within {timeout_s:g} s; start an "
-                    "inference node connected to the acquisition node's frames endpoint"
-                )
-            time.sleep(0.05)
+                raise PeerTimeout(self._not_ready(kinds, series, names_series, timeout_s))
+
+    def _not_ready(self, kinds: tuple[str, ...], series: str, names: bool, timeout_s: float) -> str:
+        assert self.results is not None
+        if self.results.last_status_ns is None:
+            return (
+                f"no heartbeat from an inference node within {timeout_s:g} s; check the results "
+                f"endpoint {self.results_endpoint} and that the inference node runs"
+            )
+        if names:
+            missing = ", ".join(self.results.unserved(kinds, series))
+            return (
+                f"no inference node serves {missing} from the frames of series {series} within "
+                f"{timeout_s:g} s; start one connected to the acquisition node's frames endpoint"
+            )
+        return (
+            f"no subscriber on the frame stream within {timeout_s:g} s; start an inference "
+            "node connected to the acquisition node's frames endpoint"
+        )
 
     def _status(self, reply: Reply) -> ScopeStatus:
         if self._series is None:

@@ -16,6 +16,7 @@ import zmq
 from scopeflow.errors import PeerTimeout
 from scopeflow.metrics import NodeMetrics
 from scopeflow.schemas.codec import Message
+from scopeflow.schemas.results import NodeStatus
 from scopeflow.scopes.base import check_kinds
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LATEST_HWM, LatestReceiver
@@ -44,6 +45,7 @@ class ResultSubscriber:
             self.sock, metrics, data_kinds=kinds, on_other=self._on_other
         )
         self.last_status_ns: int | None = None
+        self.nodes: dict[str, NodeStatus] = {}  # the newest heartbeat of each node, by name
         self._latest: dict[str, Message] = {}
 
     def close(self) -> None:
@@ -52,6 +54,22 @@ class ResultSubscriber:
     def _on_other(self, msg: Message) -> None:
         if msg.kind == "status":
             self.last_status_ns = time.monotonic_ns()
+            self.nodes[msg.header.node] = msg.header
+
+    def unserved(self, kinds: tuple[str, ...], series: str) -> list[str]:
+        """The ``kinds`` no inference node reports serving from the frames of ``series``
+        (1.3 heartbeats: ``serves`` and ``frames_from``); empty when every kind is served."""
+        served = {
+            kind
+            for beat in self.nodes.values()
+            if beat.role == "infer" and series in (beat.frames_from or ())
+            for kind in beat.serves or ()
+        }
+        return [k for k in kinds if k not in served]
+
+    def poll(self, timeout_ms: int) -> None:
+        """Take in what arrived within ``timeout_ms`` (heartbeats and results)."""
+        self._latest.update(self.receiver.poll_each(timeout_ms))
 
     def wait_connected(self, timeout_s: float) -> None:
         """Block until an inference-node heartbeat arrives; PeerTimeout after ``timeout_s``."""
@@ -62,7 +80,7 @@ class ResultSubscriber:
                     f"no heartbeat from an inference node within {timeout_s:g} s; "
                     "check the results endpoint and that the inference node runs"
                 )
-            self._latest.update(self.receiver.poll_each(50))
+            self.poll(50)
 
     def wait_for(
         self,
