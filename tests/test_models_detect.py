@@ -17,7 +17,7 @@ from scopeflow.acquisition.optical import (
     FlakeChipSource,
     OpticalConfig,
 )
-from scopeflow.bench.models_detect import greedy_match
+from scopeflow.bench.models_detect_common import greedy_match
 from scopeflow.inference import backends
 from scopeflow.inference.models import flake_detector as flake_model
 from scopeflow.inference.models import particle_detector as particle_model

@@ -57,7 +57,7 @@ class Trial:
 def families() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(families AENet trained on, families held out of its training)."""
     from scopeflow.bench.models_focus import heldout_families
-    from scopeflow.training.aenet import TRAIN_FAMILIES
+    from scopeflow.training.aenet_scenes import TRAIN_FAMILIES
 
     held = heldout_families()
     return tuple(f for f in TRAIN_FAMILIES if f not in held), held

@@ -98,7 +98,7 @@ def heldout_families() -> tuple[str, ...]:
     try:
         return tuple(model_metadata("aenet")["heldout_families"])
     except (FileNotFoundError, KeyError):
-        from scopeflow.training.aenet import HELDOUT_FAMILIES
+        from scopeflow.training.aenet_scenes import HELDOUT_FAMILIES
 
         return HELDOUT_FAMILIES
 
@@ -215,7 +215,7 @@ def aenet_metrics(
 ) -> dict[str, Any]:
     """AENet's held-out figures (seen families with new seeds; held-out families) and the
     classical baselines' on the same frames."""
-    from scopeflow.training.aenet import TRAIN_FAMILIES
+    from scopeflow.training.aenet_scenes import TRAIN_FAMILIES
 
     held = heldout_families()
     seen = tuple(f for f in TRAIN_FAMILIES if f not in held)
@@ -312,7 +312,7 @@ def acnet_metrics(
     The loop runs with the astigmatism axis unknown to ACNet; on the first frame ACNet is also
     asked with the axis given, for the single-frame sign figure.
     """
-    from scopeflow.training.aenet import TRAIN_FAMILIES
+    from scopeflow.training.aenet_scenes import TRAIN_FAMILIES
 
     held = heldout_families()
     families = tuple(f for f in TRAIN_FAMILIES if f not in held) + held

@@ -28,7 +28,7 @@ import numpy as np
 from scopeflow.inference.models import acnet as model
 from scopeflow.inference.models.acnet import Observation, encode
 from scopeflow.inference.models.aenet import AENet, AENetResult
-from scopeflow.training.aenet import (
+from scopeflow.training.aenet_scenes import (
     NOISE_SEED_BASE,
     SPECIMEN_SEED_BASE,
     TRAIN_FAMILIES,

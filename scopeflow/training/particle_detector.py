@@ -281,7 +281,8 @@ def choose_instance_thresholds(
     (validation scenes: never the test set), with the benchmark's matching rule; the network
     runs once per frame. The runner's :data:`~scopeflow.inference.models.particle_detector.
     MIN_AREA_PX` and ``MIN_SCORE`` hold the values chosen for the shipped model."""
-    from scopeflow.bench.models_detect import Counts, count, particle_truths, rle_of
+    from scopeflow.bench.models_detect_common import Counts, count, rle_of
+    from scopeflow.bench.models_detect_particles import particle_truths
 
     runner = model.ParticleDetector(session)
     seen = [(runner.probabilities(im.image), particle_truths(im)) for _, _, im in frames(specs)]

@@ -7,12 +7,8 @@ Beer–Lambert counts with Poisson noise and an empirical transfer function. See
 
 from __future__ import annotations
 
-from scopeflow.acquisition.insitu.camera import (
-    InSituConfig,
-    InSituScene,
-    InSituVideoSource,
-    SimulatedInSituCamera,
-)
+from scopeflow.acquisition.insitu.camera import InSituScene, SimulatedInSituCamera
+from scopeflow.acquisition.insitu.config import InSituConfig
 from scopeflow.acquisition.insitu.imaging import (
     CameraModel,
     Canvas,
@@ -33,6 +29,7 @@ from scopeflow.acquisition.insitu.particles import (
     Population,
     Shape,
 )
+from scopeflow.acquisition.insitu.source import InSituVideoSource
 
 __all__ = [
     "DECOY_KINDS",

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from scopeflow.acquisition.optical.camera import Camera, CameraConfig
 from scopeflow.acquisition.optical.chip import Chip, ChipConfig, ChipObject, Region
-from scopeflow.acquisition.optical.microscope import (
-    FlakeChipSource,
-    OpticalConfig,
-    SimulatedOpticalMicroscope,
-    blur_spec,
-)
+from scopeflow.acquisition.optical.config import OpticalConfig
+from scopeflow.acquisition.optical.microscope import SimulatedOpticalMicroscope, blur_spec
+from scopeflow.acquisition.optical.source import FlakeChipSource
 from scopeflow.acquisition.optical.thinfilm import (
     GRAPHENE,
     HBN,

@@ -1,4 +1,5 @@
-"""A simulated reflected-light microscope over an exfoliated-flake chip, and a dataset source.
+"""A simulated reflected-light microscope over an exfoliated-flake chip (its configuration is in
+:mod:`.config`, the annotated dataset source in :mod:`.source`).
 
 Frame formation, in order: the bare-substrate reflectance of every pixel (oxide thickness map →
 :class:`ContrastTable`, sampled on a coarse grid and interpolated; times the illumination falloff
@@ -23,23 +24,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from scopeflow.acquisition.actuator import Actuator
-from scopeflow.acquisition.optical.camera import Camera, CameraConfig
-from scopeflow.acquisition.optical.chip import Chip, ChipConfig, ChipObject, DrawnRegion
-from scopeflow.acquisition.optical.thinfilm import (
-    MATERIALS,
-    WAVELENGTHS_NM,
-    ContrastTable,
-    SpectralModel,
-    Substrate,
-)
+from scopeflow.acquisition.optical.camera import Camera
+from scopeflow.acquisition.optical.chip import Chip, ChipObject, DrawnRegion
+from scopeflow.acquisition.optical.config import OpticalConfig
+from scopeflow.acquisition.optical.thinfilm import MATERIALS, ContrastTable
 from scopeflow.acquisition.sem.optics import BlurSpec, KernelCache, convolve
 from scopeflow.acquisition.truth import AnnotatedImage, ObjectTruth
 from scopeflow.devices.base import MicroscopeBase
@@ -70,114 +66,6 @@ def blur_spec(
         + 1.0 / 12.0
     )
     return BlurSpec(diameter_px, diameter_px, 0.0, sigma_px).capped(_MAX_BLUR_PX)
-
-
-@dataclass(frozen=True)
-class OpticalConfig:
-    """Configuration of :class:`SimulatedOpticalMicroscope`; units in the names.
-
-    Parts: ``chip`` (:class:`ChipConfig`), ``spectrum`` (:class:`SpectralModel`: illuminant
-    and camera bands), ``camera`` (:class:`CameraConfig`). ``seed`` fixes the chip and the
-    noise. ``ideal`` turns off noise, blur, vignetting, white balance and the black level.
-    Objective: ``magnification``, ``numerical_aperture``. Focus: ``focus_z_um`` (Z that
-    focuses the chip centre), tilt of the focus surface ``focus_tilt_x_um_per_mm`` /
-    ``focus_tilt_y_um_per_mm`` and its bow ``focus_bow_um`` (centre to corner), ``start_z_um``
-    (None: in focus at the start position). Actuators: ``z_settle_s``, ``z_backlash_um``,
-    ``stage_settle_s``, ``stage_speed_um_per_s``, ``stage_backlash_um``. Limits:
-    ``z_min_um``/``z_max_um``, ``max_z_step_um``, ``stage_min_um``/``stage_max_um`` (None: the
-    chip ± ``stage_margin_um``). ``off_chip_reflectance``: the holder seen beyond the chip edge.
-    ``pace_frames``: sleep the exposure time per frame.
-    """
-
-    chip: ChipConfig = field(default_factory=ChipConfig)
-    spectrum: SpectralModel = field(default_factory=SpectralModel)
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    seed: int = 0
-    ideal: bool = False
-    magnification: float = 20.0
-    numerical_aperture: float = 0.40
-    focus_z_um: float = 2500.0
-    focus_tilt_x_um_per_mm: float = 2.0
-    focus_tilt_y_um_per_mm: float = -1.0
-    focus_bow_um: float = 3.0
-    start_z_um: float | None = None
-    start_x_um: float = 0.0
-    start_y_um: float = 0.0
-    z_settle_s: float = 0.05
-    z_backlash_um: float = 0.3
-    stage_settle_s: float = 0.1
-    stage_speed_um_per_s: float = 10_000.0
-    stage_backlash_um: float = 2.0
-    z_min_um: float = 0.0
-    z_max_um: float = 5000.0
-    max_z_step_um: float | None = None
-    stage_min_um: float | None = None
-    stage_max_um: float | None = None
-    stage_margin_um: float = 500.0
-    off_chip_reflectance: float = 0.04
-    pace_frames: bool = False
-    name: str = "sim-optical"
-
-    def __post_init__(self) -> None:
-        for name in ("magnification", "stage_speed_um_per_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-        if not 0.01 <= self.numerical_aperture <= 0.95:
-            raise ValueError("numerical_aperture must lie within 0.01–0.95 (a dry objective)")
-        for name in (
-            "z_settle_s",
-            "z_backlash_um",
-            "stage_settle_s",
-            "stage_backlash_um",
-            "stage_margin_um",
-            "off_chip_reflectance",
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-        limits = self.limits()
-        start_z = (
-            self.start_z_um
-            if self.start_z_um is not None
-            else self.focus_z_at(self.start_x_um, self.start_y_um)
-        )
-        if not limits.wd_min_um <= start_z <= limits.wd_max_um:
-            raise ValueError(
-                f"the start Z {start_z} µm lies outside [{self.z_min_um}, {self.z_max_um}] µm"
-            )
-        if not (
-            limits.stage_x_min_um <= self.start_x_um <= limits.stage_x_max_um
-            and limits.stage_y_min_um <= self.start_y_um <= limits.stage_y_max_um
-        ):
-            raise ValueError("the start stage position lies outside the stage limits")
-
-    @property
-    def pixel_um(self) -> float:
-        """Camera pixel referred to the sample, µm."""
-        return self.camera.pixel_um / self.magnification
-
-    def focus_z_at(self, x_um: float, y_um: float) -> float:
-        """Z that focuses chip point (x, y): tilt plane plus a bow growing to the corners."""
-        half_diag2 = (self.chip.size_x_um**2 + self.chip.size_y_um**2) / 4
-        return (
-            self.focus_z_um
-            + (self.focus_tilt_x_um_per_mm * x_um + self.focus_tilt_y_um_per_mm * y_um) * 1e-3
-            + self.focus_bow_um * (x_um * x_um + y_um * y_um) / half_diag2
-        )
-
-    def limits(self) -> Limits:
-        lo_x = -self.chip.size_x_um / 2 - self.stage_margin_um
-        lo_y = -self.chip.size_y_um / 2 - self.stage_margin_um
-        return Limits(
-            wd_min_um=float(self.z_min_um),
-            wd_max_um=float(self.z_max_um),
-            stage_x_min_um=float(lo_x if self.stage_min_um is None else self.stage_min_um),
-            stage_x_max_um=float(-lo_x if self.stage_max_um is None else self.stage_max_um),
-            stage_y_min_um=float(lo_y if self.stage_min_um is None else self.stage_min_um),
-            stage_y_max_um=float(-lo_y if self.stage_max_um is None else self.stage_max_um),
-            max_wd_step_um=self.max_z_step_um,
-        )
 
 
 @dataclass
@@ -592,186 +480,3 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             "bit_depth": cfg.camera.bit_depth,
             "ideal": cfg.ideal,
         }
-
-
-class _ManualClock:
-    """A clock that moves only when slept on: dataset tiles take no wall time."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-
-
-class FlakeChipSource:
-    """Annotated chip tiles that contain flakes, for detector training and tests.
-
-    Each image is a tile centred near a randomly chosen flake (offset up to 30 % of the field),
-    focused at the true focus plus, unless ``ideal``, a uniform defocus within
-    ± ``defocus_dof`` depths of field. Objects: every visible flake region (terraces apart),
-    residue patch and dirt particle, with masks of the visible part and attributes (material,
-    kind, layers, thickness_nm, expected_contrast_rgb [R, G, B], object_id, flake_id, oxide_nm,
-    defocus_um, centre_um, area_px, truncated). Deterministic under ``seed``, which replaces
-    ``config.seed``.
-    """
-
-    name = "flakes"
-
-    def __init__(
-        self,
-        config: OpticalConfig | None = None,
-        seed: int = 0,
-        ideal: bool = False,
-        defocus_dof: float = 1.0,
-    ) -> None:
-        base = config if config is not None else OpticalConfig()
-        if ideal and config is None:  # 16 bits, so quantisation does not blur contrast checks
-            base = dataclasses.replace(base, camera=dataclasses.replace(base.camera, bit_depth=16))
-        self.config = dataclasses.replace(base, seed=int(seed), ideal=bool(ideal))
-        self.seed = int(seed)
-        self.defocus_dof = float(defocus_dof)
-        clock = _ManualClock()
-        #: The microscope the metadata describes; ``images`` runs a fresh one on the same chip.
-        self.microscope = SimulatedOpticalMicroscope(self.config, clock=clock, sleep=clock.sleep)
-
-    def metadata(self) -> dict[str, Any]:
-        """Every physical parameter used, JSON-serialisable (units in the keys)."""
-        cfg = self.config
-        sim = self.microscope
-        camera = sim.camera
-        lam = np.array([450.0, 550.0, 650.0])
-        n_ox, n_si = Substrate().indices(lam)
-
-        def index_samples(values: np.ndarray) -> dict[str, list[float]]:
-            return {
-                f"{int(w)}nm": [float(v.real), float(-v.imag)]
-                for w, v in zip(lam, values, strict=True)
-            }
-
-        oxide_0 = float(sim.chip.oxide_nm(0.0, 0.0))
-        reference = {}
-        for name in ("graphene", "hBN"):
-            material = MATERIALS[name]
-            reference[name] = {
-                str(n): [
-                    float(c)
-                    for c in sim.expected_contrast_rgb(name, material.thickness_nm(n), oxide_0)
-                ]
-                for n in (1, 2, 3)
-            }
-        return {
-            "source": self.name,
-            "seed": self.seed,
-            "ideal": cfg.ideal,
-            "defocus_dof": self.defocus_dof,
-            "chip": dataclasses.asdict(cfg.chip),
-            "oxide_range_nm": list(cfg.chip.oxide_range_nm()),
-            "spectrum": {
-                **dataclasses.asdict(cfg.spectrum),
-                "wavelengths_nm": [
-                    float(WAVELENGTHS_NM[0]),
-                    float(WAVELENGTHS_NM[-1]),
-                    float(WAVELENGTHS_NM[1] - WAVELENGTHS_NM[0]),
-                ],
-                "channel_order": "RGB",
-                "raw_response_rgb": [float(v) for v in cfg.spectrum.raw_response()],
-            },
-            "indices_n_k": {
-                "SiO2": index_samples(n_ox),
-                "Si": index_samples(n_si),
-                **{name: index_samples(m.index(lam)) for name, m in MATERIALS.items()},
-            },
-            "index_sources": {
-                "SiO2": "Malitson, JOSA 55, 1205 (1965), Sellmeier",
-                "Si": "Green, Sol. Energ. Mat. Sol. Cells 92, 1305 (2008), tabulated",
-                **{name: m.source for name, m in MATERIALS.items()},
-            },
-            "layer_thickness_nm": {
-                name: m.layer_nm for name, m in MATERIALS.items() if name != "residue"
-            },
-            "contrast_rgb_at_chip_centre": {"oxide_nm": oxide_0, **reference},
-            "optics": {
-                "magnification": cfg.magnification,
-                "numerical_aperture": cfg.numerical_aperture,
-                "pixel_size_nm": cfg.pixel_um * 1e3,
-                "dof_um": optical_depth_of_field_um(cfg.pixel_um * 1e3, cfg.numerical_aperture),
-                "psf": "disk of diameter 2·NA·|Δz| ⊛ Gaussian σ = 0.21·λ/NA (λ = 550 nm) ⊛ pixel",
-                "focus_z_um": cfg.focus_z_um,
-                "focus_tilt_x_um_per_mm": cfg.focus_tilt_x_um_per_mm,
-                "focus_tilt_y_um_per_mm": cfg.focus_tilt_y_um_per_mm,
-                "focus_bow_um": cfg.focus_bow_um,
-                "off_chip_reflectance": cfg.off_chip_reflectance,
-            },
-            "camera": {
-                **dataclasses.asdict(cfg.camera),
-                "gain_dn_per_e_resolved": camera.gain_dn_per_e,
-                "white_balance_rgb_resolved": [float(g) for g in camera.white_balance],
-                "black_level_dn_resolved": camera.black_level_dn,
-            },
-            "actuators": {
-                "z_settle_s": cfg.z_settle_s,
-                "z_backlash_um": cfg.z_backlash_um,
-                "stage_settle_s": cfg.stage_settle_s,
-                "stage_speed_um_per_s": cfg.stage_speed_um_per_s,
-                "stage_backlash_um": cfg.stage_backlash_um,
-            },
-        }
-
-    def images(self, n: int) -> Iterator[AnnotatedImage]:
-        """``n`` annotated tiles, each containing at least one flake; the same ``n`` tiles on
-        every call (a fresh microscope each time, sharing the chip)."""
-        cfg = self.config
-        clock = _ManualClock()
-        sim = SimulatedOpticalMicroscope(
-            cfg, clock=clock, sleep=clock.sleep, chip=self.microscope.chip
-        )
-        rng = np.random.default_rng([self.seed, 0xDA7A])
-        limits = sim.limits()
-        rows, cols = cfg.camera.shape
-        fov_x, fov_y = cols * cfg.pixel_um, rows * cfg.pixel_um
-        dof = optical_depth_of_field_um(cfg.pixel_um * 1e3, cfg.numerical_aperture)
-        made = attempts = 0
-        while made < n:
-            attempts += 1
-            if attempts > 1000 * n:
-                raise ValueError(
-                    f"found only {made} of {n} tiles with flakes: the chip has too "
-                    "few flakes; raise ChipConfig.flakes_per_mm2"
-                )
-            flakes = [
-                o
-                for o in sim.chip.cell(
-                    int(rng.integers(sim.chip.cells_x)), int(rng.integers(sim.chip.cells_y))
-                )
-                if o.kind == "flake"
-            ]
-            if not flakes:
-                continue
-            obj = flakes[int(rng.integers(len(flakes)))]
-            x = float(
-                np.clip(
-                    obj.centre_um[0] + rng.uniform(-0.3, 0.3) * fov_x,
-                    limits.stage_x_min_um,
-                    limits.stage_x_max_um,
-                )
-            )
-            y = float(
-                np.clip(
-                    obj.centre_um[1] + rng.uniform(-0.3, 0.3) * fov_y,
-                    limits.stage_y_min_um,
-                    limits.stage_y_max_um,
-                )
-            )
-            sim.move_stage(x, y)
-            # Backlash moves the field a little: focus where the stage actually is.
-            dz = 0.0 if cfg.ideal else float(rng.uniform(-1.0, 1.0)) * self.defocus_dof * dof
-            z = float(np.clip(sim.true_focus_z_um() + dz, limits.wd_min_um, limits.wd_max_um))
-            sim.set_wd(z)
-            _, annotated = sim.acquire_with_truth()
-            if any(o.attributes["kind"] in ("flake", "terrace") for o in annotated.objects):
-                made += 1
-                yield annotated

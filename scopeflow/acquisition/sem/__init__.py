@@ -5,13 +5,9 @@ See ``docs/simulators.md`` ("Simulated SEM") for the model, its parameters and i
 
 from __future__ import annotations
 
+from scopeflow.acquisition.sem.sampling import specimen_from_texture
 from scopeflow.acquisition.sem.simulator import SEMConfig, SimulatedSEM
-from scopeflow.acquisition.sem.specimen import (
-    SPECIMEN_FAMILIES,
-    Specimen,
-    make_specimen,
-    specimen_from_texture,
-)
+from scopeflow.acquisition.sem.specimen import SPECIMEN_FAMILIES, Specimen, make_specimen
 
 __all__ = [
     "SPECIMEN_FAMILIES",

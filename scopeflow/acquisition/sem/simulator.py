@@ -32,13 +32,8 @@ from scopeflow.acquisition.sem.optics import (
     defocus_levels,
     probe_sigma_px,
 )
-from scopeflow.acquisition.sem.specimen import (
-    SPECIMEN_FAMILIES,
-    Specimen,
-    SpecimenSampler,
-    make_specimen,
-    specimen_from_texture,
-)
+from scopeflow.acquisition.sem.sampling import SpecimenSampler, specimen_from_texture
+from scopeflow.acquisition.sem.specimen import SPECIMEN_FAMILIES, Specimen, make_specimen
 from scopeflow.devices.base import MicroscopeBase
 from scopeflow.devices.protocols import Frame
 from scopeflow.errors import DeviceError, LimitError
