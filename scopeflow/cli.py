@@ -73,6 +73,7 @@ def _cmd_node_infer(args) -> int:
             results_endpoint=args.results,
             model=args.model,
             backend=args.backend,
+            acnet=not args.no_acnet,
             name=args.name,
         ),
         metrics_port=args.metrics_port,
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inf.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
     inf.add_argument("--name", default="infer")
+    inf.add_argument(
+        "--no-acnet", action="store_true", help="with aenet: publish no ACNet proposals"
+    )
     inf.set_defaults(func=_cmd_node_infer)
 
     from scopeflow.jobs.command import add_parsers as add_job_parsers

@@ -171,3 +171,15 @@ def test_a_labs_adapter_plugs_in_by_entry_point_and_cannot_bypass_the_limits(tmp
     assert len([line for line in lines if line.startswith("refused:")]) == 3
     assert "outside the limits" in lines[1] and "maximum step" in lines[2]
     assert lines[-1] == "140.0"  # nothing it refused reached the adapter
+
+
+def test_the_job_side_runs_no_model_code():
+    code = (
+        "import sys, scopeflow.jobs.autofocus, scopeflow.jobs.track_focus, scopeflow.jobs.scan, "
+        "scopeflow.scopes.remote, scopeflow.control.learned_autofocus\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('scopeflow.inference.models', "
+        "'onnxruntime', 'torch'))))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -53,7 +53,7 @@ def test_autofocus_through_micro_manager_converges():
     dof = _sim().state().depth_of_field_um()
     start = _sim().config.focus_z_at(0.0, 0.0) + 9 * dof
     sim = _sim(start_z_um=start)
-    outcome, stats = run_job(AutofocusJob(AutofocusJobConfig(acnet_backend=None)), _mm_scope(sim))
+    outcome, stats = run_job(AutofocusJob(AutofocusJobConfig()), _mm_scope(sim))
     assert outcome.reason == "converged", outcome.message
     assert abs(sim.state().wd_um - sim.true_focus_z_um()) <= 0.5 * dof
     assert stats.frames == outcome.figures["frames"] >= 3
@@ -66,7 +66,7 @@ def test_a_tile_scan_from_a_useq_mdasequence_runs_through_micro_manager():
         grid_plan=useq.GridRowsColumns(rows=1, columns=2, fov_width=500.0, fov_height=500.0),
     )
     expected = [(-2250.0, 1500.0), (-1750.0, 1500.0), (2250.0, -1000.0), (2750.0, -1000.0)]
-    job = ScanJob(plan, autofocus=AutofocusJobConfig(acnet_backend=None))
+    job = ScanJob(plan, autofocus=AutofocusJobConfig())
     outcome, _ = run_job(job, _mm_scope(sim))
     tiles = outcome.details["tiles"]
     assert outcome.reached_goal, outcome.message

@@ -22,7 +22,7 @@ def _optical() -> SimulatedOpticalMicroscope:
 
 def _scan_job() -> ScanJob:
     grid = useq.GridRowsColumns(rows=3, columns=3, fov_width=GRID_STEP_UM, fov_height=GRID_STEP_UM)
-    return ScanJob(grid, autofocus=AutofocusJobConfig(acnet_backend=None))
+    return ScanJob(grid, autofocus=AutofocusJobConfig())
 
 
 def _check(outcome, scope: SimulatedOpticalMicroscope) -> None:

@@ -78,8 +78,7 @@ def _run_method(method: str, trial: Trial, cache: SpecimenCache, ctx: dict[str, 
     start = sim.state().wd_target_um
     if method in ("scopeflow", "scopeflow-aenet-only"):
         # The autofocus job as users run it; the ablation runs it without ACNet.
-        acnet_backend = "onnxruntime" if method == "scopeflow" else None
-        return run_autofocus_job(sim, ctx["reader"], acnet_backend)
+        return run_autofocus_job(sim, ctx["reader"], use_acnet=method == "scopeflow")
     if method.startswith("search-"):
         metric = method.removeprefix("search-").replace("-", "_")
         machine = GoldenSectionAutofocus(start, sim.limits(), trial.dof_um, AutofocusConfig())

@@ -184,9 +184,10 @@ def run_loop(
     )
 
 
-def run_autofocus_job(sim: SimulatedSEM, reader: FrameReader, acnet_backend: str | None):
+def run_autofocus_job(sim: SimulatedSEM, reader: FrameReader, use_acnet: bool = True):
     """The ``autofocus`` job itself on a local scope around ``sim``, as ``scopeflow run``
     runs it. ``seconds`` counts the job's decisions and the inference, not the simulator."""
+    from scopeflow.control.learned_autofocus import LearnedAutofocusConfig
     from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
     from scopeflow.jobs.runner import run_job
     from scopeflow.scopes.local import LocalScope
@@ -194,7 +195,8 @@ def run_autofocus_job(sim: SimulatedSEM, reader: FrameReader, acnet_backend: str
     dof = sim.config.pixel_size_nm / sim.config.beam_semiangle_mrad
     start_err = (sim.state().wd_um - sim.true_focus_wd_um()) / dof
     scope = LocalScope(sim, processors={"focus": reader.processor})
-    outcome, stats = run_job(AutofocusJob(AutofocusJobConfig(acnet_backend=acnet_backend)), scope)
+    config = AutofocusJobConfig(learned=LearnedAutofocusConfig(use_acnet=use_acnet))
+    outcome, stats = run_job(AutofocusJob(config), scope)
     final = outcome.details.get("final_wd_um")
     final = sim.state().wd_target_um if final is None else final
     trace = [

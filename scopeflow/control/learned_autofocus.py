@@ -65,6 +65,7 @@ class FrameReading:
     features: tuple[float, ...] | None
     sharpness: float | None
     dose_e_per_px: float | None = None
+    proposal: tuple[float, float] | None = None  # ACNet's (correction DoF, confidence)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class LearnedAutofocusConfig:
     near_reach_dof: float = 3.0  # a frame this close to focus still informs the sharpness V
     min_frame_spacing_dof: float = 0.3  # no second frame this close to one already taken
     straddle_distance_cost: float = 0.02  # per DoF of expected distance from focus
+    use_acnet: bool = True  # follow ACNet's proposals (when the readings carry them)
     acnet_min_confidence: float = 0.9  # after the first move, ACNet steers only when this sure
     acnet_agreement: float = 0.8
     conflict_residual: float = 6.0  # standardised log residual beyond which readings conflict
@@ -105,15 +107,14 @@ class Step:
 
 
 class LearnedAutofocus:
-    """The state machine; ``acnet`` is an :class:`~scopeflow.inference.models.acnet.ACNet`
-    (None: posterior targets only)."""
+    """The state machine. ACNet's proposals come with the readings (the inference node runs
+    ACNet after AENet); without them, or with ``use_acnet`` off, the posterior alone steers."""
 
     def __init__(
         self,
         start_wd_um: float,
         limits: Limits,
         dof_um: float,
-        acnet=None,
         config: LearnedAutofocusConfig | None = None,
     ) -> None:
         if not (dof_um > 0 and math.isfinite(dof_um)):
@@ -121,7 +122,6 @@ class LearnedAutofocus:
         self.start_wd_um = start_wd_um
         self.limits = limits
         self.dof_um = dof_um
-        self.acnet = acnet
         self.config = cfg = config or LearnedAutofocusConfig()
         self.phase: Phase = "start"
         self.stop_reason: StopReason | None = None
@@ -290,30 +290,13 @@ class LearnedAutofocus:
         return float(cands[int(np.argmax(score))])
 
     def _acnet_target(self) -> tuple[float, float] | None:
-        """(target in DoF units, ACNet confidence), or None without ACNet."""
-        if self.acnet is None:
+        """(target in DoF units, ACNet confidence) from the current frame's proposal, or None
+        when there is none or ACNet is not to be followed."""
+        here = self._readings[-1]
+        if not self.config.use_acnet or here.proposal is None:
             return None
-        from scopeflow.inference.models.acnet import Observation
-        from scopeflow.inference.models.aenet import AENetResult, level_from_score, score_from_dof
-
-        here_wd = self._readings[-1].wd_um
-        obs = []
-        for r in self._readings[-3:]:
-            if r.features is None or r.abs_defocus_dof is None:
-                continue
-            score = float(score_from_dof(r.abs_defocus_dof))
-            res = AENetResult(
-                score=score,
-                level=int(level_from_score(score)),
-                abs_defocus_dof=r.abs_defocus_dof,
-                features=np.asarray(r.features, np.float32),
-                signal_ok=r.signal == "ok",
-            )
-            obs.append(Observation(res, (r.wd_um - here_wd) / self.dof_um))
-        if not obs or obs[-1].wd_offset_dof != 0.0:
-            return None
-        prop = self.acnet.propose(obs)
-        return self._x(here_wd) + prop.correction_dof, prop.confidence
+        correction_dof, confidence = here.proposal
+        return self._x(here.wd_um) + correction_dof, confidence
 
     def _fall_back(self, why: str, whole_range: bool = False) -> None:
         cfg = self.config

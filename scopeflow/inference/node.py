@@ -33,6 +33,7 @@ class InferConfig:
     model: str = "normalized_variance"
     backend: str = "auto"
     name: str = "infer"
+    acnet: bool = True  # with AENet: ACNet's proposal in every focus result
 
 
 class InferNode:
@@ -42,7 +43,7 @@ class InferNode:
         self, config: InferConfig, ctx: zmq.Context | None = None, metrics_port: int | None = None
     ) -> None:
         self.config = config
-        self.processor: Processor = make_processor(config.model, config.backend)
+        self.processor: Processor = make_processor(config.model, config.backend, config.acnet)
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
         self.frames = self.rt.socket(zmq.SUB)
         self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)

@@ -8,6 +8,7 @@ default); the numpy-level runners live beside each model definition.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from scopeflow.inference.sharpness import METRICS
 from scopeflow.schemas.codec import Message
 from scopeflow.schemas.results import DetectionsResult, FocusEstimate
 from scopeflow.schemas.series import DenoisedHeader, ImageHeader
+
+log = logging.getLogger(__name__)
 
 Result = tuple[BaseModel, tuple[np.ndarray, ...]]
 LEARNED = ("aenet", "denoiser", "flake_detector", "particle_detector")
@@ -74,17 +77,25 @@ class ClassicalFocus:
 
 
 class AENetFocus:
-    """AENet: focus quality 0–9 and |Δz| in depth-of-field units."""
+    """AENet: focus quality 0–9 and |Δz| in depth-of-field units; then ACNet's proposal for the
+    next move (:mod:`scopeflow.inference.acnet_stage`) when ACNet is shipped and wanted."""
 
     name = "aenet"
     kind = "focus"
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, acnet: bool = True) -> None:
+        from scopeflow.inference.acnet_stage import ACNetStage
         from scopeflow.inference.models.aenet import AENet
 
         self._net = AENet(backends.load("aenet", backend))
         self.backend = self._net.session.backend
         self._sharpness = get_evaluator("normalized_variance")
+        self._acnet: ACNetStage | None = None
+        if acnet:
+            try:
+                self._acnet = ACNetStage(backend)
+            except (FileNotFoundError, RuntimeError, ValueError) as exc:
+                log.warning("ACNet unavailable (%s); focus results carry no proposal", exc)
 
     def process(self, msg: Message) -> list[Result]:
         pixels = msg.array()
@@ -92,6 +103,10 @@ class AENetFocus:
         signal = signal_check(pixels, msg.header.state.dose_e_per_px)
         if signal != "ok":
             return [(_focus(msg.header, self.name, 0.0, signal), ())]
+        proposal = self._acnet.propose(msg.header, res) if self._acnet is not None else None
+        acnet = {}
+        if proposal is not None:
+            acnet = {"acnet_correction_dof": proposal[0], "acnet_confidence": proposal[1]}
         return [
             (
                 _focus(
@@ -103,6 +118,7 @@ class AENetFocus:
                     abs_defocus_dof=float(res.abs_defocus_dof),
                     aenet_features=tuple(float(v) for v in res.features),
                     sharpness=float(self._sharpness(pixels)),
+                    **acnet,
                 ),
                 (),
             )
@@ -166,12 +182,13 @@ class Detect:
         ]
 
 
-def make_processor(model: str, backend: str = "auto") -> Processor:
-    """The processor serving ``model`` (a classical metric name or a shipped model)."""
+def make_processor(model: str, backend: str = "auto", acnet: bool = True) -> Processor:
+    """The processor serving ``model`` (a classical metric name or a shipped model); ``acnet``:
+    run ACNet after AENet."""
     if model in METRICS:
         return ClassicalFocus(model)
     if model == "aenet":
-        return AENetFocus(backend)
+        return AENetFocus(backend, acnet)
     if model == "denoiser":
         return Denoise(backend)
     if model in ("flake_detector", "particle_detector"):

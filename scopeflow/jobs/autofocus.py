@@ -12,7 +12,6 @@ than the maximum step, and results of frames taken before the last move never re
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 from dataclasses import asdict, dataclass, field, replace
 
@@ -68,27 +67,10 @@ class AutofocusRecord:
 
 @dataclass(frozen=True)
 class AutofocusJobConfig:
-    """Parameters of both state machines and the ACNet backend (None: no ACNet)."""
+    """Parameters of both state machines (``learned.use_acnet``: follow ACNet's proposals)."""
 
     search: AutofocusConfig = field(default_factory=AutofocusConfig)
     learned: LearnedAutofocusConfig = field(default_factory=LearnedAutofocusConfig)
-    acnet_backend: str | None = "auto"
-
-
-@functools.lru_cache(maxsize=4)
-def load_acnet(backend: str | None):
-    """ACNet on ``backend``, or None (with a warning) when it is not shipped or not wanted.
-    Loaded once per backend: every autofocus of a scan shares the (stateless) session."""
-    if backend is None:
-        return None
-    from scopeflow.inference import backends
-    from scopeflow.inference.models.acnet import ACNet
-
-    try:
-        return ACNet(backends.load("acnet", backend))
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        log.warning("ACNet unavailable (%s); AENet's posterior alone proposes moves", exc)
-        return None
 
 
 def reading_from_estimate(est: FocusEstimate) -> FrameReading:
@@ -104,6 +86,11 @@ def reading_from_estimate(est: FocusEstimate) -> FrameReading:
         features=tuple(est.aenet_features) if est.aenet_features is not None else None,
         sharpness=sharpness,
         dose_e_per_px=est.state.dose_e_per_px,
+        proposal=(
+            (est.acnet_correction_dof, est.acnet_confidence)
+            if est.acnet_correction_dof is not None and est.acnet_confidence is not None
+            else None
+        ),
     )
 
 
@@ -120,9 +107,9 @@ class _Machine:
     ) -> None:
         self.learned = first.abs_defocus_dof is not None or first.aenet_features is not None
         if self.learned:
-            acnet = load_acnet(cfg.acnet_backend)
-            self.evaluator = "aenet+acnet" if acnet is not None else "aenet"
-            self.af = LearnedAutofocus(start_wd_um, limits, dof_um, acnet, cfg.learned)
+            with_acnet = cfg.learned.use_acnet and first.acnet_correction_dof is not None
+            self.evaluator = "aenet+acnet" if with_acnet else "aenet"
+            self.af = LearnedAutofocus(start_wd_um, limits, dof_um, cfg.learned)
         else:
             self.evaluator = first.evaluator
             self.af = GoldenSectionAutofocus(start_wd_um, limits, dof_um, cfg.search)
@@ -155,9 +142,9 @@ class AutofocusJob:
         parser.add_argument("--tolerance-dof", type=float, default=0.5)
         parser.add_argument("--max-frames", type=int, default=40)
         parser.add_argument(
-            "--acnet-backend",
-            default="auto",
-            help="backend of ACNet for AENet-driven autofocus, or 'none'",
+            "--no-acnet",
+            action="store_true",
+            help="ignore ACNet's proposals (AENet's focus posterior alone steers)",
         )
 
     @classmethod
@@ -172,8 +159,8 @@ class AutofocusJob:
                 LearnedAutofocusConfig(),
                 tolerance_dof=args.tolerance_dof,
                 max_frames=args.max_frames,
+                use_acnet=not args.no_acnet,
             ),
-            acnet_backend=None if args.acnet_backend == "none" else args.acnet_backend,
         )
 
     @classmethod

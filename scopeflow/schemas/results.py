@@ -41,6 +41,14 @@ class FocusEstimate(Header):
         description="Normalised-variance sharpness of the same frame, sent with "
         "AENet results for the controller's sharpness fit and fallback search. Since 1.2.",
     )
+    acnet_correction_dof: Annotated[FiniteFloat, Field(ge=-1e4, le=1e4)] | None = Field(
+        default=None,
+        description="ACNet's proposed next WD correction, signed, in depth-of-field units, from "
+        "this frame and the frames before it on the same field. Since 1.3.",
+    )
+    acnet_confidence: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="ACNet's confidence in that proposal, 0–1. Since 1.3."
+    )
 
 
 class RleMask(ClosedModel):
