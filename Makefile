@@ -35,8 +35,8 @@ bench: $(VENV)/.installed-dev
 	$(SF) bench aenet-response --json runs/bench-aenet-response.json
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check scopeflow tests
-	$(VENV)/bin/ruff format --check scopeflow tests
+	$(VENV)/bin/ruff check scopeflow scopeflow_lab tests
+	$(VENV)/bin/ruff format --check scopeflow scopeflow_lab tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

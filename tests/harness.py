@@ -13,7 +13,6 @@ import numpy as np
 import zmq
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
-from scopeflow.acquisition.sem import SEMConfig
 from scopeflow.devices.protocols import Microscope
 from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.jobs.autofocus import AutofocusJob, AutofocusRecord
@@ -21,6 +20,7 @@ from scopeflow.jobs.base import JobOutcome
 from scopeflow.jobs.runner import RunnerConfig, run_job
 from scopeflow.schemas.state import depth_of_field_um
 from scopeflow.scopes.remote import RemoteScope
+from scopeflow_lab.sim.sem import SEMConfig
 
 
 @dataclass

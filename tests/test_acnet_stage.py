@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.devices.frames import frame_message
 from scopeflow.inference.processors import make_processor
 from scopeflow.schemas.state import depth_of_field_um
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 DOF = depth_of_field_um(10.0, 3.0)
 

@@ -220,9 +220,9 @@ def test_bench_aenet_response_writes_the_binned_curve_and_the_fit(tmp_path):
     assert ll["shipped"] > ll["straight_v"]
 
 
-def test_a_benchmark_missing_its_dev_extra_says_what_to_install():
-    from scopeflow.cli import _require_dev_extra
+def test_a_benchmark_missing_its_lab_extra_says_what_to_install():
+    from scopeflow_lab.commands import _require_lab_extra
 
-    _require_dev_extra("autofocus", "numpy")  # present: no exit
-    with pytest.raises(SystemExit, match=r"no_such_module_x .*pip install -e '\.\[dev\]'"):
-        _require_dev_extra("autofocus", "numpy", "no_such_module_x")
+    _require_lab_extra("autofocus", "numpy")  # present: no exit
+    with pytest.raises(SystemExit, match=r"no_such_module_x .*pip install -e '\.\[lab\]'"):
+        _require_lab_extra("autofocus", "numpy", "no_such_module_x")

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM
 from scopeflow.schemas.state import depth_of_field_um
+from scopeflow_lab.sim.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM
 
 from harness import pipeline, remote_autofocus, seeded_trial
 

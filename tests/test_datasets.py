@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.sem.dataset import SEMDatasetConfig, SEMFocusSource
-from scopeflow.acquisition.truth import AnnotatedImage, ObjectTruth
-from scopeflow.datasets import contact_sheet
-from scopeflow.datasets.coco import CocoBuilder, decode_mask
-from scopeflow.datasets.writer import load_image, write_dataset
+from scopeflow_lab.datasets import contact_sheet
+from scopeflow_lab.datasets.coco import CocoBuilder, decode_mask
+from scopeflow_lab.datasets.writer import load_image, write_dataset
+from scopeflow_lab.sim.sem.dataset import SEMDatasetConfig, SEMFocusSource
+from scopeflow_lab.sim.truth import AnnotatedImage, ObjectTruth
 
 
 def disk(shape, centre, radius) -> np.ndarray:
@@ -156,7 +156,7 @@ def test_ideal_flake_dataset_on_disk_shows_the_predicted_contrast(tmp_path):
     """The acceptance check of issue 3, end to end: images and masks read back from disk."""
     import cv2
 
-    from scopeflow.datasets.sources import dataset_source
+    from scopeflow_lab.datasets.sources import dataset_source
 
     write_dataset(
         dataset_source("flakes", seed=1, ideal=True), 4, tmp_path, progress=lambda _: None
@@ -186,7 +186,7 @@ def test_ideal_flake_dataset_on_disk_shows_the_predicted_contrast(tmp_path):
 
 @pytest.mark.parametrize(("kind", "n"), [("flakes", 2), ("insitu", 3)])
 def test_datasets_are_deterministic_under_a_seed(tmp_path, kind, n):
-    from scopeflow.datasets.sources import dataset_source
+    from scopeflow_lab.datasets.sources import dataset_source
 
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         write_dataset(

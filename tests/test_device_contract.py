@@ -17,7 +17,6 @@ import pytest
 import zmq
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
-from scopeflow.acquisition.sim_adapter import open_simulator
 from scopeflow.devices.limits import GuardedMicroscope
 from scopeflow.devices.protocols import (
     BeamShift,
@@ -31,6 +30,7 @@ from scopeflow.devices.registry import adapters, open_device
 from scopeflow.errors import LimitError
 from scopeflow.schemas.codec import DTYPE_ITEMSIZE
 from scopeflow.schemas.state import Limits, MicroscopeState
+from scopeflow_lab.sim.sim_adapter import open_simulator
 
 from harness import running
 

@@ -7,10 +7,10 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.inference.evaluators import get_evaluator, signal_check
 from scopeflow.inference.sharpness import METRICS
 from scopeflow.schemas.state import depth_of_field_um
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 DOF = depth_of_field_um(10.0, 3.0)
 

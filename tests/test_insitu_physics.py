@@ -17,7 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.insitu import (
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Microscope
+from scopeflow.errors import DeviceError, LimitError
+from scopeflow_lab.sim.insitu import (
     InSituConfig,
     InSituVideoSource,
     ParticleSpec,
@@ -27,11 +30,8 @@ from scopeflow.acquisition.insitu import (
     defocus_transfer,
     electron_wavelength_nm,
 )
-from scopeflow.acquisition.insitu.particles import track_ids
-from scopeflow.acquisition.truth import AnnotatedImage, DatasetSource
-from scopeflow.devices.limits import guard
-from scopeflow.devices.protocols import Microscope
-from scopeflow.errors import DeviceError, LimitError
+from scopeflow_lab.sim.insitu.particles import track_ids
+from scopeflow_lab.sim.truth import AnnotatedImage, DatasetSource
 
 from fakes import FakeClock
 

@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.errors import PeerTimeout, UsageError
 from scopeflow.jobs.autofocus import AutofocusJob
 from scopeflow.jobs.runner import run_job
 from scopeflow.schemas.state import depth_of_field_um
 from scopeflow.scopes.local import LocalScope
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 from harness import pipeline, run_remote
 

@@ -10,13 +10,13 @@ import math
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.control.focus_model import FocusPosterior, Reading
 from scopeflow.control.learned_autofocus import FrameReading, LearnedAutofocus
 from scopeflow.control.tracking import FocusTracker
 from scopeflow.jobs.runner import split_move
 from scopeflow.jobs.track_focus import TrackFocusJob
 from scopeflow.schemas.state import Limits, depth_of_field_um
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 from harness import pipeline, remote_autofocus, run_remote, seeded_trial
 
@@ -298,8 +298,8 @@ def test_over_sockets_autofocus_then_tracking_under_thermal_drift(ipc_dir):
 def test_response_fit_recovers_a_known_dead_zone():
     from dataclasses import replace
 
-    from scopeflow.bench.aenet_response import fit, log_likelihood
     from scopeflow.control.focus_model import FocusModelConfig, aenet_response
+    from scopeflow_lab.bench.aenet_response import fit, log_likelihood
 
     # Readings drawn from the model itself with a wider dead zone and known per-trial gains.
     truth = replace(FocusModelConfig(), dead_zone_dof=1.6, dead_zone_reading_dof=0.5)

@@ -12,14 +12,14 @@ import sys
 import pytest
 import useq
 
-from scopeflow.acquisition.mm_sim import simulated_core
-from scopeflow.acquisition.optical import OpticalConfig, SimulatedOpticalMicroscope
 from scopeflow.devices.mmcore import MMCoreMicroscope, MMOptions
 from scopeflow.errors import DeviceError, UsageError
 from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
 from scopeflow.jobs.runner import run_job
 from scopeflow.jobs.scan import ScanJob
 from scopeflow.scopes.local import LocalScope
+from scopeflow_lab.sim.mm_sim import simulated_core
+from scopeflow_lab.sim.optical import OpticalConfig, SimulatedOpticalMicroscope
 
 SF = [sys.executable, "-m", "scopeflow"]
 

@@ -11,13 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from scopeflow.bench.models_denoise import noise_sigma, psnr, ssim  # noqa: E402
 from scopeflow.inference import backends  # noqa: E402
 from scopeflow.inference.backends.base import check_inputs  # noqa: E402
 from scopeflow.inference.models import denoiser as model  # noqa: E402
 from scopeflow.inference.models.registry import model_file  # noqa: E402
-from scopeflow.training import denoiser as training  # noqa: E402
-from scopeflow.training.export import export_onnx  # noqa: E402
+from scopeflow_lab.bench.models_denoise import noise_sigma, psnr, ssim  # noqa: E402
+from scopeflow_lab.training import denoiser as training  # noqa: E402
+from scopeflow_lab.training.export import export_onnx  # noqa: E402
 
 # Tiled vs untiled, in units of the frame's normalisation scale (P99.5 − P0.5; the frame's noise
 # σ is ~0.06 of it): the blend only differs where a tile's border effects reach into the

@@ -10,22 +10,22 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from scopeflow.acquisition.insitu import InSituConfig, InSituScene, ParticleSpec, Shape
-from scopeflow.acquisition.optical import (
-    CameraConfig,
-    ChipConfig,
-    FlakeChipSource,
-    OpticalConfig,
-)
-from scopeflow.bench.models_detect_common import greedy_match
 from scopeflow.inference import backends
 from scopeflow.inference.models import flake_detector as flake_model
 from scopeflow.inference.models import particle_detector as particle_model
 from scopeflow.inference.models.registry import model_file
 from scopeflow.schemas.results import Detection
-from scopeflow.training import flake_detector as flake_training
-from scopeflow.training import particle_detector as particle_training
-from scopeflow.training.export import PARITY_TOLERANCE, export_onnx
+from scopeflow_lab.sim.insitu import InSituConfig, InSituScene, ParticleSpec, Shape
+from scopeflow_lab.sim.optical import (
+    CameraConfig,
+    ChipConfig,
+    FlakeChipSource,
+    OpticalConfig,
+)
+from scopeflow_lab.training import flake_detector as flake_training
+from scopeflow_lab.training import particle_detector as particle_training
+from scopeflow_lab.training.detect_eval import greedy_match
+from scopeflow_lab.training.export import PARITY_TOLERANCE, export_onnx
 
 MODELS = (flake_model, particle_model)
 

@@ -12,14 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM  # noqa: E402
-from scopeflow.bench.models_focus import spearman  # noqa: E402
 from scopeflow.inference import backends  # noqa: E402
 from scopeflow.inference.models import acnet, aenet  # noqa: E402
 from scopeflow.inference.models.acnet import ACNet, Observation  # noqa: E402
 from scopeflow.inference.models.aenet import AENet, AENetResult  # noqa: E402
 from scopeflow.inference.models.registry import model_file  # noqa: E402
-from scopeflow.training.export import PARITY_TOLERANCE, export_onnx  # noqa: E402
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM  # noqa: E402
+from scopeflow_lab.training.export import PARITY_TOLERANCE, export_onnx  # noqa: E402
+from scopeflow_lab.training.focus_eval import spearman  # noqa: E402
 
 SHIPPED = all(model_file(n, s).exists() for n in ("aenet", "acnet") for s in (".onnx", ".pt"))
 needs_shipped = pytest.mark.skipif(not SHIPPED, reason="AENet/ACNet weights are not shipped")
@@ -100,7 +100,7 @@ def test_export_to_onnx_matches_torch(module, tmp_path: Path):
 
 # -- training smoke runs ------------------------------------------------------------------------
 def test_aenet_quick_training_writes_its_files(tmp_path: Path):
-    from scopeflow.training import aenet as training
+    from scopeflow_lab.training import aenet as training
 
     summary = training.train(tmp_path, quick=True, progress=lambda s: None)
     for name in ("aenet.pt", "loss_curve.png", "metrics.json"):
@@ -110,7 +110,7 @@ def test_aenet_quick_training_writes_its_files(tmp_path: Path):
 
 @needs_shipped
 def test_acnet_quick_training_writes_its_files(tmp_path: Path):
-    from scopeflow.training import acnet as training
+    from scopeflow_lab.training import acnet as training
 
     summary = training.train(tmp_path, quick=True, progress=lambda s: None)
     for name in ("acnet.pt", "loss_curve.png", "metrics.json"):

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import zmq
 
-from scopeflow.acquisition.insitu import InSituConfig, SimulatedInSituCamera
-from scopeflow.acquisition.optical import OpticalConfig, SimulatedOpticalMicroscope
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.inference.models.denoiser import noise_level
 from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.schemas.codec import Message, decode
 from scopeflow.schemas.results import DetectionsResult, FocusEstimate
 from scopeflow.schemas.series import DenoisedHeader
 from scopeflow.transport.streams import send
+from scopeflow_lab.sim.insitu import InSituConfig, SimulatedInSituCamera
+from scopeflow_lab.sim.optical import OpticalConfig, SimulatedOpticalMicroscope
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 from children import header_for
 from harness import pipeline, running

@@ -14,7 +14,6 @@ import zmq
 import zmq.auth
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.devices.remote import CommandRejected, MicroscopeClient
 from scopeflow.errors import LimitError, PeerTimeout
 from scopeflow.inference.node import InferConfig, InferNode
@@ -24,6 +23,7 @@ from scopeflow.schemas.results import FocusEstimate
 from scopeflow.scopes.results import ResultSubscriber
 from scopeflow.transport.endpoints import CurveClientKeys, CurveServerKeys
 from scopeflow.transport.streams import LosslessReceiver, send
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 from children import header_for
 from harness import autofocus_record, pipeline, remote_autofocus, running

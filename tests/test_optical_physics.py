@@ -18,7 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.optical import (
+from scopeflow.devices.limits import guard
+from scopeflow.devices.protocols import Microscope
+from scopeflow.errors import LimitError
+from scopeflow.schemas.state import optical_depth_of_field_um
+from scopeflow_lab.sim.optical import (
     GRAPHENE,
     HBN,
     Camera,
@@ -35,12 +39,8 @@ from scopeflow.acquisition.optical import (
     reflectance_rgb,
     stack_reflectance,
 )
-from scopeflow.acquisition.optical.thinfilm import WAVELENGTHS_NM, si_index, sio2_index
-from scopeflow.acquisition.truth import DatasetSource
-from scopeflow.devices.limits import guard
-from scopeflow.devices.protocols import Microscope
-from scopeflow.errors import LimitError
-from scopeflow.schemas.state import optical_depth_of_field_um
+from scopeflow_lab.sim.optical.thinfilm import WAVELENGTHS_NM, si_index, sio2_index
+from scopeflow_lab.sim.truth import DatasetSource
 
 from fakes import FakeClock
 

@@ -11,12 +11,12 @@ import zmq
 from legacy_microscope import LegacyMicroscope
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
-from scopeflow.acquisition.sem import SEMConfig, SimulatedSEM
 from scopeflow.errors import PeerTimeout
 from scopeflow.inference.node import InferConfig, InferNode
 from scopeflow.jobs.autofocus import AutofocusJob
 from scopeflow.schemas.state import depth_of_field_um
 from scopeflow.scopes.remote import RemoteScope
+from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
 
 from harness import pipeline, run_remote, running
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import useq
 
-from scopeflow.acquisition.optical import OpticalConfig, SimulatedOpticalMicroscope
 from scopeflow.jobs.autofocus import AutofocusJobConfig
 from scopeflow.jobs.runner import RunnerConfig, run_job
 from scopeflow.jobs.scan import ScanJob
 from scopeflow.scopes.local import LocalScope
+from scopeflow_lab.sim.optical import OpticalConfig, SimulatedOpticalMicroscope
 
 from harness import pipeline, run_remote
 

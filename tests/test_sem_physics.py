@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from scopeflow.acquisition.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM, make_specimen
 from scopeflow.devices.limits import guard
 from scopeflow.devices.protocols import Microscope
 from scopeflow.errors import DeviceError, LimitError
+from scopeflow_lab.sim.sem import SPECIMEN_FAMILIES, SEMConfig, SimulatedSEM, make_specimen
 
 from fakes import FakeClock
 

@@ -17,8 +17,8 @@ from scopeflow.inference.models.registry import (
     model_module,
     shipped_models,
 )
-from scopeflow.training import particle_detector as particle_training
-from scopeflow.training.export import PARITY_TOLERANCE, ship
+from scopeflow_lab.training import particle_detector as particle_training
+from scopeflow_lab.training.export import PARITY_TOLERANCE, ship
 
 CARD_SECTIONS = ("## Training data", "## Held-out metrics", "## Known limits")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from scopeflow.acquisition.insitu import InSituConfig, SimulatedInSituCamera
 from scopeflow.metrics import NodeMetrics
 from scopeflow.transport.streams import LosslessReceiver
+from scopeflow_lab.sim.insitu import InSituConfig, SimulatedInSituCamera
 
 from harness import pipeline
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from scopeflow.acquisition.optical import GRAPHENE, HBN, SpectralModel, contrast_rgb
+from scopeflow_lab.sim.optical import GRAPHENE, HBN, SpectralModel, contrast_rgb
 
 model = SpectralModel()
 oxide = np.linspace(50, 350, 151)

@@ -1,13 +1,15 @@
 """The ``mmcore`` device adapter: any Micro-Manager-configured microscope through pymmcore-plus.
 
 ``mmcore:PATH/TO/MMConfig.cfg[,KEY=VALUE...]`` loads a Micro-Manager configuration into a
-``pymmcore_plus.CMMCorePlus`` and drives its camera, focus drive and XY stage;
-``mmcore:sim`` builds a ``UniMMCore`` with pure-Python devices around scopeflow's simulated
-optical microscope (:mod:`scopeflow.acquisition.mm_sim`), so the whole path is tested without
-hardware. Keys: ``z_min_um``, ``z_max_um`` (required for a real configuration: Micro-Manager
-does not know how far a Z drive may safely go), ``max_z_step_um``, ``stage_min_um``,
-``stage_max_um``, ``numerical_aperture`` (for the depth of field the autofocus works in),
-``pixel_size_um`` and ``magnification`` (when the configuration has no pixel-size preset).
+``pymmcore_plus.CMMCorePlus`` and drives its camera, focus drive and XY stage.
+``mmcore:NAME`` builds a core registered under NAME in the ``scopeflow.mmcore`` entry-point
+group: the lab registers ``sim``, a ``UniMMCore`` with pure-Python devices around the simulated
+optical microscope, so the whole path is tested without hardware.
+
+Keys: ``z_min_um``, ``z_max_um`` (required for a real configuration: Micro-Manager does not know
+how far a Z drive may safely go), ``max_z_step_um``, ``stage_min_um``, ``stage_max_um``,
+``numerical_aperture`` (for the depth of field the autofocus works in), ``pixel_size_um`` and
+``magnification`` (when the configuration has no pixel-size preset).
 
 Frames: ``getImage()`` as pymmcore-plus returns it; colour cameras come as (rows, cols, 3) in
 RGB order (pymmcore-plus converts Micro-Manager's BGRA). Needs the ``mm`` extra.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ import numpy as np
 from scopeflow.devices.protocols import Frame
 from scopeflow.errors import DeviceError, UsageError
 from scopeflow.schemas.state import Limits, MicroscopeState
+
+CORES_GROUP = "scopeflow.mmcore"
 
 
 @dataclass(frozen=True)
@@ -146,11 +151,10 @@ def open_mmcore(arg: str) -> MMCoreMicroscope:
         ) from None
     finally:
         root.setLevel(level)  # importing pymmcore-plus sets the root logger to DEBUG
-    if target == "sim":
-        from scopeflow.acquisition.mm_sim import simulated_core
-
-        core, defaults = simulated_core()
-        return MMCoreMicroscope(core, MMOptions(**{**defaults, **given}), name="mmcore:sim")
+    built = {ep.name: ep for ep in entry_points(group=CORES_GROUP)}
+    if target in built:  # a registered core (mmcore:sim): it brings its limits and optics
+        core, defaults = built[target].load()()
+        return MMCoreMicroscope(core, MMOptions(**{**defaults, **given}), name=f"mmcore:{target}")
     path = Path(target)
     if not path.is_file():
         raise UsageError(f"no Micro-Manager configuration at {path}")

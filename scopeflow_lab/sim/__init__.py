@@ -1,0 +1,1 @@
+"""Physics-based simulators (SEM, optical flake chip, in-situ TEM) and the ``sim`` adapter."""
