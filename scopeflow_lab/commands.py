@@ -34,6 +34,8 @@ def _cmd_simulate(args) -> int:
 def _cmd_train(args) -> int:
     import importlib
 
+    _require_lab_extra("train", "torch", "onnx")
+
     out = args.out or Path("runs") / f"train-{args.model}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     trainer = importlib.import_module(f"scopeflow_lab.training.{args.model}")
@@ -54,6 +56,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    _require_lab_extra("export", "torch", "onnx")
     from scopeflow.inference.models.registry import WEIGHTS_DIR
     from scopeflow_lab.training.export import export_onnx, ship
 
@@ -85,7 +88,7 @@ def _require_lab_extra(command: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(
-            f"scopeflow bench {command} needs {', '.join(missing)} from the lab "
+            f"scopeflow {command} needs {', '.join(missing)} from the lab "
             "extra: pip install -e '.[lab]' (or run it through make bench)"
         )
 
@@ -93,7 +96,7 @@ def _require_lab_extra(command: str, *modules: str) -> None:
 def _cmd_bench_autofocus(args) -> int:
     from scopeflow_lab.bench.report import run_autofocus_bench
 
-    _require_lab_extra("autofocus", "mapfost", "scipy", "skimage")
+    _require_lab_extra("bench autofocus", "mapfost", "scipy", "skimage")
 
     return run_autofocus_bench(trials=args.trials, json_path=args.json, quick=args.quick)
 
@@ -103,7 +106,7 @@ def _cmd_bench_aenet_response(args) -> int:
 
     if args.trials < 3:
         raise SystemExit("--trials must be at least 3 (every third trial is held out)")
-    _require_lab_extra("aenet-response", "scipy")
+    _require_lab_extra("bench aenet-response", "scipy")
     return run_aenet_response_bench(trials=args.trials, seed=args.seed, json_path=args.json)
 
 
