@@ -183,3 +183,26 @@ def test_the_job_side_runs_no_model_code():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_run_scan_follows_a_useq_plan_file(tmp_path):
+    import useq
+
+    plan = useq.MDASequence(
+        stage_positions=[(1000.0, -500.0), (-1500.0, 2000.0)],
+        grid_plan=useq.GridRowsColumns(rows=1, columns=1),
+    )
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.model_dump_json())
+    res = _run(
+        "run", "scan", "--scope", "sim:optical,settle_s=0", "--plan", str(plan_file),
+        "--focus-model", "tenengrad", "--out", str(tmp_path / "scan"), timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "scan" / "outcome.json").read_text())
+    tiles = doc["details"]["tiles"]
+    assert [(t["x_um"], t["y_um"]) for t in tiles] == [(1000.0, -500.0), (-1500.0, 2000.0)]
+    assert doc["figures"]["tiles_focused"] == 2
+    bad = _run("run", "scan", "--scope", "sim:optical", "--plan", str(tmp_path / "none.json"),
+               "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert bad.returncode == 2 and "cannot read the plan" in bad.stderr
