@@ -87,7 +87,13 @@ class ModelUnavailable(ScopeflowError):
 
 
 #: Exit status of a job outcome that did not reach its goal, by the outcome's reason.
-EXIT_BY_REASON = {"timeout": 3, "limit": 4, "device_error": 5, "model_unavailable": 8}
+EXIT_BY_REASON = {
+    "usage": 2,
+    "timeout": 3,
+    "limit": 4,
+    "device_error": 5,
+    "model_unavailable": 8,
+}
 
 
 def exit_code_for(reached_goal: bool, reason: str) -> int:

@@ -176,6 +176,7 @@ class Detect:
                     computed_monotonic_ns=time.monotonic_ns(),
                     state=h.state,
                     detections=found,
+                    frame_shape=(int(h.shape[0]), int(h.shape[1])),
                 ),
                 (),
             )

@@ -16,7 +16,13 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from scopeflow.errors import LimitError, ModelUnavailable, PeerTimeout, ScopeflowError
+from scopeflow.errors import (
+    LimitError,
+    ModelUnavailable,
+    PeerTimeout,
+    ScopeflowError,
+    UsageError,
+)
 from scopeflow.scopes.base import ScopeStatus, Shot
 
 
@@ -100,12 +106,14 @@ class Job(Protocol):
 
 
 def failure_reason(exc: ScopeflowError) -> str:
-    """The outcome reason for a failure thrown into a job: timeout, limit, model_unavailable
-    or device_error."""
+    """The outcome reason for a failure thrown into a job: timeout, limit, model_unavailable,
+    usage or device_error."""
     if isinstance(exc, PeerTimeout):
         return "timeout"
     if isinstance(exc, LimitError) or exc.code in ("limit", "rate_limited"):
         return "limit"
     if isinstance(exc, ModelUnavailable):
         return "model_unavailable"
+    if isinstance(exc, UsageError):  # options that cannot work here (a region off the stage)
+        return "usage"
     return "device_error"

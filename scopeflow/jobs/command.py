@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    args.out = out  # jobs that write result files write them here
     try:
         job = args.job_class.from_args(args)
     except ValueError as exc:

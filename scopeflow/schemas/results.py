@@ -83,6 +83,12 @@ class DetectionsResult(Header):
     computed_monotonic_ns: Int64
     state: MicroscopeState
     detections: Annotated[list[Detection], Field(max_length=100_000)]
+    frame_shape: (
+        tuple[Annotated[int, Field(ge=1, le=65536)], Annotated[int, Field(ge=1, le=65536)]] | None
+    ) = Field(
+        default=None,
+        description="(rows, cols) of the frame the pixel coordinates refer to. Since 1.3.",
+    )
 
 
 ResultKind = Literal["focus", "detections", "denoised"]

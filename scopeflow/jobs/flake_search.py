@@ -1,0 +1,298 @@
+"""The ``flake-search`` job: scan a chip, catalog every flake in stage coordinates.
+
+1. One frame where the stage stands gives the tile's size (rows × cols × pixel size).
+2. A serpentine grid of tiles covers the region with the asked overlap, inside the stage limits.
+3. Autofocus (the project's own job) at a grid of focus points; a plane or a quadratic through
+   them is the chip's focus surface (:mod:`scopeflow.jobs.flakes.focus_surface`).
+4. Each tile: move, set focus from the surface, take a frame, read focus and detections. A tile
+   that reads blurred is refocused (counted), its point joins the surface; one still blurred is
+   kept but flagged, never passed off as sharp.
+5. Detections go into the catalog in stage coordinates, each flake once across overlaps
+   (:mod:`scopeflow.jobs.flakes.catalog`); ``catalog.json``, ``catalog.csv`` and a chip map
+   are written to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from scopeflow.errors import ScopeflowError, UsageError
+from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
+from scopeflow.jobs.base import (
+    JobOutcome,
+    JobPlan,
+    MoveFocus,
+    MoveStage,
+    Progress,
+    Snap,
+    failure_reason,
+)
+from scopeflow.jobs.flakes.catalog import Catalog
+from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points
+from scopeflow.jobs.flakes.tiles import TileGeometry, plan_tiles
+from scopeflow.scopes.base import ScopeStatus
+
+BLURRED_DOF = 1.0  # AENet reading above this: the tile is out of focus
+CLASSICAL_DROP = 0.5  # a classical score below this × the median of sharp tiles: out of focus
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` in µm."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--region {text!r} is not X0,Y0,X1,Y1 (µm)") from None
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def chip_region(text: str) -> tuple[float, float, float, float]:
+    """``W,H`` in mm: a chip of that size centred on the stage origin."""
+    try:
+        w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--chip-mm {text!r} is not W,H (mm)") from None
+    if not (w > 0 and h > 0):
+        raise UsageError("--chip-mm needs a positive width and height")
+    return (-w * 500.0, -h * 500.0, w * 500.0, h * 500.0)
+
+
+class FlakeSearchJob:
+    """Scan a chip tile by tile and catalog every flake in stage coordinates."""
+
+    name = "flake-search"
+    needs = ("focus", "detections")
+
+    def __init__(
+        self,
+        region: tuple[float, float, float, float],
+        out_dir: Path,
+        *,
+        overlap: float = 0.1,
+        focus_grid: int = 3,
+        surface: str = "auto",
+        autofocus: AutofocusJobConfig | None = None,
+        refocus: bool = True,
+        approach_um: float = 10.0,
+    ) -> None:
+        self.region = region
+        self.out_dir = Path(out_dir)
+        self.overlap = overlap
+        self.focus_grid = focus_grid
+        self.surface_kind = surface
+        self.autofocus = autofocus or AutofocusJobConfig()
+        self.refocus = refocus
+        self.approach_um = approach_um
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument(
+            "--region",
+            help="X0,Y0,X1,Y1: the area to scan, stage µm (--region=-500,... when X0 < 0)",
+        )
+        where.add_argument("--chip-mm", help="W,H: a chip of this size centred on the origin")
+        parser.add_argument(
+            "--overlap", type=float, default=0.1, help="between tiles, fraction of the field"
+        )
+        parser.add_argument(
+            "--focus-grid", type=int, default=3, help="N: autofocus at N × N points first"
+        )
+        parser.add_argument(
+            "--surface",
+            choices=["auto", "plane", "quadratic"],
+            default="auto",
+            help="focus surface through the focus points (auto: quadratic if clearly better)",
+        )
+        parser.add_argument(
+            "--no-refocus", action="store_true", help="flag blurred tiles without refocusing"
+        )
+        parser.add_argument(
+            "--approach-um",
+            type=float,
+            default=10.0,
+            help="reach every position from this far below in x and y, so the stage's "
+            "backlash is the same everywhere (0: move directly)",
+        )
+        AutofocusJob.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FlakeSearchJob:
+        region = parse_region(args.region) if args.region else chip_region(args.chip_mm)
+        if args.focus_grid < 1:
+            raise UsageError("--focus-grid must be at least 1")
+        return cls(
+            region,
+            args.out,
+            overlap=args.overlap,
+            focus_grid=args.focus_grid,
+            surface=args.surface,
+            autofocus=AutofocusJob.config_from_args(args),
+            refocus=not args.no_refocus,
+            approach_um=args.approach_um,
+        )
+
+    # -- the plan -----------------------------------------------------------------------------
+    def plan(self, status: ScopeStatus) -> JobPlan:
+        t0 = time.monotonic()
+        self.catalog = catalog = Catalog()
+        self.tiles_done: list[dict[str, Any]] = []
+        self.refocus_count = 0
+        self.points: list[tuple[float, float, float]] = []
+        self.surface: FocusSurface | None = None
+        reason, message = "done", ""
+        try:
+            first = yield Snap(self.needs)
+            geometry = _geometry(first.results["detections"])
+            tiles = plan_tiles(self.region, geometry, self.overlap, status.limits)
+            for i, (x, y) in enumerate(self._focus_points(status)):
+                yield Progress(i, self.focus_grid**2, "focus points")
+                yield from self._focus_at(x, y, status)
+            if not self.points:
+                raise _Stop("no_focus", "autofocus converged at none of the focus points")
+            self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
+            sharp_scores: list[float] = []
+            for i, (x, y) in enumerate(tiles):
+                yield from self._move_to(x, y, status)
+                yield MoveFocus(self._predicted(x, y, status))
+                obs = yield Snap(self.needs)
+                blurred = _blurred(obs.results["focus"], sharp_scores)
+                if blurred and self.refocus:
+                    self.refocus_count += 1
+                    if (yield from self._focus_at(x, y, status)):
+                        self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
+                        obs = yield Snap(self.needs)
+                        blurred = _blurred(obs.results["focus"], sharp_scores)
+                focus = obs.results["focus"]
+                if not blurred:
+                    sharp_scores.append(focus.score)
+                found = obs.results["detections"]
+                catalog.add_tile(
+                    found.detections,
+                    tile=i,
+                    centre=(x, y),
+                    geometry=geometry,
+                    focus_score=focus.score,
+                    blurred=blurred,
+                    magnification=found.state.magnification,
+                    model=found.model,
+                    time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                )
+                self.tiles_done.append(
+                    {
+                        "tile": i,
+                        "x_um": x,
+                        "y_um": y,
+                        "width_um": geometry.width_um,
+                        "height_um": geometry.height_um,
+                        "blurred": blurred,
+                        "focus_score": focus.score,
+                    }
+                )
+                minutes = max((time.monotonic() - t0) / 60, 1e-9)
+                mm2 = len(self.tiles_done) * geometry.width_um * geometry.height_um * 1e-6
+                rate = f"{len(catalog.entries)} flakes, {mm2 / minutes:.2f} mm²/min"
+                yield Progress(i + 1, len(tiles), f"tiles, {rate}")
+        except _Stop as stop:
+            reason, message = stop.reason, stop.message
+        except ScopeflowError as exc:
+            reason, message = failure_reason(exc), exc.reason
+        return self._finish(reason, message, time.monotonic() - t0)
+
+    def _focus_points(self, status: ScopeStatus) -> list[tuple[float, float]]:
+        lim = status.limits
+        return [
+            (
+                min(max(x, lim.stage_x_min_um), lim.stage_x_max_um),
+                min(max(y, lim.stage_y_min_um), lim.stage_y_max_um),
+            )
+            for x, y in focus_points(self.region, self.focus_grid)
+        ]
+
+    def _move_to(self, x: float, y: float, status: ScopeStatus) -> JobPlan:
+        """Move to (x, y), arriving from below in x and y (one-way approach): a stage's
+        backlash then shifts every tile alike instead of by direction of travel."""
+        if self.approach_um > 0:
+            lim = status.limits
+            yield MoveStage(
+                max(x - self.approach_um, lim.stage_x_min_um),
+                max(y - self.approach_um, lim.stage_y_min_um),
+            )
+        return (yield MoveStage(x, y))
+
+    def _focus_at(self, x: float, y: float, status: ScopeStatus) -> JobPlan:
+        """Move to (x, y) and autofocus; a converged focus joins the surface's points."""
+        obs = yield from self._move_to(x, y, status)
+        done = yield from AutofocusJob(self.autofocus).plan(obs.status)
+        if done.reason in ("timeout", "device_error"):
+            raise _Stop(done.reason, done.message)
+        if done.reached_goal and done.details.get("final_wd_um") is not None:
+            self.points.append((x, y, float(done.details["final_wd_um"])))
+            return True
+        return False
+
+    def _predicted(self, x: float, y: float, status: ScopeStatus) -> float:
+        assert self.surface is not None
+        lim = status.limits
+        return min(max(self.surface.predict(x, y), lim.wd_min_um), lim.wd_max_um)
+
+    def _finish(self, reason: str, message: str, seconds: float) -> JobOutcome:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        catalog = self.catalog
+        meta = {
+            "job": self.name,
+            "region_um": list(self.region),
+            "focus_surface": self.surface.to_dict() if self.surface else None,
+            "focus_points": [list(p) for p in self.points],
+            "tiles": self.tiles_done,
+        }
+        files = [str(p) for p in catalog.write(self.out_dir, meta)]
+        if self.tiles_done:
+            from scopeflow.jobs.flakes.chip_map import draw_chip_map
+
+            files.append(str(draw_chip_map(self.out_dir / "chip_map.png", catalog, meta)))
+        blurred = sum(t["blurred"] for t in self.tiles_done)
+        return JobOutcome(
+            self.name,
+            reason,
+            reason == "done",
+            message or f"{len(self.tiles_done)} tiles, {len(catalog.entries)} flakes",
+            figures={
+                "tiles": len(self.tiles_done),
+                "flakes": len(catalog.entries),
+                "duplicates_merged": catalog.duplicates_merged,
+                "refocus_count": self.refocus_count,
+                "blurred_tiles": blurred,
+                "focus_surface": self.surface.kind if self.surface else None,
+                "focus_surface_rms_um": self.surface.rms_um if self.surface else None,
+                "minutes": seconds / 60,
+            },
+            details={**meta, "files": files},
+        )
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def _geometry(detections: Any) -> TileGeometry:
+    if detections.frame_shape is None:
+        raise _Stop("device_error", "the detector reports no frame shape (protocol < 1.3)")
+    rows, cols = detections.frame_shape
+    return TileGeometry(rows, cols, detections.state.pixel_size_nm / 1e3)
+
+
+def _blurred(focus: Any, sharp_scores: list[float]) -> bool:
+    """Out of focus: AENet reads more than BLURRED_DOF, or (classical metric) the score fell
+    below CLASSICAL_DROP × the median of the sharp tiles so far."""
+    if focus.signal != "ok":
+        return True
+    if focus.abs_defocus_dof is not None:
+        return focus.abs_defocus_dof > BLURRED_DOF
+    return bool(sharp_scores) and focus.score < CLASSICAL_DROP * median(sharp_scores)

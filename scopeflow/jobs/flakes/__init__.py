@@ -1,0 +1,1 @@
+"""Automated flake search: plan, focus surface, tiles in stage coordinates, catalog."""

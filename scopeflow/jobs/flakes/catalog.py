@@ -1,0 +1,192 @@
+"""The flake catalog: detections of every tile in stage coordinates, each flake once.
+
+A flake on the overlap of two tiles is detected twice. Entries of the same material whose
+stage-coordinate boxes overlap (IoU ≥ ``DUPLICATE_IOU``) are one flake; the view kept is the one
+whole in its tile (not touching the frame's edge), else the larger one. Sizes come from the
+mask: area, and the sides of its minimum-area rectangle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from scopeflow.jobs.flakes.tiles import TileGeometry
+from scopeflow.schemas.results import Detection
+
+DUPLICATE_IOU = 0.3
+EDGE_PX = 2  # a box this close to the frame's edge is cut by it
+
+
+@dataclass
+class FlakeEntry:
+    """One flake of the catalog (units in the names; stage µm)."""
+
+    id: int
+    x_um: float
+    y_um: float
+    bbox_um: tuple[float, float, float, float]  # x0, y0, x1, y1
+    area_um2: float
+    min_side_um: float
+    max_side_um: float
+    aspect: float
+    material: str
+    layers: int | str | None
+    flake_class: str
+    score: float
+    tile: int
+    tile_x_um: float
+    tile_y_um: float
+    bbox_px: tuple[float, float, float, float]
+    cut_by_edge: bool
+    focus_score: float | None
+    blurred: bool
+    magnification: float | None
+    pixel_size_um: float
+    model: str
+    time: str
+    seen_in_tiles: list[int] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for the CSV."""
+        d = asdict(self)
+        x0, y0, x1, y1 = d.pop("bbox_um")
+        d.update(bbox_x0_um=x0, bbox_y0_um=y0, bbox_x1_um=x1, bbox_y1_um=y1)
+        d.pop("bbox_px")
+        d["seen_in_tiles"] = " ".join(str(t) for t in d["seen_in_tiles"])
+        return d
+
+
+CSV_FIELDS = [
+    *(f.name for f in fields(FlakeEntry) if f.name not in ("bbox_um", "bbox_px")),
+    "bbox_x0_um",
+    "bbox_y0_um",
+    "bbox_x1_um",
+    "bbox_y1_um",
+]
+
+
+def _mask_sides(det: Detection, pixel_um: float) -> tuple[float, float]:
+    """(min, max) side of the mask's minimum-area rectangle, µm (bbox sides without a mask)."""
+    if det.mask is None:
+        w, h = det.bbox_xywh_px[2:]
+        return min(w, h) * pixel_um, max(w, h) * pixel_um
+    from pycocotools import mask as mask_utils
+
+    rle = {"size": list(det.mask.size), "counts": det.mask.counts.encode()}
+    ys, xs = np.nonzero(mask_utils.decode(rle))
+    (_, _), (w, h), _ = cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))
+    return (min(w, h) + 1) * pixel_um, (max(w, h) + 1) * pixel_um
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Catalog:
+    """Flakes in stage coordinates, deduplicated as tiles are added."""
+
+    def __init__(self) -> None:
+        self.entries: list[FlakeEntry] = []
+        self.duplicates_merged = 0
+        self._next_id = 1
+
+    def add_tile(
+        self,
+        detections: list[Detection],
+        *,
+        tile: int,
+        centre: tuple[float, float],
+        geometry: TileGeometry,
+        focus_score: float | None,
+        blurred: bool,
+        magnification: float | None,
+        model: str,
+        time: str,
+    ) -> int:
+        """Add one tile's detections; the number of new flakes (the rest were duplicates)."""
+        new = 0
+        p = geometry.pixel_um
+        for det in detections:
+            x, y, w, h = det.bbox_xywh_px
+            (bx0, by0), (bx1, by1) = (
+                geometry.to_stage(x - 0.5, y - 0.5, centre),
+                geometry.to_stage(x + w - 0.5, y + h - 0.5, centre),
+            )
+            cx, cy = geometry.to_stage(*det.centroid_xy_px, centre)
+            lo, hi = _mask_sides(det, p)
+            cut = (
+                x <= EDGE_PX
+                or y <= EDGE_PX
+                or x + w >= geometry.cols - EDGE_PX
+                or y + h >= geometry.rows - EDGE_PX
+            )
+            attrs = det.attributes
+            entry = FlakeEntry(
+                id=0,
+                x_um=cx,
+                y_um=cy,
+                bbox_um=(bx0, by0, bx1, by1),
+                area_um2=det.area_px * p * p,
+                min_side_um=lo,
+                max_side_um=hi,
+                aspect=hi / lo if lo > 0 else math.inf,
+                material=str(attrs.get("material", det.category)),
+                layers=attrs.get("layers"),  # type: ignore[arg-type]
+                flake_class=str(attrs.get("class", det.category)),
+                score=det.score,
+                tile=tile,
+                tile_x_um=centre[0],
+                tile_y_um=centre[1],
+                bbox_px=(x, y, w, h),
+                cut_by_edge=cut,
+                focus_score=focus_score,
+                blurred=blurred,
+                magnification=magnification,
+                pixel_size_um=p,
+                model=model,
+                time=time,
+                seen_in_tiles=[tile],
+            )
+            new += self._merge(entry)
+        return new
+
+    def _merge(self, entry: FlakeEntry) -> int:
+        for i, old in enumerate(self.entries):
+            if old.material != entry.material or _iou(old.bbox_um, entry.bbox_um) < DUPLICATE_IOU:
+                continue
+            self.duplicates_merged += 1
+            new_is_better = (old.cut_by_edge, -old.area_um2) > (entry.cut_by_edge, -entry.area_um2)
+            if new_is_better:  # whole where the old view was cut, or larger: it replaces it
+                entry.id, entry.seen_in_tiles = old.id, [*old.seen_in_tiles, entry.tile]
+                self.entries[i] = entry
+            else:
+                old.seen_in_tiles.append(entry.tile)
+            return 0
+        entry.id = self._next_id
+        self._next_id += 1
+        self.entries.append(entry)
+        return 1
+
+    def write(self, out: Path, meta: dict[str, Any]) -> list[Path]:
+        """``catalog.json`` (meta + entries) and ``catalog.csv`` (one row per flake)."""
+        doc = {**meta, "flakes": [asdict(e) for e in self.entries]}
+        json_path = out / "catalog.json"
+        json_path.write_text(json.dumps(doc, indent=2))
+        csv_path = out / "catalog.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(e.row() for e in self.entries)
+        return [json_path, csv_path]

@@ -1,0 +1,180 @@
+"""Flake search: the focus surface, the tile plan, pixel → stage against the simulator's own
+geometry, deduplication across overlaps, and the job end to end with its catalog files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scopeflow.errors import UsageError
+from scopeflow.jobs.flake_search import FlakeSearchJob
+from scopeflow.jobs.flakes.catalog import CSV_FIELDS, DUPLICATE_IOU
+from scopeflow.jobs.flakes.focus_surface import fit_surface, focus_points
+from scopeflow.jobs.flakes.tiles import TileGeometry, plan_tiles
+from scopeflow.jobs.runner import run_job
+from scopeflow.schemas.state import Limits
+from scopeflow.scopes.local import LocalScope
+from scopeflow_lab.sim.optical import OpticalConfig, SimulatedOpticalMicroscope
+
+SF = [sys.executable, "-m", "scopeflow"]
+LIMITS = Limits(
+    wd_min_um=0, wd_max_um=5000, stage_x_min_um=-5000, stage_x_max_um=5000,
+    stage_y_min_um=-5000, stage_y_max_um=5000,
+)  # fmt: skip
+
+
+def _optical(**kw) -> SimulatedOpticalMicroscope:
+    return SimulatedOpticalMicroscope(
+        OpticalConfig(seed=7, z_settle_s=0.0, stage_settle_s=0.0, **kw)
+    )
+
+
+# -- focus surface -------------------------------------------------------------------------
+
+
+def test_a_plane_and_a_bowed_surface_are_recovered():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(-4000, 4000, (9, 2))
+
+    def plane(x, y):
+        return 2500 + 0.004 * x - 0.002 * y
+
+    def bowed(x, y):
+        return plane(x, y) + 3e-7 * (x * x + y * y)
+
+    for truth, kind in ((plane, "plane"), (bowed, "quadratic")):
+        s = fit_surface([(x, y, truth(x, y)) for x, y in xy])
+        assert s.kind == kind and s.rms_um < 1e-6
+        for x, y in rng.uniform(-4000, 4000, (20, 2)):
+            assert s.predict(x, y) == pytest.approx(truth(x, y), abs=1e-6)
+    # Too few points for a quadratic: the plane, and asking for one is refused.
+    assert fit_surface([(x, y, bowed(x, y)) for x, y in xy[:5]]).kind == "plane"
+    with pytest.raises(ValueError, match="at least 6"):
+        fit_surface([(x, y, bowed(x, y)) for x, y in xy[:5]], "quadratic")
+    assert fit_surface([(0, 0, 7.0)]).predict(100, 100) == 7.0
+    two = fit_surface([(0, 0, 0.0), (1000, 0, 2.0)])
+    assert two.predict(500, 300) == pytest.approx(1.0)
+
+
+def test_the_simulated_chips_focus_is_predicted_within_half_a_depth_of_field():
+    sim = _optical()
+    dof = sim.state().depth_of_field_um()
+    region = (-4000.0, -4000.0, 4000.0, 4000.0)
+    truth = sim.config.focus_z_at
+    surface = fit_surface([(x, y, truth(x, y)) for x, y in focus_points(region, 3)])
+    errors = [abs(surface.predict(x, y) - truth(x, y))
+              for x, y in np.random.default_rng(2).uniform(-4000, 4000, (50, 2))]  # fmt: skip
+    assert max(errors) <= 0.5 * dof, (surface.kind, max(errors), dof)
+
+
+# -- tiles -----------------------------------------------------------------------------------
+
+
+def test_tiles_cover_the_region_with_the_overlap_asked_for_and_snake():
+    geometry = TileGeometry(rows=400, cols=600, pixel_um=1.0)
+    region = (-1000.0, -500.0, 1000.0, 700.0)
+    tiles = plan_tiles(region, geometry, 0.1, LIMITS)
+    for x, y in np.random.default_rng(3).uniform((-1000, -500), (1000, 700), (300, 2)):
+        assert any(abs(x - tx) <= 300 and abs(y - ty) <= 200 for tx, ty in tiles), (x, y)
+    xs = sorted({t[0] for t in tiles})
+    assert all(np.diff(xs) <= 0.9 * 600 + 1e-6)  # neighbours overlap by ≥ 10 %
+    rows = [t[1] for t in tiles]
+    first_row = [t for t in tiles if t[1] == rows[0]]
+    second_row = [t for t in tiles if t[1] == sorted(set(rows), reverse=True)[1]]
+    assert [t[0] for t in first_row] == sorted(t[0] for t in first_row)
+    assert [t[0] for t in second_row] == sorted((t[0] for t in second_row), reverse=True)
+
+
+def test_tiles_stay_inside_the_stage_limits_and_a_region_outside_is_refused():
+    geometry = TileGeometry(rows=400, cols=600, pixel_um=1.0)
+    tiles = plan_tiles((4000.0, 4000.0, 6000.0, 6000.0), geometry, 0.1, LIMITS)
+    assert all(t[0] <= 5000 and t[1] <= 5000 for t in tiles)
+    with pytest.raises(UsageError, match="outside the stage limits"):
+        plan_tiles((6000.0, 6000.0, 7000.0, 7000.0), geometry, 0.1, LIMITS)
+
+
+def test_pixel_to_stage_agrees_with_the_simulators_rendering():
+    """The same flake seen from two stage positions lands on the same stage coordinates, and
+    on the simulator's own record of where it lies."""
+    sim = _optical()
+    p = sim.state().pixel_size_nm / 1e3
+    seen = {}
+    for target in ((0.0, 0.0), (60.0, -40.0)):
+        sim.move_stage(*target)
+        frame, truth = sim.acquire_with_truth()
+        # Where the stage really stands (its backlash differs from the target): this tests the
+        # camera geometry; the job's one-way approach deals with the backlash.
+        centre = (truth.attributes["actual_x_um"], truth.attributes["actual_y_um"])
+        geometry = TileGeometry(frame.pixels.shape[0], frame.pixels.shape[1], p)
+        for obj in truth.objects:
+            if obj.attributes.get("kind") != "flake" or obj.attributes.get("truncated"):
+                continue
+            rows, cols = np.nonzero(obj.mask)
+            seen.setdefault(obj.attributes["object_id"], []).append(
+                (geometry.to_stage(cols.mean(), rows.mean(), centre), obj.attributes["centre_um"])
+            )
+    both = [v for v in seen.values() if len(v) == 2]
+    assert len(both) >= 3
+    for (a, chip_centre), (b, _) in both:
+        assert np.hypot(a[0] - b[0], a[1] - b[1]) <= 2 * p  # same place from either frame
+        assert np.hypot(a[0] - chip_centre[0], a[1] - chip_centre[1]) <= 25.0  # within a flake
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+
+def test_flake_search_catalogs_each_flake_once_in_stage_coordinates(tmp_path):
+    sim = _optical()
+    job = FlakeSearchJob((-500.0, -350.0, 500.0, 350.0), tmp_path, overlap=0.2, focus_grid=2)
+    outcome, stats = run_job(job, LocalScope(sim, models={"focus": "tenengrad"}))
+    assert outcome.reached_goal, outcome.message
+    doc = json.loads((tmp_path / "catalog.json").read_text())
+    flakes = doc["flakes"]
+    assert outcome.figures["flakes"] == len(flakes) > 5
+    assert outcome.figures["duplicates_merged"] >= 1  # the overlaps saw some flakes twice
+    # No two entries of one material overlap: each flake once.
+    for i, a in enumerate(flakes):
+        for b in flakes[i + 1 :]:
+            if a["material"] == b["material"]:
+                ax0, ay0, ax1, ay1 = a["bbox_um"]
+                bx0, by0, bx1, by1 = b["bbox_um"]
+                inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(
+                    0, min(ay1, by1) - max(ay0, by0)
+                )
+                union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+                assert inter / union < DUPLICATE_IOU, (a["id"], b["id"])
+    # Against the chip's truth: every catalogued flake lies on a real flake of the chip.
+    objects = sim.chip.objects_in(-900, -700, 900, 700)
+    real = [o for o in objects if o.kind == "flake"]
+    near = [min(np.hypot(f["x_um"] - o.centre_um[0], f["y_um"] - o.centre_um[1]) - o.radius_um
+                for o in real) for f in flakes]  # fmt: skip
+    assert sum(d <= 5.0 for d in near) >= 0.9 * len(flakes), sorted(near)[-5:]
+    with (tmp_path / "catalog.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == len(flakes)
+    assert (tmp_path / "chip_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc["focus_surface"]["points"] == 4 and stats.frames > 9
+
+
+def test_flake_search_on_the_command_line_and_its_refusals(tmp_path):
+    out = tmp_path / "scan"
+    res = subprocess.run(
+        [*SF, "run", "flake-search", "--scope", "sim:optical,settle_s=0",
+         "--region=-300,-200,300,200", "--focus-grid", "1", "--focus-model", "tenengrad",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for name in ("outcome.json", "catalog.json", "catalog.csv", "chip_map.png"):
+        assert (out / name).exists(), name
+    outside = subprocess.run(
+        [*SF, "run", "flake-search", "--scope", "sim:optical", "--region", "9000,9000,9500,9500",
+         "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert outside.returncode == 2 and "outside the stage limits" in outside.stdout + outside.stderr
