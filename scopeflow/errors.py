@@ -93,6 +93,7 @@ EXIT_BY_REASON = {
     "limit": 4,
     "device_error": 5,
     "model_unavailable": 8,
+    "interrupted": 130,  # as a shell reports a Ctrl-C
 }
 
 

@@ -137,23 +137,33 @@ def test_flake_search_catalogs_each_flake_once_in_stage_coordinates(tmp_path):
     flakes = doc["flakes"]
     assert outcome.figures["flakes"] == len(flakes) > 5
     assert outcome.figures["duplicates_merged"] >= 1  # the overlaps saw some flakes twice
-    # No two entries of one material overlap: each flake once.
-    for i, a in enumerate(flakes):
+    # Against the chip's truth: every catalogued flake lies on a real flake of the chip, and no
+    # real flake is catalogued twice as the same class (a terraced flake has one entry per
+    # thickness, as it should: each terrace is a usable area of its own).
+    real_flakes = [o for o in sim.chip.objects_in(-900, -700, 900, 700) if o.kind == "flake"]
+
+    def distances(f):
+        return [np.hypot(f["x_um"] - o.centre_um[0], f["y_um"] - o.centre_um[1]) - o.radius_um
+                for o in real_flakes]  # fmt: skip
+
+    near = [min(distances(f)) for f in flakes]
+    assert sum(d <= 5.0 for d in near) >= 0.9 * len(flakes), sorted(near)[-5:]
+    owners = []
+    for f in flakes:
+        d = distances(f)
+        k = int(np.argmin(d))
+        if d[k] <= 0:  # inside one real flake's bounding circle
+            owners.append((f["flake_class"], real_flakes[k].object_id))
+    assert len(owners) == len(set(owners)), sorted(owners)
+    for i, a in enumerate(flakes):  # and no two entries overlap as two views of one flake do
         for b in flakes[i + 1 :]:
             if a["material"] == b["material"]:
                 ax0, ay0, ax1, ay1 = a["bbox_um"]
                 bx0, by0, bx1, by1 = b["bbox_um"]
-                inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(
-                    0, min(ay1, by1) - max(ay0, by0)
-                )
+                ix = max(0, min(ax1, bx1) - max(ax0, bx0))
+                inter = ix * max(0, min(ay1, by1) - max(ay0, by0))
                 union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
                 assert inter / union < DUPLICATE_IOU, (a["id"], b["id"])
-    # Against the chip's truth: every catalogued flake lies on a real flake of the chip.
-    objects = sim.chip.objects_in(-900, -700, 900, 700)
-    real = [o for o in objects if o.kind == "flake"]
-    near = [min(np.hypot(f["x_um"] - o.centre_um[0], f["y_um"] - o.centre_um[1]) - o.radius_um
-                for o in real) for f in flakes]  # fmt: skip
-    assert sum(d <= 5.0 for d in near) >= 0.9 * len(flakes), sorted(near)[-5:]
     with (tmp_path / "catalog.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == len(flakes)
@@ -178,3 +188,62 @@ def test_flake_search_on_the_command_line_and_its_refusals(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert outside.returncode == 2 and "outside the stage limits" in outside.stdout + outside.stderr
+
+
+def test_an_interrupted_search_resumes_without_rescanning_and_loses_nothing(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "chip"
+    cmd = [*SF, "run", "flake-search", "--scope", "sim:optical,settle_s=0",
+           "--region=-700,-500,700,500", "--focus-grid", "1", "--focus-model", "tenengrad",
+           "--out", str(out)]  # fmt: skip
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = out / "progress.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait until at least two tiles are safely recorded
+        if progress.exists() and len(json.loads(progress.read_text())["tiles"]) >= 2:
+            break
+        time.sleep(0.1)
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    saved = json.loads(progress.read_text())
+    done_before = {t["tile"] for t in saved["tiles"]}
+    ids_before = {e["id"] for e in saved["catalog"]["entries"]}
+    assert (
+        len(done_before) >= 2
+        and json.loads((out / "outcome.json").read_text())["reason"] == "interrupted"
+    )
+    assert json.loads((out / "catalog.json").read_text())["flakes"]  # written on the way out
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    doc = json.loads((out / "outcome.json").read_text())
+    assert doc["figures"]["resumed_tiles"] == len(done_before)
+    tiles = [t["tile"] for t in doc["details"]["tiles"]]
+    assert sorted(tiles) == list(range(len(tiles))) and len(set(tiles)) == len(tiles)
+    final_ids = {f["id"] for f in json.loads((out / "catalog.json").read_text())["flakes"]}
+    assert ids_before <= final_ids  # nothing found before the interruption was lost
+    assert not progress.exists()  # finished: nothing left to resume
+    # A different region in the same folder is refused, not mixed in.
+    (out / "progress.json").write_text(json.dumps({**saved, "region_um": [0, 0, 1, 1]}))
+    clash = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert clash.returncode == 2 and "another region" in clash.stderr + clash.stdout
+
+
+def test_catalog_coco_thumbnails_and_html_map_are_written(tmp_path):
+    sim = _optical()
+    job = FlakeSearchJob((-300.0, -200.0, 300.0, 200.0), tmp_path, overlap=0.1, focus_grid=1)
+    outcome, _ = run_job(job, LocalScope(sim, models={"focus": "tenengrad"}))
+    assert outcome.reached_goal, outcome.message
+    flakes = json.loads((tmp_path / "catalog.json").read_text())["flakes"]
+    coco = json.loads((tmp_path / "catalog.coco.json").read_text())
+    assert len(coco["images"]) == outcome.figures["tiles"]
+    assert len(coco["annotations"]) >= len(flakes)  # every view, duplicates included
+    assert all("segmentation" in a for a in coco["annotations"])
+    for f in flakes:
+        png = tmp_path / "thumbs" / f"flake-{f['id']:05d}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    page = (tmp_path / "chip_map.html").read_text()
+    assert page.count('class="flake"') == len(flakes) and "data:image/png;base64," in page

@@ -43,9 +43,11 @@ class MoveStage:
 
 @dataclass(frozen=True)
 class Snap:
-    """Take a frame and read its results of ``kinds``."""
+    """Take a frame and read its results of ``kinds``; with ``pixels``, hand the frame's pixels
+    back too (None where the scope cannot: a remote scope without a frames endpoint)."""
 
     kinds: tuple[str, ...] = ("focus",)
+    pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Observation:
     status: ScopeStatus
     shot: Shot | None = None
     results: Mapping[str, Any] = field(default_factory=dict)
+    pixels: Any = None  # the frame (numpy array) when the snap asked for it
 
 
 @dataclass

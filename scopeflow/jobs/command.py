@@ -52,6 +52,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--results", default=DEFAULT_RESULTS, help="results endpoint of a remote scope (connect)"
     )
+    g.add_argument(
+        "--frames-endpoint",
+        default=None,
+        help="frames endpoint of a remote scope, for jobs that keep pixels (flake thumbnails)",
+    )
     g.add_argument("--focus-model", default="aenet", help="local scope: focus model or metric")
     g.add_argument("--detector", default="flake_detector", help="local scope: detector model")
     g.add_argument("--backend", default="auto", help="local scope: inference backend")
@@ -95,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         timeout_s=args.timeout_s,
         curve=_curve_client(args),
+        frames_endpoint=args.frames_endpoint,
     )
     config = RunnerConfig(
         ready_timeout_s=args.ready_timeout_s,

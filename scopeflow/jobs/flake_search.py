@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,9 +35,11 @@ from scopeflow.jobs.base import (
 )
 from scopeflow.jobs.flakes.catalog import Catalog
 from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points
+from scopeflow.jobs.flakes.outputs import CocoTiles, html_chip_map, thumbnail
 from scopeflow.jobs.flakes.tiles import TileGeometry, plan_tiles
 from scopeflow.scopes.base import ScopeStatus
 
+PROGRESS_FILE = "progress.json"
 BLURRED_DOF = 1.0  # AENet reading above this: the tile is out of focus
 CLASSICAL_DROP = 0.5  # a classical score below this × the median of sharp tiles: out of focus
 
@@ -138,70 +141,128 @@ class FlakeSearchJob:
 
     # -- the plan -----------------------------------------------------------------------------
     def plan(self, status: ScopeStatus) -> JobPlan:
-        t0 = time.monotonic()
-        self.catalog = catalog = Catalog()
-        self.tiles_done: list[dict[str, Any]] = []
-        self.refocus_count = 0
-        self.points: list[tuple[float, float, float]] = []
-        self.surface: FocusSurface | None = None
+        self._t0 = time.monotonic()
+        self._restore()
         reason, message = "done", ""
         try:
             first = yield Snap(self.needs)
-            geometry = _geometry(first.results["detections"])
-            tiles = plan_tiles(self.region, geometry, self.overlap, status.limits)
-            for i, (x, y) in enumerate(self._focus_points(status)):
-                yield Progress(i, self.focus_grid**2, "focus points")
-                yield from self._focus_at(x, y, status)
+            self.geometry = _geometry(first.results["detections"])
+            tiles = plan_tiles(self.region, self.geometry, self.overlap, status.limits)
+            if not self.points:
+                for i, (x, y) in enumerate(self._focus_points(status)):
+                    yield Progress(i, self.focus_grid**2, "focus points")
+                    yield from self._focus_at(x, y, status)
             if not self.points:
                 raise _Stop("no_focus", "autofocus converged at none of the focus points")
             self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
-            sharp_scores: list[float] = []
+            done = {t["tile"] for t in self.tiles_done}
             for i, (x, y) in enumerate(tiles):
-                yield from self._move_to(x, y, status)
-                yield MoveFocus(self._predicted(x, y, status))
-                obs = yield Snap(self.needs)
-                blurred = _blurred(obs.results["focus"], sharp_scores)
-                if blurred and self.refocus:
-                    self.refocus_count += 1
-                    if (yield from self._focus_at(x, y, status)):
-                        self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
-                        obs = yield Snap(self.needs)
-                        blurred = _blurred(obs.results["focus"], sharp_scores)
-                focus = obs.results["focus"]
-                if not blurred:
-                    sharp_scores.append(focus.score)
-                found = obs.results["detections"]
-                catalog.add_tile(
-                    found.detections,
-                    tile=i,
-                    centre=(x, y),
-                    geometry=geometry,
-                    focus_score=focus.score,
-                    blurred=blurred,
-                    magnification=found.state.magnification,
-                    model=found.model,
-                    time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                )
-                self.tiles_done.append(
-                    {
-                        "tile": i,
-                        "x_um": x,
-                        "y_um": y,
-                        "width_um": geometry.width_um,
-                        "height_um": geometry.height_um,
-                        "blurred": blurred,
-                        "focus_score": focus.score,
-                    }
-                )
-                minutes = max((time.monotonic() - t0) / 60, 1e-9)
-                mm2 = len(self.tiles_done) * geometry.width_um * geometry.height_um * 1e-6
-                rate = f"{len(catalog.entries)} flakes, {mm2 / minutes:.2f} mm²/min"
-                yield Progress(i + 1, len(tiles), f"tiles, {rate}")
+                if i in done:  # resumed: this tile is in the catalog already
+                    continue
+                yield from self._tile(i, x, y, status)
+                self._save_progress()
+                minutes = max((time.monotonic() - self._t0) / 60, 1e-9)
+                mm2 = len(self.tiles_done) * self.geometry.width_um * self.geometry.height_um
+                rate = f"{len(self.catalog.entries)} flakes, {mm2 * 1e-6 / minutes:.2f} mm²/min"
+                yield Progress(len(self.tiles_done), len(tiles), f"tiles, {rate}")
         except _Stop as stop:
             reason, message = stop.reason, stop.message
         except ScopeflowError as exc:
             reason, message = failure_reason(exc), exc.reason
-        return self._finish(reason, message, time.monotonic() - t0)
+        except GeneratorExit:  # interrupted (Ctrl-C): write what was found, keep progress.json
+            self._finish("interrupted", "interrupted", time.monotonic() - self._t0)
+            raise
+        return self._finish(reason, message, time.monotonic() - self._t0)
+
+    def _tile(self, i: int, x: float, y: float, status: ScopeStatus) -> JobPlan:
+        """One tile: move, focus from the surface, frame; refocus when it reads blurred; its
+        detections into the catalog, COCO and thumbnails."""
+        yield from self._move_to(x, y, status)
+        yield MoveFocus(self._predicted(x, y, status))
+        snap = Snap(self.needs, pixels=True)
+        obs = yield snap
+        blurred = _blurred(obs.results["focus"], self.sharp_scores)
+        if blurred and self.refocus:
+            self.refocus_count += 1
+            if (yield from self._focus_at(x, y, status)):
+                self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
+                obs = yield snap
+                blurred = _blurred(obs.results["focus"], self.sharp_scores)
+        focus, found = obs.results["focus"], obs.results["detections"]
+        if not blurred:
+            self.sharp_scores.append(focus.score)
+        g = self.geometry
+        self.catalog.add_tile(
+            found.detections,
+            tile=i,
+            centre=(x, y),
+            geometry=g,
+            focus_score=focus.score,
+            blurred=blurred,
+            magnification=found.state.magnification,
+            model=found.model,
+            time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        self.coco.add(i, (x, y), (g.rows, g.cols), g.pixel_um, found.detections)
+        if obs.pixels is not None:
+            for entry in self.catalog.new_entries_of(i):
+                thumbnail(obs.pixels, entry, self.out_dir / "thumbs" / f"flake-{entry.id:05d}.png")
+        self.tiles_done.append(
+            {
+                "tile": i,
+                "x_um": x,
+                "y_um": y,
+                "width_um": g.width_um,
+                "height_um": g.height_um,
+                "blurred": blurred,
+                "focus_score": focus.score,
+            }
+        )
+
+    # -- resume --------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Start afresh, or carry on from ``progress.json`` of an interrupted run in the same
+        folder (same region and overlap): its focus points and tiles are not redone."""
+        self.catalog, self.coco = Catalog(), CocoTiles()
+        self.tiles_done: list[dict[str, Any]] = []
+        self.points: list[tuple[float, float, float]] = []
+        self.sharp_scores: list[float] = []
+        self.refocus_count = 0
+        self.surface: FocusSurface | None = None
+        self.resumed_tiles = 0
+        path = self.out_dir / PROGRESS_FILE
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        if state["region_um"] != list(self.region) or state["overlap"] != self.overlap:
+            raise UsageError(
+                f"{self.out_dir} holds an unfinished search of another region or overlap; "
+                "choose another --out, or the same --region and --overlap to resume it"
+            )
+        self.catalog = Catalog.from_state(state["catalog"])
+        self.coco = CocoTiles.from_state(state["coco"])
+        self.tiles_done = state["tiles"]
+        self.points = [tuple(p) for p in state["focus_points"]]  # type: ignore[misc]
+        self.sharp_scores = state["sharp_scores"]
+        self.refocus_count = state["refocus_count"]
+        self.resumed_tiles = len(self.tiles_done)
+
+    def _save_progress(self) -> None:
+        """After every tile, so an interruption loses at most the tile under way."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "region_um": list(self.region),
+            "overlap": self.overlap,
+            "focus_points": [list(p) for p in self.points],
+            "tiles": self.tiles_done,
+            "sharp_scores": self.sharp_scores,
+            "refocus_count": self.refocus_count,
+            "catalog": self.catalog.state(),
+            "coco": self.coco.state(),
+        }
+        tmp = self.out_dir / (PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.out_dir / PROGRESS_FILE)  # atomic: never a half-written file
 
     def _focus_points(self, status: ScopeStatus) -> list[tuple[float, float]]:
         lim = status.limits
@@ -251,10 +312,17 @@ class FlakeSearchJob:
             "tiles": self.tiles_done,
         }
         files = [str(p) for p in catalog.write(self.out_dir, meta)]
+        files.append(str(self.coco.write(self.out_dir / "catalog.coco.json")))
         if self.tiles_done:
-            from scopeflow.jobs.flakes.chip_map import draw_chip_map
+            from scopeflow.jobs.flakes.chip_map import chart_extent, draw_chip_map
 
-            files.append(str(draw_chip_map(self.out_dir / "chip_map.png", catalog, meta)))
+            png = draw_chip_map(self.out_dir / "chip_map.png", catalog, meta)
+            page = html_chip_map(
+                self.out_dir / "chip_map.html", png, catalog, meta, chart_extent(meta)
+            )
+            files += [str(png), str(page)]
+        if reason == "done":  # finished: nothing to resume
+            (self.out_dir / PROGRESS_FILE).unlink(missing_ok=True)
         blurred = sum(t["blurred"] for t in self.tiles_done)
         return JobOutcome(
             self.name,
@@ -270,6 +338,7 @@ class FlakeSearchJob:
                 "focus_surface": self.surface.kind if self.surface else None,
                 "focus_surface_rms_um": self.surface.rms_um if self.surface else None,
                 "minutes": seconds / 60,
+                "resumed_tiles": self.resumed_tiles,
             },
             details={**meta, "files": files},
         )

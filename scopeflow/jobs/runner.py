@@ -88,6 +88,9 @@ def run_job(
                 answer = exc
     except StopIteration as stop:
         outcome = stop.value
+    except KeyboardInterrupt:  # Ctrl-C: the job's files so far stay; say how it ended
+        plan.close()
+        outcome = JobOutcome(job.name, "interrupted", False, "interrupted by the user")
     except ScopeflowError as exc:  # the job let a failure through: it ends there
         outcome = JobOutcome(job.name, failure_reason(exc), False, exc.reason)
     stats.seconds = time.monotonic() - t0
@@ -138,9 +141,10 @@ class _Carrier:
                 frame_ns = getattr(results[kind], "monotonic_ns", None)
                 if frame_ns is not None:
                     self.last_frame_ns = frame_ns
+            pixels = self.scope.pixels(shot, self.cfg.result_timeout_s) if action.pixels else None
             self.stats.frames += 1
             self.progress(f"frames {self.stats.frames}, moves {self.stats.moves}", True)
-            return Observation(self.status, shot, results)
+            return Observation(self.status, shot, results, pixels)
         if isinstance(action, Progress):
             total = f"/{action.total:g}" if action.total is not None else ""
             self.progress(f"{action.done:g}{total} {action.text}".strip(), False)

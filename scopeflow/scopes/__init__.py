@@ -17,17 +17,21 @@ def open_scope(
     backend: str = "auto",
     timeout_s: float = 5.0,
     curve: Any = None,
+    frames_endpoint: str | None = None,
 ) -> Scope:
     """The scope ``spec`` names: ``remote:ENDPOINT`` is a remote scope (results from
-    ``results_endpoint``); any other registered adapter (``sim:sem``, ``mmcore:sim``…) a local
-    scope with in-process inference by ``models`` on ``backend``."""
+    ``results_endpoint``, frames from ``frames_endpoint`` when given); any other registered
+    adapter (``sim:sem``, ``mmcore:sim``…) a local scope with in-process inference by ``models``
+    on ``backend``."""
     from scopeflow.devices.registry import open_device, split_spec
 
     name, arg = split_spec(spec)
     if name == "remote":
         from scopeflow.scopes.remote import RemoteScope
 
-        return RemoteScope(arg, results_endpoint, timeout_s=timeout_s, curve=curve)
+        return RemoteScope(
+            arg, results_endpoint, timeout_s=timeout_s, curve=curve, frames_endpoint=frames_endpoint
+        )
     from scopeflow.scopes.local import LocalScope
 
     return LocalScope(open_device(spec), models=models, backend=backend)

@@ -67,6 +67,9 @@ class Scope(Protocol):
     def result(self, shot: Shot, kind: str, timeout_s: float) -> Any:
         """The ``kind`` result of ``shot`` (or of a newer frame taken after the same moves)."""
 
+    def pixels(self, shot: Shot, timeout_s: float) -> Any:
+        """The frame of ``shot`` as a numpy array, or None where this scope cannot see frames."""
+
     def device(self, kind: type[T]) -> T | None:
         """An optional device (Stigmator, BeamShift, Illumination), guarded, or None."""
 

@@ -103,6 +103,10 @@ class LocalScope:
             raise ValueError(f"image {shot.image_id} is not the last frame this scope took")
         return self._frame[1]
 
+    def pixels(self, shot: Shot, timeout_s: float = 0.0) -> Any:
+        """The last frame's pixels (a read-only view)."""
+        return self.frame(shot).array()
+
     def result(self, shot: Shot, kind: str, timeout_s: float = 0.0) -> Any:
         """The ``kind`` result of the last frame, computed in process (once per kind)."""
         msg = self.frame(shot)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import time
 from typing import Any, TypeVar
 
+import numpy as np
 import zmq
 
 from scopeflow.devices.remote import CommandRejected, MicroscopeClient
-from scopeflow.errors import PeerTimeout
+from scopeflow.errors import PeerTimeout, ProtocolError
 from scopeflow.metrics import NodeMetrics
 from scopeflow.schemas.base import minor_of
 from scopeflow.schemas.commands import Reply
 from scopeflow.scopes.base import ScopeStatus, Shot, check_kinds
 from scopeflow.scopes.results import ResultSubscriber
+from scopeflow.transport import endpoints
 from scopeflow.transport.endpoints import CurveClientKeys
+from scopeflow.transport.streams import recv
 
 T = TypeVar("T")
 
@@ -38,6 +41,7 @@ class RemoteScope:
         ctx: zmq.Context | None = None,
         timeout_s: float = 5.0,
         curve: CurveClientKeys | None = None,
+        frames_endpoint: str | None = None,
     ) -> None:
         self.name = f"remote:{commands_endpoint}"
         self.results_endpoint = results_endpoint
@@ -48,6 +52,12 @@ class RemoteScope:
             self.ctx, commands_endpoint, timeout_s=timeout_s, curve=curve
         )
         self.results: ResultSubscriber | None = None
+        self.frames: zmq.Socket | None = None
+        if frames_endpoint is not None:  # jobs that keep pixels (thumbnails) read the frames
+            self.frames = self.ctx.socket(zmq.SUB)
+            self.frames.setsockopt(zmq.LINGER, 0)
+            self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
+            endpoints.connect(self.frames, frames_endpoint)
         self._series: str | None = None
         self._moved_seq = 0  # command_seq after the last move: older frames are stale
 
@@ -138,6 +148,27 @@ class RemoteScope:
             shot.image_id, shot.command_seq, timeout_s, series=shot.series_unique_id, kind=kind
         )
 
+    def pixels(self, shot: Shot, timeout_s: float) -> Any:
+        """The frame of ``shot`` from the frame stream; None without a frames endpoint."""
+        if self.frames is None:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self.frames.poll(remaining_ms, zmq.POLLIN):
+                raise PeerTimeout(f"image {shot.image_id} did not arrive within {timeout_s:g} s")
+            try:
+                msg = recv(self.frames)
+            except ProtocolError as exc:
+                self.metrics.inc("messages_rejected", code=exc.code)
+                continue
+            header = msg.header
+            if (
+                header.series_unique_id == shot.series_unique_id
+                and header.image_id == shot.image_id
+            ):
+                return np.array(msg.array())  # a copy: the buffer belongs to the message
+
     def device(self, kind: type[T]) -> T | None:
         """Optional devices are not served over the wire protocol (yet): always None."""
         return None
@@ -151,5 +182,7 @@ class RemoteScope:
         self.client.close()
         if self.results is not None:
             self.results.close()
+        if self.frames is not None:
+            self.frames.close()
         if self._own_ctx:
             self.ctx.term()

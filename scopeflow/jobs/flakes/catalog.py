@@ -1,8 +1,11 @@
 """The flake catalog: detections of every tile in stage coordinates, each flake once.
 
 A flake on the overlap of two tiles is detected twice. Entries of the same material whose
-stage-coordinate boxes overlap (IoU ≥ ``DUPLICATE_IOU``) are one flake; the view kept is the one
-whole in its tile (not touching the frame's edge), else the larger one. Sizes come from the
+stage-coordinate boxes overlap (IoU ≥ ``DUPLICATE_IOU``) are one flake, and so are two where one
+view is cut by its frame's edge and lies mostly inside the other's box (intersection over the
+smaller box ≥ ``CUT_CONTAINED``): a cut view is a part of the flake, so its box is small against
+the whole one. The view kept is the one whole in its tile (not touching the frame's edge), else
+the larger one. Sizes come from the
 mask: area, and the sides of its minimum-area rectangle.
 """
 
@@ -22,6 +25,7 @@ from scopeflow.jobs.flakes.tiles import TileGeometry
 from scopeflow.schemas.results import Detection
 
 DUPLICATE_IOU = 0.3
+CUT_CONTAINED = 0.5
 EDGE_PX = 2  # a box this close to the frame's edge is cut by it
 
 
@@ -86,12 +90,23 @@ def _mask_sides(det: Detection, pixel_um: float) -> tuple[float, float]:
     return (min(w, h) + 1) * pixel_um, (max(w, h) + 1) * pixel_um
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]:
+    """(intersection over union, intersection over the smaller box) of two boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    union = area_a + area_b - inter
+    smaller = min(area_a, area_b)
+    return (inter / union if union > 0 else 0.0), (inter / smaller if smaller > 0 else 0.0)
+
+
+def same_flake(a: FlakeEntry, b: FlakeEntry) -> bool:
+    """Two views of one flake (see the module docstring)."""
+    if a.material != b.material:
+        return False
+    iou, contained = _overlaps(a.bbox_um, b.bbox_um)
+    return iou >= DUPLICATE_IOU or ((a.cut_by_edge or b.cut_by_edge) and contained >= CUT_CONTAINED)
 
 
 class Catalog:
@@ -164,7 +179,7 @@ class Catalog:
 
     def _merge(self, entry: FlakeEntry) -> int:
         for i, old in enumerate(self.entries):
-            if old.material != entry.material or _iou(old.bbox_um, entry.bbox_um) < DUPLICATE_IOU:
+            if not same_flake(old, entry):
                 continue
             self.duplicates_merged += 1
             new_is_better = (old.cut_by_edge, -old.area_um2) > (entry.cut_by_edge, -entry.area_um2)
@@ -178,6 +193,29 @@ class Catalog:
         self._next_id += 1
         self.entries.append(entry)
         return 1
+
+    def new_entries_of(self, tile: int) -> list[FlakeEntry]:
+        """Entries whose kept view comes from ``tile`` (new flakes, or better views)."""
+        return [e for e in self.entries if e.tile == tile]
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to carry on after an interruption (JSON-serialisable)."""
+        return {
+            "entries": [asdict(e) for e in self.entries],
+            "duplicates_merged": self.duplicates_merged,
+            "next_id": self._next_id,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Catalog:
+        catalog = cls()
+        for d in state["entries"]:
+            catalog.entries.append(
+                FlakeEntry(**{**d, "bbox_um": tuple(d["bbox_um"]), "bbox_px": tuple(d["bbox_px"])})
+            )
+        catalog.duplicates_merged = int(state["duplicates_merged"])
+        catalog._next_id = int(state["next_id"])
+        return catalog
 
     def write(self, out: Path, meta: dict[str, Any]) -> list[Path]:
         """``catalog.json`` (meta + entries) and ``catalog.csv`` (one row per flake)."""

@@ -19,7 +19,7 @@ from scopeflow.jobs.flakes.focus_surface import FocusSurface
 def draw_chip_map(path: Path, catalog: Catalog, meta: dict[str, Any]) -> Path:
     """Write the chip map PNG: tiles (blurred ones hatched), the focus surface as contours with
     its focus points, and the flakes as markers sized by area, coloured by class."""
-    x0, y0, x1, y1 = _extent(meta)
+    x0, y0, x1, y1 = chart_extent(meta)
     aspect = (y1 - y0) / max(x1 - x0, 1e-9)
     fig, ax = plt.subplots(figsize=(9, max(4.0, 6.5 * aspect) + 1.5), constrained_layout=True)
     if meta.get("focus_surface"):
@@ -81,7 +81,7 @@ def draw_chip_map(path: Path, catalog: Catalog, meta: dict[str, Any]) -> Path:
     return path
 
 
-def _extent(meta: dict[str, Any]) -> tuple[float, float, float, float]:
+def chart_extent(meta: dict[str, Any]) -> tuple[float, float, float, float]:
     """The region and every scanned tile, µm."""
     x0, y0, x1, y1 = meta["region_um"]
     for t in meta["tiles"]:
