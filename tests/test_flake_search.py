@@ -11,7 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+from scopeflow.devices.frames import frame_message
+from scopeflow.devices.protocols import Frame
 from scopeflow.errors import UsageError
+from scopeflow.inference.processors import make_processor
 from scopeflow.jobs.flake_search import FlakeSearchJob
 from scopeflow.jobs.flakes.catalog import CSV_FIELDS, DUPLICATE_IOU
 from scopeflow.jobs.flakes.focus_surface import fit_surface, focus_points
@@ -247,3 +250,46 @@ def test_catalog_coco_thumbnails_and_html_map_are_written(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     page = (tmp_path / "chip_map.html").read_text()
     assert page.count('class="flake"') == len(flakes) and "data:image/png;base64," in page
+
+
+def test_a_bgr_frame_is_detected_as_such_and_an_undeclared_one_as_rgb():
+    """The same tile sent RGB and sent BGR (declared as such) gives the same flakes; the BGR
+    pixels sent as if RGB (undeclared: RGB by the protocol's rule) do not."""
+    sim = _optical()
+    frame = sim.acquire()
+    assert frame.channel_order == "RGB"
+    detector = make_processor("flake_detector", "onnxruntime")
+
+    def classes(f):
+        msg = frame_message(f, series_id=0, series_unique_id="s", image_id=0, command_seq=0)
+        ((result, _),) = detector.process(msg)
+        return sorted(
+            (d.attributes["class"], round(d.centroid_xy_px[0])) for d in result.detections
+        )
+
+    bgr = np.ascontiguousarray(frame.pixels[..., ::-1])
+    as_rgb = classes(frame)
+    declared = classes(Frame(bgr, frame.state, frame.start_time_ns, frame.stop_time_ns,
+                             frame.monotonic_ns, channel_order="BGR"))  # fmt: skip
+    undeclared = classes(Frame(bgr, frame.state, frame.start_time_ns, frame.stop_time_ns,
+                               frame.monotonic_ns))  # fmt: skip
+    assert as_rgb and declared == as_rgb
+    assert undeclared != as_rgb
+
+
+def test_each_flake_carries_class_probabilities_and_its_contrast():
+    frame = _optical().acquire()
+    msg = frame_message(frame, series_id=0, series_unique_id="s", image_id=0, command_seq=0)
+    ((result, _),) = make_processor("flake_detector", "onnxruntime").process(msg)
+    assert result.detections
+    for det in result.detections:
+        a = det.attributes
+        probs = {k: v for k, v in a.items() if k.startswith("p_") and k != "p_false_positive"}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=0.01)  # a distribution over classes
+        assert probs[f"p_{a['class']}"] == max(probs.values()) or a["p_false_positive"] > 0.3
+        assert 0.0 <= a["p_false_positive"] <= 1.0
+    # Measured contrast agrees with the physics for the graphene flakes the detector found:
+    # negative in green for thin graphene on this oxide (the simulator's expectation).
+    thin = [d for d in result.detections if d.attributes["class"] in ("graphene_1L", "graphene_2L")]
+    for det in thin:
+        assert det.attributes["contrast_g"] < 0, det.attributes

@@ -34,6 +34,7 @@ def frame_header(
         command_seq=command_seq,
         state=frame.state,
         truth=frame.truth,
+        channel_order=frame.channel_order,
     )
     return header, pixels
 

@@ -98,7 +98,10 @@ class MMCoreMicroscope:
         start = time.time_ns()
         self.core.snapImage()
         pixels = np.asarray(self.core.getImage())
-        return Frame(pixels, self.state(), start, time.time_ns(), time.monotonic_ns())
+        order = "RGB" if pixels.ndim == 3 else None  # pymmcore-plus turns BGRA into RGB
+        return Frame(
+            pixels, self.state(), start, time.time_ns(), time.monotonic_ns(), channel_order=order
+        )
 
     def set_wd(self, wd_um: float, *, wait: bool = True) -> MicroscopeState:
         self.core.setPosition(float(wd_um))

@@ -36,6 +36,7 @@ class Frame:
     stop_time_ns: int
     monotonic_ns: int
     truth: SimTruth | None = None
+    channel_order: str | None = None  # "RGB" or "BGR" for colour frames; None: RGB
 
 
 @runtime_checkable

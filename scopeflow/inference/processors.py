@@ -164,7 +164,7 @@ class Detect:
 
     def process(self, msg: Message) -> list[Result]:
         h = msg.header
-        found = self._net.detect(msg.array())
+        found = self._net.detect(rgb(msg))
         return [
             (
                 DetectionsResult(
@@ -181,6 +181,16 @@ class Detect:
                 (),
             )
         ]
+
+
+def rgb(msg: Message) -> np.ndarray:
+    """The frame with its colour channels in RGB order, as the models expect: a frame the
+    microscope declares BGR (protocol 1.3 ``channel_order``) is reordered; one that declares
+    nothing is RGB by the protocol's rule."""
+    pixels = msg.array()
+    if getattr(msg.header, "channel_order", None) == "BGR" and pixels.ndim == 3:
+        return np.ascontiguousarray(pixels[..., ::-1])
+    return pixels
 
 
 def make_processor(model: str, backend: str = "auto", acnet: bool = True) -> Processor:

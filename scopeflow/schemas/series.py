@@ -48,6 +48,11 @@ class ImageHeader(Header):
     )
     state: MicroscopeState
     truth: SimTruth | None = None
+    channel_order: Literal["RGB", "BGR"] | None = Field(
+        default=None,
+        description="Order of the colour channels of a (H, W, 3) frame; None means RGB (the "
+        "rule before 1.3). Since 1.3.",
+    )
 
     @field_validator("shape")
     @classmethod

@@ -380,6 +380,23 @@ def components(
     return found
 
 
+def component_statistics(
+    comp: Component, probs: np.ndarray, contrast: np.ndarray
+) -> dict[str, float]:
+    """Per-flake figures over the component's mask at network resolution: the mean probability
+    of each class, the probability it is not a flake, and the contrast per channel (R, G, B)."""
+    x, y, w, h = comp.bbox
+    p = probs[:, y : y + h, x : x + w][:, comp.mask].mean(axis=1)
+    c = contrast[:, y : y + h, x : x + w][:, comp.mask]
+    out = {f"p_{name}": round(float(v), 4) for name, v in zip(CLASSES, p, strict=True)}
+    not_flake = ("background", *DECOYS)
+    out["p_false_positive"] = round(float(sum(p[CLASSES.index(n)] for n in not_flake)), 4)
+    for k, channel in enumerate("rgb"):
+        out[f"contrast_{channel}"] = round(float(c[k].mean()), 4)
+        out[f"contrast_{channel}_std"] = round(float(c[k].std()), 4)
+    return out
+
+
 def rle_from_crop(crop: np.ndarray, row0: int, col0: int, shape: tuple[int, int]) -> RleMask:
     """COCO compressed RLE of a full-frame mask that is zero outside ``crop`` at (row0, col0)."""
     from pycocotools import mask as mask_utils
@@ -491,8 +508,17 @@ class FlakeDetector:
         )
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections."""
-        probs = self.probabilities(frame)
+        """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections.
+
+        Each carries, beside material, layers and class, the mean probability of every class
+        over its mask (``p_<class>``), the probability that it is no flake at all
+        (``p_false_positive``: background, residue or dirt), and its optical contrast against
+        the fitted substrate per channel, mean and standard deviation over the mask
+        (``contrast_r`` … ``contrast_b_std``)."""
+        contrast = flake_contrast(frame, self.black_level)
+        probs = segment(
+            self.session, contrast, tile=self.tile, overlap=self.overlap, multiple=MULTIPLE
+        )
         class_map = probs.argmax(axis=0).astype(np.uint8)
         wanted = tuple(
             k
@@ -515,7 +541,12 @@ class FlakeDetector:
                     shape,
                     str(attrs["material"]),
                     comp.score,
-                    {"material": attrs["material"], "layers": attrs["layers"], "class": name},
+                    {
+                        "material": attrs["material"],
+                        "layers": attrs["layers"],
+                        "class": name,
+                        **component_statistics(comp, probs, contrast),
+                    },
                 )
             )
         return found

@@ -57,6 +57,10 @@ class FlakeEntry:
     model: str
     time: str
     seen_in_tiles: list[int] = field(default_factory=list)
+    class_probabilities: dict[str, float] = field(default_factory=dict)
+    p_false_positive: float | None = None
+    contrast_rgb: tuple[float, float, float] | None = None  # mean, against the substrate
+    contrast_rgb_std: tuple[float, float, float] | None = None
 
     def row(self) -> dict[str, Any]:
         """A flat dict for the CSV."""
@@ -65,6 +69,9 @@ class FlakeEntry:
         d.update(bbox_x0_um=x0, bbox_y0_um=y0, bbox_x1_um=x1, bbox_y1_um=y1)
         d.pop("bbox_px")
         d["seen_in_tiles"] = " ".join(str(t) for t in d["seen_in_tiles"])
+        d["class_probabilities"] = json.dumps(d["class_probabilities"])
+        for key in ("contrast_rgb", "contrast_rgb_std"):
+            d[key] = "" if d[key] is None else " ".join(f"{v:.4f}" for v in d[key])
         return d
 
 
@@ -88,6 +95,17 @@ def _mask_sides(det: Detection, pixel_um: float) -> tuple[float, float]:
     ys, xs = np.nonzero(mask_utils.decode(rle))
     (_, _), (w, h), _ = cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))
     return (min(w, h) + 1) * pixel_um, (max(w, h) + 1) * pixel_um
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _triple(attrs: dict[str, Any], suffix: str) -> tuple[float, float, float] | None:
+    values = [attrs.get(f"contrast_{c}{suffix}") for c in "rgb"]
+    if not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return (float(values[0]), float(values[1]), float(values[2]))  # type: ignore[arg-type]
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]:
@@ -173,6 +191,14 @@ class Catalog:
                 model=model,
                 time=time,
                 seen_in_tiles=[tile],
+                class_probabilities={
+                    k[2:]: float(v)
+                    for k, v in attrs.items()
+                    if k.startswith("p_") and k != "p_false_positive"
+                },
+                p_false_positive=_float(attrs.get("p_false_positive")),
+                contrast_rgb=_triple(attrs, ""),
+                contrast_rgb_std=_triple(attrs, "_std"),
             )
             new += self._merge(entry)
         return new

@@ -261,6 +261,7 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
             stop_time_ns=time.time_ns(),
             monotonic_ns=time.monotonic_ns(),
             truth=truth,
+            channel_order="RGB",
         )
         return frame, tile
 
