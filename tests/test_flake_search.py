@@ -293,3 +293,19 @@ def test_each_flake_carries_class_probabilities_and_its_contrast():
     thin = [d for d in result.detections if d.attributes["class"] in ("graphene_1L", "graphene_2L")]
     for det in thin:
         assert det.attributes["contrast_g"] < 0, det.attributes
+
+
+def test_detection_alongside_the_stage_gives_the_serial_catalog(tmp_path):
+    """Detections of a tile computed while the next is taken (the default) or before moving on
+    (--serial-detection): the same flakes, the same ids."""
+    catalogs = []
+    for serial in (False, True):
+        out = tmp_path / ("serial" if serial else "pipelined")
+        job = FlakeSearchJob(
+            (-400.0, -300.0, 400.0, 300.0), out, overlap=0.1, focus_grid=1, serial=serial
+        )
+        outcome, _ = run_job(job, LocalScope(_optical(), models={"focus": "tenengrad"}))
+        assert outcome.reached_goal, outcome.message
+        flakes = json.loads((out / "catalog.json").read_text())["flakes"]
+        catalogs.append([(f["id"], f["flake_class"], round(f["x_um"], 3)) for f in flakes])
+    assert catalogs[0] == catalogs[1] and catalogs[0]

@@ -48,6 +48,16 @@ class Snap:
 
     kinds: tuple[str, ...] = ("focus",)
     pixels: bool = False
+    later: tuple[str, ...] = ()  # kinds to compute meanwhile and read with Collect
+
+
+@dataclass(frozen=True)
+class Collect:
+    """Read the ``kinds`` results of an earlier snap (its ``later`` kinds): the job moved on
+    while they were computed."""
+
+    shot: Shot
+    kinds: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class Progress:
     text: str = ""
 
 
-Action = MoveFocus | MoveStage | Snap | Progress
+Action = MoveFocus | MoveStage | Snap | Collect | Progress
 
 
 @dataclass(frozen=True)

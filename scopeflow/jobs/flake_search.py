@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
@@ -25,6 +26,7 @@ from typing import Any
 from scopeflow.errors import ScopeflowError, UsageError
 from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
 from scopeflow.jobs.base import (
+    Collect,
     JobOutcome,
     JobPlan,
     MoveFocus,
@@ -37,7 +39,7 @@ from scopeflow.jobs.flakes.catalog import Catalog
 from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points
 from scopeflow.jobs.flakes.outputs import CocoTiles, html_chip_map, thumbnail
 from scopeflow.jobs.flakes.tiles import TileGeometry, plan_tiles
-from scopeflow.scopes.base import ScopeStatus
+from scopeflow.scopes.base import ScopeStatus, Shot
 
 PROGRESS_FILE = "progress.json"
 BLURRED_DOF = 1.0  # AENet reading above this: the tile is out of focus
@@ -81,6 +83,7 @@ class FlakeSearchJob:
         autofocus: AutofocusJobConfig | None = None,
         refocus: bool = True,
         approach_um: float = 10.0,
+        serial: bool = False,
     ) -> None:
         self.region = region
         self.out_dir = Path(out_dir)
@@ -90,6 +93,7 @@ class FlakeSearchJob:
         self.autofocus = autofocus or AutofocusJobConfig()
         self.refocus = refocus
         self.approach_um = approach_um
+        self.serial = serial
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -121,6 +125,11 @@ class FlakeSearchJob:
             help="reach every position from this far below in x and y, so the stage's "
             "backlash is the same everywhere (0: move directly)",
         )
+        parser.add_argument(
+            "--serial-detection",
+            action="store_true",
+            help="wait for each tile's detections before moving on (the slower baseline)",
+        )
         AutofocusJob.add_arguments(parser)
 
     @classmethod
@@ -137,6 +146,7 @@ class FlakeSearchJob:
             autofocus=AutofocusJob.config_from_args(args),
             refocus=not args.no_refocus,
             approach_um=args.approach_um,
+            serial=args.serial_detection,
         )
 
     # -- the plan -----------------------------------------------------------------------------
@@ -156,15 +166,23 @@ class FlakeSearchJob:
                 raise _Stop("no_focus", "autofocus converged at none of the focus points")
             self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
             done = {t["tile"] for t in self.tiles_done}
-            for i, (x, y) in enumerate(tiles):
-                if i in done:  # resumed: this tile is in the catalog already
+            todo = [(i, x, y) for i, (x, y) in enumerate(tiles) if i not in done]
+            pending: _Pending | None = None
+            for i, x, y in todo:
+                # The detector works on the previous tile while the stage moves to this one
+                # and the camera takes it; its detections are collected after this frame.
+                taken = yield from self._tile(i, x, y, status)
+                if self.serial:  # the baseline: wait for each tile's detections
+                    yield from self._catalogue(taken)
+                    yield self._progress(len(tiles))
                     continue
-                yield from self._tile(i, x, y, status)
-                self._save_progress()
-                minutes = max((time.monotonic() - self._t0) / 60, 1e-9)
-                mm2 = len(self.tiles_done) * self.geometry.width_um * self.geometry.height_um
-                rate = f"{len(self.catalog.entries)} flakes, {mm2 * 1e-6 / minutes:.2f} mm²/min"
-                yield Progress(len(self.tiles_done), len(tiles), f"tiles, {rate}")
+                if pending is not None:
+                    yield from self._catalogue(pending)
+                    yield self._progress(len(tiles))
+                pending = taken
+            if pending is not None:
+                yield from self._catalogue(pending)
+                yield self._progress(len(tiles))
         except _Stop as stop:
             reason, message = stop.reason, stop.message
         except ScopeflowError as exc:
@@ -175,11 +193,11 @@ class FlakeSearchJob:
         return self._finish(reason, message, time.monotonic() - self._t0)
 
     def _tile(self, i: int, x: float, y: float, status: ScopeStatus) -> JobPlan:
-        """One tile: move, focus from the surface, frame; refocus when it reads blurred; its
-        detections into the catalog, COCO and thumbnails."""
+        """One tile: move, focus from the surface, frame (its detections computed meanwhile);
+        refocus when it reads blurred. Returns what ``_catalogue`` needs."""
         yield from self._move_to(x, y, status)
         yield MoveFocus(self._predicted(x, y, status))
-        snap = Snap(self.needs, pixels=True)
+        snap = Snap(("focus",), pixels=True, later=("detections",))
         obs = yield snap
         blurred = _blurred(obs.results["focus"], self.sharp_scores)
         if blurred and self.refocus:
@@ -188,36 +206,50 @@ class FlakeSearchJob:
                 self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
                 obs = yield snap
                 blurred = _blurred(obs.results["focus"], self.sharp_scores)
-        focus, found = obs.results["focus"], obs.results["detections"]
+        focus = obs.results["focus"]
         if not blurred:
             self.sharp_scores.append(focus.score)
-        g = self.geometry
+        assert obs.shot is not None
+        return _Pending(i, x, y, obs.shot, obs.pixels, focus.score, blurred)
+
+    def _catalogue(self, tile: _Pending) -> JobPlan:
+        """Collect a tile's detections; into the catalog, COCO and thumbnails; save progress."""
+        obs = yield Collect(tile.shot, ("detections",))
+        found = obs.results["detections"]
+        g, i, centre = self.geometry, tile.index, (tile.x_um, tile.y_um)
         self.catalog.add_tile(
             found.detections,
             tile=i,
-            centre=(x, y),
+            centre=centre,
             geometry=g,
-            focus_score=focus.score,
-            blurred=blurred,
+            focus_score=tile.focus_score,
+            blurred=tile.blurred,
             magnification=found.state.magnification,
             model=found.model,
             time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        self.coco.add(i, (x, y), (g.rows, g.cols), g.pixel_um, found.detections)
-        if obs.pixels is not None:
+        self.coco.add(i, centre, (g.rows, g.cols), g.pixel_um, found.detections)
+        if tile.pixels is not None:
             for entry in self.catalog.new_entries_of(i):
-                thumbnail(obs.pixels, entry, self.out_dir / "thumbs" / f"flake-{entry.id:05d}.png")
+                thumbnail(tile.pixels, entry, self.out_dir / "thumbs" / f"flake-{entry.id:05d}.png")
         self.tiles_done.append(
             {
                 "tile": i,
-                "x_um": x,
-                "y_um": y,
+                "x_um": tile.x_um,
+                "y_um": tile.y_um,
                 "width_um": g.width_um,
                 "height_um": g.height_um,
-                "blurred": blurred,
-                "focus_score": focus.score,
+                "blurred": tile.blurred,
+                "focus_score": tile.focus_score,
             }
         )
+        self._save_progress()
+
+    def _progress(self, total: int) -> Progress:
+        minutes = max((time.monotonic() - self._t0) / 60, 1e-9)
+        mm2 = len(self.tiles_done) * self.geometry.width_um * self.geometry.height_um * 1e-6
+        rate = f"{len(self.catalog.entries)} flakes, {mm2 / minutes:.2f} mm²/min"
+        return Progress(len(self.tiles_done), total, f"tiles, {rate}")
 
     # -- resume --------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -342,6 +374,19 @@ class FlakeSearchJob:
             },
             details={**meta, "files": files},
         )
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A tile whose frame is taken and whose detections are still being computed."""
+
+    index: int
+    x_um: float
+    y_um: float
+    shot: Shot
+    pixels: Any
+    focus_score: float
+    blurred: bool
 
 
 class _Stop(Exception):

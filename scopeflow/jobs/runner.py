@@ -20,6 +20,7 @@ from typing import Any
 from scopeflow.errors import ScopeflowError
 from scopeflow.jobs.base import (
     Action,
+    Collect,
     Job,
     JobOutcome,
     MoveFocus,
@@ -141,10 +142,18 @@ class _Carrier:
                 frame_ns = getattr(results[kind], "monotonic_ns", None)
                 if frame_ns is not None:
                     self.last_frame_ns = frame_ns
+            if action.later:
+                self.scope.compute_later(shot, action.later)
             pixels = self.scope.pixels(shot, self.cfg.result_timeout_s) if action.pixels else None
             self.stats.frames += 1
             self.progress(f"frames {self.stats.frames}, moves {self.stats.moves}", True)
             return Observation(self.status, shot, results, pixels)
+        if isinstance(action, Collect):
+            collected = {
+                kind: self.scope.result(action.shot, kind, self.cfg.result_timeout_s)
+                for kind in action.kinds
+            }
+            return Observation(self.status, action.shot, collected)
         if isinstance(action, Progress):
             total = f"/{action.total:g}" if action.total is not None else ""
             self.progress(f"{action.done:g}{total} {action.text}".strip(), False)

@@ -67,6 +67,10 @@ class Scope(Protocol):
     def result(self, shot: Shot, kind: str, timeout_s: float) -> Any:
         """The ``kind`` result of ``shot`` (or of a newer frame taken after the same moves)."""
 
+    def compute_later(self, shot: Shot, kinds: tuple[str, ...]) -> None:
+        """Start computing the ``kinds`` results of ``shot`` without waiting for them (a remote
+        scope's inference nodes do so anyway); ``result`` collects them."""
+
     def pixels(self, shot: Shot, timeout_s: float) -> Any:
         """The frame of ``shot`` as a numpy array, or None where this scope cannot see frames."""
 

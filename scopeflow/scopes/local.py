@@ -8,8 +8,11 @@ asks for them, once per frame and kind.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from scopeflow.devices.frames import MoveCounter, frame_message
@@ -20,6 +23,7 @@ from scopeflow.scopes.base import ScopeStatus, Shot, check_kinds
 
 T = TypeVar("T")
 
+KEEP_FRAMES = 8  # frames (and their results) a job may still read after taking newer ones
 #: The model serving each result kind unless the caller names another.
 DEFAULT_MODELS = {"focus": "aenet", "detections": "flake_detector", "denoised": "denoiser"}
 
@@ -52,8 +56,9 @@ class LocalScope:
         self.inference_seconds = 0.0
         self._moves = MoveCounter()
         self._next_image_id = 0
-        self._frame: tuple[Shot, Message] | None = None
-        self._results: dict[str, Any] = {}
+        self._frames: OrderedDict[int, tuple[Shot, Message]] = OrderedDict()
+        self._results: dict[tuple[int, str], Future] = {}
+        self._later: set[tuple[int, str]] = set()  # started by compute_later, not yet collected
 
     def wait_ready(self, kinds: tuple[str, ...], timeout_s: float) -> ScopeStatus:
         """Load the models serving ``kinds`` (nothing to wait for in process)."""
@@ -93,37 +98,71 @@ class LocalScope:
             command_seq=shot.command_seq,
         )
         self._next_image_id += 1
-        self._frame = (shot, msg)
-        self._results = {}
+        self._frames[shot.image_id] = (shot, msg)
+        while len(self._frames) > KEEP_FRAMES:  # with their results, but not those asked
+            old, _ = self._frames.popitem(last=False)  # for later (kept until collected)
+            for key in [k for k in self._results if k[0] == old and k not in self._later]:
+                del self._results[key]
         return shot
 
     def frame(self, shot: Shot) -> Message:
-        """The ``image`` message of the last frame taken (pixels: ``.array()``)."""
-        if self._frame is None or self._frame[0] != shot:
-            raise ValueError(f"image {shot.image_id} is not the last frame this scope took")
-        return self._frame[1]
+        """The ``image`` message of one of the last frames taken (pixels: ``.array()``)."""
+        kept = self._frames.get(shot.image_id)
+        if kept is None or kept[0] != shot:
+            raise ValueError(f"image {shot.image_id} is no longer held by this scope")
+        return kept[1]
+
+    def compute_later(self, shot: Shot, kinds: tuple[str, ...]) -> None:
+        """Compute ``kinds`` of ``shot`` in a background thread while the job goes on (the
+        models release the interpreter while they run, so this uses the second core)."""
+        msg = self.frame(shot)
+        for kind in kinds:
+            key = (shot.image_id, kind)
+            if key in self._results:
+                continue
+            future: Future = Future()
+            self._results[key] = future
+            self._later.add(key)
+            threading.Thread(
+                target=self._compute, args=(msg, kind, future), name=f"scope-{kind}", daemon=True
+            ).start()
 
     def pixels(self, shot: Shot, timeout_s: float = 0.0) -> Any:
         """The last frame's pixels (a read-only view)."""
         return self.frame(shot).array()
 
     def result(self, shot: Shot, kind: str, timeout_s: float = 0.0) -> Any:
-        """The ``kind`` result of the last frame, computed in process (once per kind)."""
-        msg = self.frame(shot)
-        if kind not in self._results:
+        """The ``kind`` result of one of the last frames, computed in process once per kind
+        (waited for when it is being computed in the background)."""
+        key = (shot.image_id, kind)
+        if key in self._later:  # computed in the background: collected once
+            self._later.discard(key)
+            return self._results.pop(key).result()
+        if key not in self._results:
+            future: Future = Future()
+            self._results[key] = future
+            self._compute(self.frame(shot), kind, future)
+        return self._results[key].result()
+
+    def _compute(self, msg: Message, kind: str, future: Future) -> None:
+        """Run the processor serving ``kind`` on ``msg`` and settle ``future`` with the result
+        (or the exception, which ``result`` raises in the job's thread)."""
+        try:
             t0 = time.perf_counter()
-            produced_results = self._processor(kind).process(msg)
+            produced = self._processor(kind).process(msg)
             self.inference_seconds += time.perf_counter() - t0
-            for header, buffers in produced_results:
-                produced = KIND_OF_MODEL[type(header)]
-                if produced == "denoised":
+            for header, buffers in produced:
+                if KIND_OF_MODEL[type(header)] != kind:
+                    continue
+                if kind == "denoised":
                     parts = tuple(memoryview(b).cast("B") for b in buffers)
-                    self._results[produced] = Message(produced, header, parts)
+                    future.set_result(Message(kind, header, parts))
                 else:
-                    self._results[produced] = header
-        if kind not in self._results:
+                    future.set_result(header)
+                return
             raise ValueError(f"{self.models[kind]} produced no {kind!r} result")
-        return self._results[kind]
+        except BaseException as exc:  # handed to the job's thread, not lost in this one
+            future.set_exception(exc)
 
     def device(self, kind: type[T]) -> T | None:
         return self.devices.device(kind)

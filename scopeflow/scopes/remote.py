@@ -148,6 +148,9 @@ class RemoteScope:
             shot.image_id, shot.command_seq, timeout_s, series=shot.series_unique_id, kind=kind
         )
 
+    def compute_later(self, shot: Shot, kinds: tuple[str, ...]) -> None:
+        """Inference nodes compute every frame's results as they come: nothing to start."""
+
     def pixels(self, shot: Shot, timeout_s: float) -> Any:
         """The frame of ``shot`` from the frame stream; None without a frames endpoint."""
         if self.frames is None:

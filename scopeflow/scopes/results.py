@@ -3,12 +3,15 @@
 It subscribes to the result kinds asked for (``focus``, ``detections``, ``denoised``) and to
 inference-node heartbeats (so a job knows the results path is connected before it starts: a
 PUB/SUB connection drops whatever is sent before it is established). The newest result of each
-kind is kept, so waiting for one kind never loses another that arrived meanwhile.
+kind is kept, and a short history of each (``HISTORY`` results), so waiting for one kind never
+loses another that arrived meanwhile, and a job may collect a frame's result after it has taken
+the next frame (flake search reads detections of a tile while the stage moves on).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -20,6 +23,8 @@ from scopeflow.schemas.results import NodeStatus
 from scopeflow.scopes.base import check_kinds
 from scopeflow.transport import endpoints
 from scopeflow.transport.streams import LATEST_HWM, LatestReceiver
+
+HISTORY = 32  # results kept per kind
 
 
 class ResultSubscriber:
@@ -46,7 +51,7 @@ class ResultSubscriber:
         )
         self.last_status_ns: int | None = None
         self.nodes: dict[str, NodeStatus] = {}  # the newest heartbeat of each node, by name
-        self._latest: dict[str, Message] = {}
+        self._recent: dict[str, deque[Message]] = {k: deque(maxlen=HISTORY) for k in kinds}
 
     def close(self) -> None:
         self.sock.close()
@@ -69,7 +74,8 @@ class ResultSubscriber:
 
     def poll(self, timeout_ms: int) -> None:
         """Take in what arrived within ``timeout_ms`` (heartbeats and results)."""
-        self._latest.update(self.receiver.poll_each(timeout_ms))
+        for kind, msg in self.receiver.poll_each(timeout_ms).items():
+            self._recent[kind].append(msg)
 
     def wait_connected(self, timeout_s: float) -> None:
         """Block until an inference-node heartbeat arrives; PeerTimeout after ``timeout_s``."""
@@ -102,19 +108,34 @@ class ResultSubscriber:
             raise ValueError(f"this subscriber reads {self.kinds}, not {kind!r}")
         deadline = time.monotonic() + timeout_s
         while True:
-            msg = self._latest.pop(kind, None)
-            if msg is not None:
-                header = msg.header
-                if series is not None and header.series_unique_id != series:
-                    pass
-                elif header.command_seq < min_command_seq:
-                    self.metrics.inc("stale_results_ignored")
-                elif header.image_id >= image_id:
-                    return msg if kind == "denoised" else header
+            found = self._take(kind, image_id, min_command_seq, series)
+            if found is not None:
+                return found if kind == "denoised" else found.header
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 raise PeerTimeout(
                     f"no {kind} result for image {image_id} within {timeout_s:g} s; "
                     "is an inference node serving it and subscribed to the frame stream?"
                 )
-            self._latest.update(self.receiver.poll_each(remaining_ms))
+            self.poll(remaining_ms)
+
+    def _take(
+        self, kind: str, image_id: int, min_command_seq: int, series: str | None
+    ) -> Message | None:
+        """The result of ``image_id`` from the history, else the oldest one of a newer frame;
+        results of another series and stale ones are dropped (stale ones counted), the rest
+        kept for later waits."""
+        usable: list[Message] = []
+        for msg in self._recent[kind]:
+            header = msg.header
+            if series is not None and header.series_unique_id != series:
+                continue
+            if header.command_seq < min_command_seq:
+                self.metrics.inc("stale_results_ignored")
+                continue
+            usable.append(msg)
+        exact = [m for m in usable if m.header.image_id == image_id]
+        newer = [m for m in usable if m.header.image_id > image_id]
+        chosen = exact[0] if exact else min(newer, key=lambda m: m.header.image_id, default=None)
+        self._recent[kind] = deque((m for m in usable if m is not chosen), maxlen=HISTORY)
+        return chosen
