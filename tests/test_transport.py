@@ -157,8 +157,11 @@ def test_latest_policy_keeps_up_and_accounts_for_every_frame(ipc_dir):
     assert processed == sorted(processed)
     skipped = metrics.value("frames_skipped")
     assert skipped > 0, "a slow consumer must skip frames"
-    # Every frame between the first and last processed one was either processed or counted.
-    assert skipped + len(processed) == processed[-1] - processed[0] + 1
+    # Every frame between the first and last processed one was either processed or counted;
+    # frames before the first processed one count only if the first drain held them (then they
+    # were skipped in favour of a newer one), never twice.
+    between = processed[-1] - processed[0] + 1
+    assert between <= skipped + len(processed) <= between + processed[0]
     assert len(processed) >= 10
 
 
