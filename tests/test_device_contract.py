@@ -23,6 +23,7 @@ from scopeflow.devices.protocols import (
     Camera,
     FocusDrive,
     Illumination,
+    Objective,
     Stigmator,
     XYStage,
 )
@@ -45,11 +46,11 @@ ADAPTERS = {
     "mmcore-sim": "mmcore:sim,max_z_step_um=200",
 }
 CORE = {Camera, FocusDrive, XYStage}
-OPTIONAL = (Stigmator, BeamShift, Illumination)
+OPTIONAL = (Stigmator, BeamShift, Illumination, Objective)
 # The kinds each adapter implements; test_declared_kinds_are_the_adapters_own checks them.
 KINDS: dict[str, set[type]] = {
     "sim-sem": CORE | {Stigmator, BeamShift, Illumination},
-    "sim-optical": CORE,
+    "sim-optical": CORE | {Objective},
     "sim-insitu": CORE | {Illumination},
     "remote": {FocusDrive, XYStage},  # frames travel on the frame stream, not the client
     "mmcore-sim": CORE,
@@ -203,7 +204,7 @@ def test_stage_refuses_positions_outside_its_limits_and_does_not_move(device, wh
 
 
 def test_an_adapter_without_an_optional_kind_answers_none(device):
-    for kind in (Stigmator, BeamShift, Illumination):
+    for kind in OPTIONAL:
         found = device.device(kind)
         assert (found is None) == (not isinstance(device.adapter, kind))
     with pytest.raises(TypeError):
@@ -239,3 +240,21 @@ def test_illumination_takes_doses_inside_its_range_only(device):
         with pytest.raises(LimitError):
             part.set_dose_e_per_px(bad)
     assert device.state().dose_e_per_px == pytest.approx(0.5 * (lo + hi))
+
+
+@pytest.mark.parametrize("device", having(Objective), indirect=True)
+def test_objectives_swing_in_by_name_and_change_the_pixel_size(device):
+    part = device.device(Objective)
+    mounted = part.objectives()
+    first = part.objective()
+    assert first in mounted and len(mounted) >= 2
+    before = device.state().pixel_size_nm
+    other = next(name for name in mounted if mounted[name][0] != mounted[first][0])
+    part.set_objective(other)
+    assert part.objective() == other
+    # The pixel size on the sample scales inversely with the magnification.
+    ratio = device.state().pixel_size_nm / before
+    assert ratio == pytest.approx(mounted[first][0] / mounted[other][0])
+    with pytest.raises(LimitError, match="no objective"):
+        part.set_objective("999x")
+    assert part.objective() == other

@@ -309,3 +309,69 @@ def test_detection_alongside_the_stage_gives_the_serial_catalog(tmp_path):
         flakes = json.loads((out / "catalog.json").read_text())["flakes"]
         catalogs.append([(f["id"], f["flake_class"], round(f["x_um"], 3)) for f in flakes])
     assert catalogs[0] == catalogs[1] and catalogs[0]
+
+
+# -- revisit ---------------------------------------------------------------------------------
+
+
+def test_selections_are_parsed_safely():
+    from scopeflow.jobs.flakes.select import compile_selection, matches
+
+    fields = {"material", "layers", "area_um2"}
+    tree = compile_selection('material=="graphene" and layers==1 and area_um2>=50', fields)
+    assert matches(tree, {"material": "graphene", "layers": 1, "area_um2": 60.0})
+    assert not matches(tree, {"material": "graphene", "layers": 2, "area_um2": 60.0})
+    assert not matches(tree, {"material": "graphene", "layers": "thick", "area_um2": 60.0})
+    assert matches(compile_selection("layers in (1, 2) or not area_um2 < 5", fields),
+                   {"material": "hBN", "layers": "thick", "area_um2": 9.0})  # fmt: skip
+    for bad, says in (
+        ("__import__('os').system('true')", "not allowed"),
+        ("material.upper() == 'X'", "not allowed"),
+        ("colour == 'red'", "no field 'colour'"),
+        ("layers ==", "not an expression"),
+    ):
+        with pytest.raises(UsageError, match=says):
+            compile_selection(bad, fields)
+
+
+def test_revisit_drives_back_to_the_selected_flakes_at_50x(tmp_path):
+    from scopeflow.jobs.flake_revisit import FlakeRevisitJob
+    from scopeflow.jobs.flakes.select import compile_selection, matches
+
+    search = tmp_path / "search"
+    outcome, _ = run_job(
+        FlakeSearchJob((-500.0, -350.0, 500.0, 350.0), search, overlap=0.1, focus_grid=1),
+        LocalScope(_optical(), models={"focus": "tenengrad"}),
+    )
+    assert outcome.reached_goal, outcome.message
+    flakes = json.loads((search / "catalog.json").read_text())["flakes"]
+    tree = compile_selection('material=="graphene" and area_um2 >= 50', set(flakes[0]))
+    chosen = [f for f in flakes if matches(tree, f)]
+    assert chosen
+    revisit = tmp_path / "revisit"
+    sim = _optical()  # the same chip, a fresh microscope: the stage starts elsewhere
+    done, _ = run_job(
+        FlakeRevisitJob(chosen, revisit, objective="50x"),
+        LocalScope(sim, models={"focus": "tenengrad"}),
+    )
+    assert done.reached_goal, done.message
+    assert sim.objective() == "50x"
+    visits = done.details["visits"]
+    assert [v["id"] for v in visits] == [f["id"] for f in chosen]
+    assert all(v["magnification"] == 50.0 and v["autofocus"] == "converged" for v in visits)
+    assert done.figures["position_error_um_median"] <= 1.0
+    for v in visits:
+        assert (revisit / v["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_objective_on_a_scope_without_a_turret_is_refused(tmp_path):
+    from scopeflow.jobs.flake_revisit import FlakeRevisitJob
+    from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM
+
+    flake = {"id": 1, "x_um": 0.0, "y_um": 0.0, "material": "graphene"}
+    sem = SimulatedSEM(SEMConfig(frame_shape=(128, 128), settle_s=0.0))
+    done, _ = run_job(
+        FlakeRevisitJob([flake], tmp_path, objective="50x"),
+        LocalScope(sem, models={"focus": "normalized_variance", "detections": "flake_detector"}),
+    )
+    assert done.reason == "usage" and "no objective changer" in done.message

@@ -19,6 +19,7 @@ from scopeflow.devices.protocols import (
     FocusDrive,
     Frame,
     Illumination,
+    Objective,
     Stigmator,
     XYStage,
 )
@@ -118,10 +119,28 @@ class _GuardedIllumination:
         self._device.set_dose_e_per_px(float(dose))
 
 
+class _GuardedObjective:
+    def __init__(self, device: Objective) -> None:
+        self._device = device
+
+    def objectives(self) -> dict[str, tuple[float, float]]:
+        return self._device.objectives()
+
+    def objective(self) -> str:
+        return self._device.objective()
+
+    def set_objective(self, name: str) -> None:
+        mounted = self._device.objectives()
+        if name not in mounted:
+            raise LimitError(f"no objective {name!r} is mounted; mounted: {', '.join(mounted)}")
+        self._device.set_objective(name)
+
+
 _GUARDS: dict[type, type] = {
     Stigmator: _GuardedStigmator,
     BeamShift: _GuardedBeamShift,
     Illumination: _GuardedIllumination,
+    Objective: _GuardedObjective,
 }
 
 
@@ -162,7 +181,8 @@ class GuardedMicroscope:
         return self.adapter.move_stage(float(x_um), float(y_um), wait=wait)
 
     def device(self, kind: type[T]) -> T | None:
-        """The adapter's ``kind`` device (one of Stigmator, BeamShift, Illumination), guarded."""
+        """The adapter's ``kind`` device (Stigmator, BeamShift, Illumination, Objective),
+        guarded."""
         if kind not in _GUARDS:
             known = ", ".join(k.__name__ for k in OPTIONAL_KINDS)
             raise TypeError(f"{kind!r} is not an optional device kind; ask for one of {known}")

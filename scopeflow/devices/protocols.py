@@ -114,6 +114,20 @@ class Illumination(Protocol):
 
 
 @runtime_checkable
+class Objective(Protocol):
+    """Changes the objective (a turret): magnification and NA change with it."""
+
+    def objectives(self) -> dict[str, tuple[float, float]]:
+        """Name → (magnification, numerical aperture) of each objective mounted."""
+
+    def objective(self) -> str:
+        """The objective in use."""
+
+    def set_objective(self, name: str) -> None:
+        """Swing ``name`` in."""
+
+
+@runtime_checkable
 class Microscope(StateSource, Camera, FocusDrive, XYStage, Protocol):
     """The usual composite: camera, focus drive and XY stage, with state and limits."""
 
@@ -123,4 +137,4 @@ class Microscope(StateSource, Camera, FocusDrive, XYStage, Protocol):
         """Release the device."""
 
 
-OPTIONAL_KINDS: tuple[type, ...] = (Stigmator, BeamShift, Illumination)
+OPTIONAL_KINDS: tuple[type, ...] = (Stigmator, BeamShift, Illumination, Objective)

@@ -61,6 +61,13 @@ class Collect:
 
 
 @dataclass(frozen=True)
+class SetObjective:
+    """Swing objective ``name`` in (scopes whose microscope has an objective changer)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Progress:
     """Tell the user how far the job is: ``done`` of ``total`` units, and a short text."""
 
@@ -69,7 +76,7 @@ class Progress:
     text: str = ""
 
 
-Action = MoveFocus | MoveStage | Snap | Collect | Progress
+Action = MoveFocus | MoveStage | Snap | Collect | SetObjective | Progress
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scopeflow.errors import ScopeflowError
+from scopeflow.devices.protocols import Objective
+from scopeflow.errors import ScopeflowError, UsageError
 from scopeflow.jobs.base import (
     Action,
     Collect,
@@ -27,6 +28,7 @@ from scopeflow.jobs.base import (
     MoveStage,
     Observation,
     Progress,
+    SetObjective,
     Snap,
     failure_reason,
 )
@@ -154,6 +156,15 @@ class _Carrier:
                 for kind in action.kinds
             }
             return Observation(self.status, action.shot, collected)
+        if isinstance(action, SetObjective):
+            turret = self.scope.device(Objective)
+            if turret is None:
+                raise UsageError(
+                    f"{self.scope.name} has no objective changer: cannot use {action.name!r}"
+                )
+            turret.set_objective(action.name)
+            self.status = self.scope.status()
+            return Observation(self.status)
         if isinstance(action, Progress):
             total = f"/{action.total:g}" if action.total is not None else ""
             self.progress(f"{action.done:g}{total} {action.text}".strip(), False)

@@ -82,6 +82,16 @@ class _Tile:
     z_um: float
 
 
+#: The simulated turret: name → (magnification, numerical aperture), dry objectives.
+OBJECTIVES = {
+    "5x": (5.0, 0.15),
+    "10x": (10.0, 0.30),
+    "20x": (20.0, 0.40),
+    "50x": (50.0, 0.80),
+    "100x": (100.0, 0.90),
+}
+
+
 class SimulatedOpticalMicroscope(MicroscopeBase):
     """A simulated motorised reflected-light microscope with a colour camera over a flake chip.
 
@@ -153,6 +163,28 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
     @property
     def contrast_table(self) -> ContrastTable:
         return self._table
+
+    def objectives(self) -> dict[str, tuple[float, float]]:
+        """The turret: name → (magnification, NA); the configured objective is one of them."""
+        mounted = dict(OBJECTIVES)
+        cfg = self._config
+        mounted.setdefault(
+            f"{cfg.magnification:g}x", (float(cfg.magnification), cfg.numerical_aperture)
+        )
+        return mounted
+
+    def objective(self) -> str:
+        cfg = self._config
+        for name, (mag, na) in self.objectives().items():
+            if mag == cfg.magnification and na == cfg.numerical_aperture:
+                return name
+        return f"{cfg.magnification:g}x"
+
+    def set_objective(self, name: str) -> None:
+        """Swing another objective in: the field, the pixel size and the depth of field change
+        with it (parfocal: focus stays where it was)."""
+        mag, na = self.objectives()[name]
+        self._config = dataclasses.replace(self._config, magnification=mag, numerical_aperture=na)
 
     def set_exposure_s(self, exposure_s: float) -> None:
         """Change the exposure; an automatic gain keeps the brightness (and the noise grows)."""

@@ -1,0 +1,173 @@
+"""The ``flake-revisit`` job: drive back to catalogued flakes and image each one again.
+
+It reads ``catalog.json`` of a flake search, keeps the flakes ``--select`` chooses, optionally
+swings in another objective (``--objective 50x``), and for each flake: moves there (the same
+one-way approach as the search), autofocuses, takes a frame with its detections, and writes the
+frame as ``flake-NNNNN.png``. The detection nearest the expected position tells how far the
+flake is from where the catalog put it: the revisit position error, reported per flake and as
+median and maximum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import cv2
+import numpy as np
+
+from scopeflow.errors import ScopeflowError, UsageError
+from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
+from scopeflow.jobs.base import (
+    JobOutcome,
+    JobPlan,
+    MoveStage,
+    Progress,
+    SetObjective,
+    Snap,
+    failure_reason,
+)
+from scopeflow.jobs.flakes.select import compile_selection, matches
+from scopeflow.jobs.flakes.tiles import TileGeometry
+from scopeflow.scopes.base import ScopeStatus
+
+FOUND_WITHIN_UM = 10.0  # a detection this close to the catalog position is the flake
+
+
+class FlakeRevisitJob:
+    """Drive back to selected flakes of a catalog, refocus, image each at high magnification."""
+
+    name = "flake-revisit"
+    needs = ("focus", "detections")
+
+    def __init__(
+        self,
+        flakes: list[dict[str, Any]],
+        out_dir: Path,
+        *,
+        objective: str | None = None,
+        autofocus: AutofocusJobConfig | None = None,
+        approach_um: float = 10.0,
+    ) -> None:
+        self.flakes = flakes
+        self.out_dir = Path(out_dir)
+        self.objective = objective
+        self.autofocus = autofocus or AutofocusJobConfig()
+        self.approach_um = approach_um
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--catalog", type=Path, required=True, help="a search's catalog.json")
+        parser.add_argument(
+            "--select",
+            default="True",
+            help="which flakes, e.g. 'material==\"graphene\" and layers==1 and area_um2>=50'",
+        )
+        parser.add_argument("--objective", default=None, help="swing this objective in first")
+        parser.add_argument("--approach-um", type=float, default=10.0)
+        AutofocusJob.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FlakeRevisitJob:
+        try:
+            catalog = json.loads(args.catalog.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the catalog {args.catalog}: {exc}") from None
+        flakes = catalog.get("flakes", [])
+        fields = set(flakes[0]) if flakes else {"material", "layers", "area_um2"}
+        tree = compile_selection(args.select, fields)
+        chosen = [f for f in flakes if matches(tree, f)]
+        if not chosen:
+            raise UsageError(f"--select {args.select!r} chooses none of {len(flakes)} flakes")
+        return cls(
+            chosen,
+            args.out,
+            objective=args.objective,
+            autofocus=AutofocusJob.config_from_args(args),
+            approach_um=args.approach_um,
+        )
+
+    def plan(self, status: ScopeStatus) -> JobPlan:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        visits: list[dict[str, Any]] = []
+        reason, message = "done", ""
+        try:
+            if self.objective is not None:
+                status = (yield SetObjective(self.objective)).status
+            for n, flake in enumerate(self.flakes):
+                yield Progress(n, len(self.flakes), "flakes revisited")
+                visits.append((yield from self._visit(flake, status)))
+            yield Progress(len(self.flakes), len(self.flakes), "flakes revisited")
+        except ScopeflowError as exc:
+            reason, message = failure_reason(exc), exc.reason
+        found = [v["position_error_um"] for v in visits if v["position_error_um"] is not None]
+        (self.out_dir / "revisit.json").write_text(json.dumps({"visits": visits}, indent=2))
+        return JobOutcome(
+            self.name,
+            reason,
+            reason == "done" and len(found) == len(self.flakes),
+            message or f"{len(found)} of {len(self.flakes)} flakes found again",
+            figures={
+                "selected": len(self.flakes),
+                "visited": len(visits),
+                "found": len(found),
+                "position_error_um_median": median(found) if found else None,
+                "position_error_um_max": max(found) if found else None,
+            },
+            details={"visits": visits, "objective": self.objective},
+        )
+
+    def _visit(self, flake: dict[str, Any], status: ScopeStatus) -> JobPlan:
+        x, y = float(flake["x_um"]), float(flake["y_um"])
+        lim = status.limits
+        if self.approach_um > 0:
+            yield MoveStage(
+                max(x - self.approach_um, lim.stage_x_min_um),
+                max(y - self.approach_um, lim.stage_y_min_um),
+            )
+        obs = yield MoveStage(x, y)
+        focused = yield from AutofocusJob(self.autofocus).plan(obs.status)
+        obs = yield Snap(self.needs, pixels=True)
+        found = obs.results["detections"]
+        state = found.state
+        visit: dict[str, Any] = {
+            "id": flake["id"],
+            "x_um": x,
+            "y_um": y,
+            "autofocus": focused.reason,
+            "magnification": state.magnification,
+            "position_error_um": None,
+            "image": None,
+        }
+        if obs.pixels is not None:
+            path = self.out_dir / f"flake-{int(flake['id']):05d}.png"
+            pixels = np.ascontiguousarray(obs.pixels)
+            if pixels.ndim == 3:
+                pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+            cv2.imwrite(str(path), pixels)
+            visit["image"] = path.name
+        if found.frame_shape is not None:
+            rows, cols = found.frame_shape
+            geometry = TileGeometry(rows, cols, state.pixel_size_nm / 1e3)
+            nearest = _nearest(found.detections, geometry, (x, y), flake.get("material"))
+            if nearest is not None and nearest <= FOUND_WITHIN_UM:
+                visit["position_error_um"] = nearest
+        return visit
+
+
+def _nearest(
+    detections: list[Any], geometry: TileGeometry, at: tuple[float, float], material: Any
+) -> float | None:
+    """Distance (µm) from ``at`` to the nearest detection of ``material``, the frame taken there."""
+    best = None
+    for det in detections:
+        if material is not None and det.attributes.get("material") != material:
+            continue
+        sx, sy = geometry.to_stage(*det.centroid_xy_px, at)
+        d = math.hypot(sx - at[0], sy - at[1])
+        best = d if best is None or d < best else best
+    return best
