@@ -9,7 +9,10 @@ move time, ``settle_s`` plus travel at ``speed_um_per_s`` when a speed is given;
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from scopeflow.errors import DeviceError
 
 SETTLE_TIME_CONSTANTS = 5.0
 
@@ -59,3 +62,20 @@ class Actuator:
         travel = abs(self.goal_um - self.start_um)
         speed = self.speed_um_per_s
         self.duration_s = self.settle_s + (travel / speed if speed else 0.0)
+
+
+def wait_settled(
+    actuators: Iterable[Actuator], clock: Callable[[], float], sleep: Callable[[float], None]
+) -> None:
+    """Sleep until every actuator has settled; a DeviceError when the clock does not advance
+    while sleeping (a fake clock without a matching fake sleep)."""
+    axes = tuple(actuators)
+    for _ in range(1000):
+        remaining = max(a.settled_at for a in axes) - clock()
+        if remaining <= 0:
+            return
+        sleep(remaining)
+    raise DeviceError(
+        "the actuators never settled: the clock does not advance while sleeping; inject a "
+        "sleep() that advances the injected clock"
+    )

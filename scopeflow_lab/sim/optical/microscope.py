@@ -33,9 +33,9 @@ import numpy as np
 
 from scopeflow.devices.base import MicroscopeBase
 from scopeflow.devices.protocols import Frame
-from scopeflow.errors import DeviceError, LimitError
+from scopeflow.errors import LimitError
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, optical_depth_of_field_um
-from scopeflow_lab.sim.actuator import Actuator
+from scopeflow_lab.sim.actuator import Actuator, wait_settled
 from scopeflow_lab.sim.optical.camera import Camera
 from scopeflow_lab.sim.optical.chip import Chip, ChipObject, DrawnRegion
 from scopeflow_lab.sim.optical.config import OpticalConfig
@@ -240,15 +240,7 @@ class SimulatedOpticalMicroscope(MicroscopeBase):
         self._y.command(y_um, t)
 
     def _do_wait_settled(self) -> None:
-        for _ in range(1000):
-            remaining = max(a.settled_at for a in (self._x, self._y, self._z)) - self._clock()
-            if remaining <= 0:
-                return
-            self._sleep(remaining)
-        raise DeviceError(
-            "the actuators never settled: the clock does not advance while "
-            "sleeping; inject a sleep() that advances the injected clock"
-        )
+        wait_settled((self._x, self._y, self._z), self._clock, self._sleep)
 
     # -- physics ----------------------------------------------------------------------------------
     def _actual_xy(self, t: float) -> tuple[float, float]:

@@ -23,9 +23,9 @@ import numpy as np
 
 from scopeflow.devices.base import MicroscopeBase
 from scopeflow.devices.protocols import Frame
-from scopeflow.errors import DeviceError, LimitError
+from scopeflow.errors import LimitError
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, depth_of_field_um
-from scopeflow_lab.sim.actuator import Actuator
+from scopeflow_lab.sim.actuator import Actuator, wait_settled
 from scopeflow_lab.sim.sem.detector import Detector, charging_factor, jitter_lines
 from scopeflow_lab.sim.sem.optics import (
     BlurSpec,
@@ -360,15 +360,7 @@ class SimulatedSEM(MicroscopeBase):
         self._stage_um = (x_um, y_um)
 
     def _do_wait_settled(self) -> None:
-        for _ in range(1000):
-            remaining = self._wd.settled_at - self._clock()
-            if remaining <= 0:
-                return
-            self._sleep(remaining)
-        raise DeviceError(
-            "the WD actuator never settled: the clock does not advance while "
-            "sleeping; inject a sleep() that advances the injected clock"
-        )
+        wait_settled((self._wd,), self._clock, self._sleep)
 
     # -- physics ----------------------------------------------------------------------------------
     def _centre_um(self, t: float) -> tuple[float, float]:
