@@ -125,6 +125,26 @@ class Job(Protocol):
         """The job configured from parsed options."""
 
 
+class JobStopped(Exception):
+    """A job ends early with ``reason`` and ``message`` (raised and caught inside its plan)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def move_one_way(x: float, y: float, status: ScopeStatus, approach_um: float) -> JobPlan:
+    """Move the stage to (x, y), arriving from ``approach_um`` below in x and y (one-way
+    approach): a stage's backlash then shifts every position alike instead of by direction of
+    travel. Returns the observation after the last move."""
+    if approach_um > 0:
+        lim = status.limits
+        yield MoveStage(
+            max(x - approach_um, lim.stage_x_min_um), max(y - approach_um, lim.stage_y_min_um)
+        )
+    return (yield MoveStage(x, y))
+
+
 def failure_reason(exc: ScopeflowError) -> str:
     """The outcome reason for a failure thrown into a job: timeout, limit, model_unavailable,
     usage or device_error."""

@@ -25,11 +25,11 @@ from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
 from scopeflow.jobs.base import (
     JobOutcome,
     JobPlan,
-    MoveStage,
     Progress,
     SetObjective,
     Snap,
     failure_reason,
+    move_one_way,
 )
 from scopeflow.jobs.flakes.select import compile_selection, matches
 from scopeflow.jobs.flakes.tiles import TileGeometry
@@ -123,13 +123,7 @@ class FlakeRevisitJob:
 
     def _visit(self, flake: dict[str, Any], status: ScopeStatus) -> JobPlan:
         x, y = float(flake["x_um"]), float(flake["y_um"])
-        lim = status.limits
-        if self.approach_um > 0:
-            yield MoveStage(
-                max(x - self.approach_um, lim.stage_x_min_um),
-                max(y - self.approach_um, lim.stage_y_min_um),
-            )
-        obs = yield MoveStage(x, y)
+        obs = yield from move_one_way(x, y, status, self.approach_um)
         focused = yield from AutofocusJob(self.autofocus).plan(obs.status)
         obs = yield Snap(self.needs, pixels=True)
         found = obs.results["detections"]

@@ -29,11 +29,12 @@ from scopeflow.jobs.base import (
     Collect,
     JobOutcome,
     JobPlan,
+    JobStopped,
     MoveFocus,
-    MoveStage,
     Progress,
     Snap,
     failure_reason,
+    move_one_way,
 )
 from scopeflow.jobs.flakes.catalog import Catalog
 from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points
@@ -163,7 +164,7 @@ class FlakeSearchJob:
                     yield Progress(i, self.focus_grid**2, "focus points")
                     yield from self._focus_at(x, y, status)
             if not self.points:
-                raise _Stop("no_focus", "autofocus converged at none of the focus points")
+                raise JobStopped("no_focus", "autofocus converged at none of the focus points")
             self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
             done = {t["tile"] for t in self.tiles_done}
             todo = [(i, x, y) for i, (x, y) in enumerate(tiles) if i not in done]
@@ -183,7 +184,7 @@ class FlakeSearchJob:
             if pending is not None:
                 yield from self._catalogue(pending)
                 yield self._progress(len(tiles))
-        except _Stop as stop:
+        except JobStopped as stop:
             reason, message = stop.reason, stop.message
         except ScopeflowError as exc:
             reason, message = failure_reason(exc), exc.reason
@@ -195,7 +196,7 @@ class FlakeSearchJob:
     def _tile(self, i: int, x: float, y: float, status: ScopeStatus) -> JobPlan:
         """One tile: move, focus from the surface, frame (its detections computed meanwhile);
         refocus when it reads blurred. Returns what ``_catalogue`` needs."""
-        yield from self._move_to(x, y, status)
+        yield from move_one_way(x, y, status, self.approach_um)
         yield MoveFocus(self._predicted(x, y, status))
         snap = Snap(("focus",), pixels=True, later=("detections",))
         obs = yield snap
@@ -306,23 +307,12 @@ class FlakeSearchJob:
             for x, y in focus_points(self.region, self.focus_grid)
         ]
 
-    def _move_to(self, x: float, y: float, status: ScopeStatus) -> JobPlan:
-        """Move to (x, y), arriving from below in x and y (one-way approach): a stage's
-        backlash then shifts every tile alike instead of by direction of travel."""
-        if self.approach_um > 0:
-            lim = status.limits
-            yield MoveStage(
-                max(x - self.approach_um, lim.stage_x_min_um),
-                max(y - self.approach_um, lim.stage_y_min_um),
-            )
-        return (yield MoveStage(x, y))
-
     def _focus_at(self, x: float, y: float, status: ScopeStatus) -> JobPlan:
         """Move to (x, y) and autofocus; a converged focus joins the surface's points."""
-        obs = yield from self._move_to(x, y, status)
+        obs = yield from move_one_way(x, y, status, self.approach_um)
         done = yield from AutofocusJob(self.autofocus).plan(obs.status)
         if done.reason in ("timeout", "device_error"):
-            raise _Stop(done.reason, done.message)
+            raise JobStopped(done.reason, done.message)
         if done.reached_goal and done.details.get("final_wd_um") is not None:
             self.points.append((x, y, float(done.details["final_wd_um"])))
             return True
@@ -389,15 +379,9 @@ class _Pending:
     blurred: bool
 
 
-class _Stop(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-
 def _geometry(detections: Any) -> TileGeometry:
     if detections.frame_shape is None:
-        raise _Stop("device_error", "the detector reports no frame shape (protocol < 1.3)")
+        raise JobStopped("device_error", "the detector reports no frame shape (protocol < 1.3)")
     rows, cols = detections.frame_shape
     return TileGeometry(rows, cols, detections.state.pixel_size_nm / 1e3)
 

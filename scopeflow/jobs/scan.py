@@ -20,6 +20,7 @@ from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
 from scopeflow.jobs.base import (
     JobOutcome,
     JobPlan,
+    JobStopped,
     MoveStage,
     Progress,
     Snap,
@@ -148,14 +149,14 @@ class ScanJob:
                     tile.final_error_dof = focused.figures.get("final_error_dof")
                     tile.frames = focused.figures.get("frames", 0)
                     if focused.reason in ("timeout", "device_error"):  # the scope is gone
-                        raise _TileFailed(focused.reason, focused.message)
+                        raise JobStopped(focused.reason, focused.message)
                 if not self.focus_each_tile or "detections" in self.needs:
                     obs = yield Snap(self.needs)
                     tile.frames += 1
                     found = obs.results.get("detections")
                     tile.detections = len(found.detections) if found is not None else None
             yield Progress(len(positions), len(positions), "tiles")
-        except _TileFailed as exc:
+        except JobStopped as exc:
             reason, message = exc.reason, exc.message
         except ScopeflowError as exc:
             reason, message = failure_reason(exc), exc.reason
@@ -174,9 +175,3 @@ class ScanJob:
             },
             details=record.to_dict(),
         )
-
-
-class _TileFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
