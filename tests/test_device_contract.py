@@ -53,7 +53,7 @@ KINDS: dict[str, set[type]] = {
     "sim-optical": CORE | {Objective},
     "sim-insitu": CORE | {Illumination},
     "remote": {FocusDrive, XYStage},  # frames travel on the frame stream, not the client
-    "mmcore-sim": CORE,
+    "mmcore-sim": CORE | {Objective},  # the simulated turret as a Micro-Manager state device
 }
 
 

@@ -107,3 +107,24 @@ def test_a_real_configuration_needs_its_z_limits_and_a_loadable_file(tmp_path):
     core, _ = simulated_core(_sim())
     with pytest.raises(UsageError, match="z_min_um and z_max_um"):
         MMCoreMicroscope(core, MMOptions(numerical_aperture=0.4))
+
+
+def test_an_objective_turret_is_an_objective_device_with_its_pixel_size():
+    from scopeflow.devices.limits import guard
+    from scopeflow.devices.mmcore import open_mmcore, parse_objective_label
+    from scopeflow.devices.protocols import Objective
+    from scopeflow.errors import LimitError
+
+    device = guard(open_mmcore("sim"))
+    turret = device.device(Objective)
+    assert turret is not None
+    assert device.state().pixel_size_nm == pytest.approx(5860.0 / 20)  # IMX174 pixel / 20x
+    turret.set_objective("50x")  # by magnification: the turret's labels carry the NA too
+    assert turret.objective().startswith("50x")
+    state = device.state()
+    assert state.pixel_size_nm == pytest.approx(5860.0 / 50)
+    assert state.magnification == 50.0 and state.numerical_aperture == pytest.approx(0.80)
+    with pytest.raises(LimitError, match="no objective"):
+        turret.set_objective("63x")
+    assert parse_objective_label("Nikon 20X Plan Fluor N.A. 0.45") == (20.0, 0.45)
+    assert parse_objective_label("50x/0.80") == (50.0, 0.80)

@@ -130,9 +130,19 @@ class _GuardedObjective:
         return self._device.objective()
 
     def set_objective(self, name: str) -> None:
+        """Swing ``name`` in: a mounted objective's name, or a magnification ("50x") that
+        exactly one mounted objective has (turrets name objectives in many ways)."""
         mounted = self._device.objectives()
         if name not in mounted:
-            raise LimitError(f"no objective {name!r} is mounted; mounted: {', '.join(mounted)}")
+            wanted = name.strip().lower().removesuffix("x")
+            try:
+                mag = float(wanted)
+            except ValueError:
+                mag = math.nan
+            same = [n for n, (m, _) in mounted.items() if math.isclose(m, mag)]
+            if len(same) != 1:
+                raise LimitError(f"no objective {name!r} is mounted; mounted: {', '.join(mounted)}")
+            name = same[0]
         self._device.set_objective(name)
 
 

@@ -11,6 +11,12 @@ how far a Z drive may safely go), ``max_z_step_um``, ``stage_min_um``, ``stage_m
 ``numerical_aperture`` (for the depth of field the autofocus works in), ``pixel_size_um`` and
 ``magnification`` (when the configuration has no pixel-size preset).
 
+Objectives: when the configuration has an objective turret (a state device labelled
+``Objective``, Micro-Manager's convention), the adapter is also an ``Objective`` device: its
+state labels are the objective names, the magnification and NA are read from each label
+("20x", "Nikon 20X Plan Fluor N.A. 0.45", "50x/0.80"), and the pixel size follows from the
+configuration's pixel-size presets for that objective, as Micro-Manager applies them.
+
 Frames: ``getImage()`` as pymmcore-plus returns it; colour cameras come as (rows, cols, 3) in
 RGB order (pymmcore-plus converts Micro-Manager's BGRA). Needs the ``mm`` extra.
 """
@@ -18,8 +24,10 @@ RGB order (pymmcore-plus converts Micro-Manager's BGRA). Needs the ``mm`` extra.
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,17 @@ from scopeflow.errors import DeviceError, UsageError
 from scopeflow.schemas.state import Limits, MicroscopeState
 
 CORES_GROUP = "scopeflow.mmcore"
+OBJECTIVE_DEVICE = "Objective"  # Micro-Manager's usual label for the objective turret
+_MAGNIFICATION = re.compile(r"(\d+(?:\.\d+)?)\s*[xX]\b")
+_APERTURE = re.compile(r"(?:N\.?A\.?\s*|/\s*)(\d?\.\d+)")
+
+
+def parse_objective_label(label: str) -> tuple[float, float]:
+    """(magnification, NA) read from an objective's label; NaN where the label does not say
+    (``"20x"`` → (20, nan), ``"Nikon 20X Plan Fluor N.A. 0.45"`` → (20, 0.45))."""
+    mag = _MAGNIFICATION.search(label)
+    na = _APERTURE.search(label)
+    return (float(mag.group(1)) if mag else math.nan, float(na.group(1)) if na else math.nan)
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,65 @@ class MMCoreMicroscope:
         self.core.unloadAllDevices()
 
 
+class MMCoreMicroscopeWithObjective(MMCoreMicroscope):
+    """The adapter with an objective turret (the ``Objective`` device kind)."""
+
+    def __init__(self, core: Any, options: MMOptions, name: str, turret: str) -> None:
+        super().__init__(core, options, name)
+        self.turret = turret
+
+    def objectives(self) -> dict[str, tuple[float, float]]:
+        """Label → (magnification, NA) of every turret position (NaN where unknown)."""
+        return {
+            str(label): parse_objective_label(str(label))
+            for label in self.core.getStateLabels(self.turret)
+        }
+
+    def objective(self) -> str:
+        return str(self.core.getStateLabel(self.turret))
+
+    def set_objective(self, name: str) -> None:
+        if name not in self.objectives():
+            raise UsageError(f"no objective {name!r} on the turret; have {list(self.objectives())}")
+        self.core.setStateLabel(self.turret, name)
+        self.core.waitForDevice(self.turret)
+
+    def _preset_pixel_um(self) -> float | None:
+        """The pixel size of the preset naming the objective in use: Micro-Manager's own
+        choice of preset can miss devices whose state it does not cache (Python devices)."""
+        label = self.objective()
+        for preset in self.core.getAvailablePixelSizeConfigs():
+            data = self.core.getPixelSizeConfigData(preset)
+            settings = [data.getSetting(i) for i in range(data.size())]
+            if any(
+                st.getDeviceLabel() == self.turret and st.getPropertyValue() == label
+                for st in settings
+            ):
+                return float(self.core.getPixelSizeUmByID(preset))
+        return None
+
+    def state(self) -> MicroscopeState:
+        if not self.core.getPixelSizeUm():
+            pixel_um = self._preset_pixel_um()
+            if pixel_um:
+                self.options = replace(self.options, pixel_size_um=pixel_um)
+        state = super().state()
+        mag, na = parse_objective_label(self.objective())
+        update = {}
+        if math.isfinite(mag) and self.options.magnification is None:
+            update["magnification"] = mag
+        if math.isfinite(na):
+            update["numerical_aperture"] = na
+        return state.model_copy(update=update) if update else state
+
+
+def _with_turret(core: Any, options: MMOptions, name: str) -> MMCoreMicroscope:
+    """The adapter, with the Objective kind when the configuration has a turret."""
+    if OBJECTIVE_DEVICE in core.getLoadedDevices():
+        return MMCoreMicroscopeWithObjective(core, options, name, OBJECTIVE_DEVICE)
+    return MMCoreMicroscope(core, options, name)
+
+
 def parse_mm_spec(arg: str) -> tuple[str, dict[str, float]]:
     """``PATH|sim[,KEY=VALUE...]`` → (PATH or 'sim', the options given)."""
     target, *pairs = [p.strip() for p in arg.split(",")]
@@ -157,7 +235,7 @@ def open_mmcore(arg: str) -> MMCoreMicroscope:
     built = {ep.name: ep for ep in entry_points(group=CORES_GROUP)}
     if target in built:  # a registered core (mmcore:sim): it brings its limits and optics
         core, defaults = built[target].load()()
-        return MMCoreMicroscope(core, MMOptions(**{**defaults, **given}), name=f"mmcore:{target}")
+        return _with_turret(core, MMOptions(**{**defaults, **given}), f"mmcore:{target}")
     path = Path(target)
     if not path.is_file():
         raise UsageError(f"no Micro-Manager configuration at {path}")
@@ -168,4 +246,4 @@ def open_mmcore(arg: str) -> MMCoreMicroscope:
         core.loadSystemConfiguration(str(path))
     except Exception as exc:  # Micro-Manager reports a bad file or a missing adapter here
         raise DeviceError(f"Micro-Manager could not load {path}: {exc}") from exc
-    return MMCoreMicroscope(core, MMOptions(**given), name=f"mmcore:{path.name}")
+    return _with_turret(core, MMOptions(**given), f"mmcore:{path.name}")

@@ -16,6 +16,7 @@ import numpy as np
 from pymmcore_plus.experimental.unicore import (
     SimpleCameraDevice,
     StageDevice,
+    StateDevice,
     UniMMCore,
     XYStageDevice,
 )
@@ -99,6 +100,29 @@ class SimXY(XYStageDevice):
         """Moves complete before set_position_um returns: nothing to stop."""
 
 
+class SimObjective(StateDevice):
+    """The simulated turret as a Micro-Manager state device: labels are objective names with
+    their NA ("20x NA 0.40"), as real configurations name them."""
+
+    def __init__(self, sim: SimulatedOpticalMicroscope) -> None:
+        self._sim = sim
+        self._names = list(sim.objectives())
+        super().__init__(
+            {i: objective_label(n, sim.objectives()[n]) for i, n in enumerate(self._names)}
+        )
+
+    def get_state(self) -> int:
+        return self._names.index(self._sim.objective())
+
+    def set_state(self, position: int) -> None:
+        self._sim.set_objective(self._names[int(position)])
+
+
+def objective_label(name: str, optics: tuple[float, float]) -> str:
+    """Micro-Manager label of a simulated objective: its name and NA."""
+    return f"{name} NA {optics[1]:.2f}"
+
+
 def simulated_core(
     sim: SimulatedOpticalMicroscope | None = None,
 ) -> tuple[Any, dict[str, float]]:
@@ -108,7 +132,13 @@ def simulated_core(
     if sim is None:
         sim = SimulatedOpticalMicroscope(OpticalConfig(z_settle_s=0.0, stage_settle_s=0.0))
     core = UniMMCore(mm_path="/nonexistent")  # a path skips the search for an MM install
-    for label, device in (("Camera", SimCamera(sim)), ("Z", SimZ(sim)), ("XY", SimXY(sim))):
+    devices = (
+        ("Camera", SimCamera(sim)),
+        ("Z", SimZ(sim)),
+        ("XY", SimXY(sim)),
+        ("Objective", SimObjective(sim)),
+    )
+    for label, device in devices:
         core.loadPyDevice(label, device)
     core.initializeAllDevices()
     core.setCameraDevice("Camera")
@@ -116,16 +146,22 @@ def simulated_core(
     core.setXYStageDevice("XY")
     core.setAutoShutter(False)  # no shutter device: the MDA engine would try to close one
     state, limits = sim.state(), sim.limits()
-    core.definePixelSizeConfig("sim")
-    core.setPixelSizeUm("sim", state.pixel_size_nm / 1e3)
-    core.setPixelSizeConfig("sim")
+    # One pixel-size preset per objective, as a real configuration has: Micro-Manager then
+    # reports the pixel size of whichever objective is in.
+    camera_pixel_um = state.pixel_size_nm / 1e3 * state.magnification
+    for name, optics in sim.objectives().items():
+        label = objective_label(name, optics)
+        core.definePixelSizeConfig(label, "Objective", "Label", label)
+        core.setPixelSizeUm(label, camera_pixel_um / optics[0])
     options = {
         "z_min_um": limits.wd_min_um,
         "z_max_um": limits.wd_max_um,
         "stage_min_um": max(limits.stage_x_min_um, limits.stage_y_min_um),
         "stage_max_um": min(limits.stage_x_max_um, limits.stage_y_max_um),
         "numerical_aperture": state.numerical_aperture or 0.4,
-        "magnification": state.magnification,
+        # UniMMCore does not match presets to Python devices' state: the objective in use now
+        # (the turret adapter looks its preset up itself).
+        "pixel_size_um": state.pixel_size_nm / 1e3,
     }
     if limits.max_wd_step_um is not None:
         options["max_z_step_um"] = limits.max_wd_step_um
