@@ -375,3 +375,102 @@ def test_an_objective_on_a_scope_without_a_turret_is_refused(tmp_path):
         LocalScope(sem, models={"focus": "normalized_variance", "detections": "flake_detector"}),
     )
     assert done.reason == "usage" and "no objective changer" in done.message
+
+
+# -- two-pass --------------------------------------------------------------------------------
+
+
+def test_confirmation_tiles_cover_every_candidate_with_a_margin():
+    from scopeflow.jobs.flakes.catalog import FlakeEntry
+    from scopeflow.jobs.flakes.two_pass import MARGIN, confirmation_tiles
+
+    def entry(x0, y0, x1, y1):
+        return FlakeEntry(
+            id=0, x_um=(x0 + x1) / 2, y_um=(y0 + y1) / 2, bbox_um=(x0, y0, x1, y1), area_um2=1.0,
+            min_side_um=1.0, max_side_um=1.0, aspect=1.0, material="graphene", layers=1,
+            flake_class="graphene_1L", score=1.0, tile=0, tile_x_um=0.0, tile_y_um=0.0,
+            bbox_px=(0, 0, 1, 1), cut_by_edge=False, focus_score=None, blurred=False,
+            magnification=10.0, pixel_size_um=0.586, model="m", time="t",
+        )  # fmt: skip
+
+    geometry = TileGeometry(rows=400, cols=600, pixel_um=1.0)  # a 600 × 400 µm field
+    near = [entry(0, 0, 20, 20), entry(100, 50, 130, 70), entry(-150, -90, -120, -60)]
+    far = [entry(3000, 0, 3010, 10), entry(-3000, 2000, -2990, 2010)]
+    big = [entry(1000, 1000, 1500, 1390)]  # larger than the free part of a field
+    cands = near + far + big
+    tiles = confirmation_tiles(cands, geometry, LIMITS)
+    assert len(tiles) == 4  # the three near ones share one tile
+    for e in cands:
+        x0, y0, x1, y1 = e.bbox_um
+        inside = [
+            (tx, ty) for tx, ty in tiles
+            if tx - 300 * (1 - 2 * MARGIN) <= x0 and x1 <= tx + 300 * (1 - 2 * MARGIN)
+            and ty - 200 * (1 - 2 * MARGIN) <= y0 and y1 <= ty + 200 * (1 - 2 * MARGIN)
+        ]  # fmt: skip
+        assert inside or e is big[0], e.bbox_um
+    assert (1250.0, 1195.0) in tiles  # the big one: centred on it
+
+
+def test_two_pass_catalogs_the_monolayers_the_chip_has(tmp_path):
+    """Overview at 10×, confirmation at 20×: every monolayer graphene flake of ≥ 80 µm² that
+    the simulator put in the region is in the catalog as graphene_1L, from fewer tiles."""
+    import cv2
+
+    region = (-1000.0, -700.0, 1000.0, 700.0)
+    sim = _optical()
+    job = FlakeSearchJob(
+        region, tmp_path, focus_grid=2, objective="20x", two_pass="10x",
+        candidates='material=="graphene" and layers in (1, 2, 3)',
+    )  # fmt: skip
+    outcome, _ = run_job(job, LocalScope(sim, models={"focus": "tenengrad"}))
+    assert outcome.reached_goal, outcome.message
+    f = outcome.figures
+    assert sim.objective() == "20x"  # back at the search objective
+    assert f["overview_objective"] == "10x" and f["overview_tiles"] >= 1
+    assert 1 <= f["tiles"] <= f["candidates"]
+    single_tiles = len(plan_tiles(region, TileGeometry(1200, 1920, 5.86 / 20), 0.1, LIMITS))
+    assert f["overview_tiles"] + f["tiles"] < single_tiles
+    flakes = json.loads((tmp_path / "catalog.json").read_text())["flakes"]
+    assert all(e["magnification"] == 20.0 for e in flakes)  # confirmation tiles only
+
+    # The truth, from the chip itself: whole-flake monolayers (a 1L flake has no terrace),
+    # their area rasterised from the polygons on a 0.25 µm grid.
+    def area_um2(obj):
+        g, r = 0.25, obj.radius_um + 1
+        canvas = np.zeros((int(2 * r / g) + 1,) * 2, np.uint8)
+        for poly in obj.regions[0].polygons_um:
+            pts = (poly - np.array(obj.centre_um) + r) / g
+            cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        return canvas.sum() * g * g
+
+    x0, y0, x1, y1 = region
+    monolayers = [
+        o for o in sim.chip.objects_in(*region)
+        if o.kind == "flake" and o.regions[0].material == "graphene" and o.regions[0].layers == 1
+        and x0 <= o.centre_um[0] <= x1 and y0 <= o.centre_um[1] <= y1 and area_um2(o) >= 80
+    ]  # fmt: skip
+    assert len(monolayers) >= 2, "the test region should hold some monolayers"
+    for o in monolayers:
+        assert any(
+            e["flake_class"] == "graphene_1L"
+            and np.hypot(e["x_um"] - o.centre_um[0], e["y_um"] - o.centre_um[1]) <= o.radius_um
+            for e in flakes
+        ), (o.object_id, o.centre_um)
+    assert f["overview_focus_offset_um"] is not None and abs(f["overview_focus_offset_um"]) < 5
+
+
+def test_two_pass_needs_the_search_objective_and_does_not_resume(tmp_path):
+    region = (-100.0, -100.0, 100.0, 100.0)
+    with pytest.raises(UsageError, match="needs --objective"):
+        FlakeSearchJob(region, tmp_path, two_pass="10x")
+    with pytest.raises(UsageError, match="not allowed"):
+        FlakeSearchJob(region, tmp_path, candidates="open('x')")
+    # An unfinished two-pass search in the folder: refused before anything moves.
+    (tmp_path / "progress.json").write_text(
+        json.dumps({"region_um": list(region), "overlap": 0.1, "two_pass": "10x"})
+    )
+    sim = _optical()
+    job = FlakeSearchJob(region, tmp_path, objective="20x", two_pass="10x")
+    outcome, stats = run_job(job, LocalScope(sim, models={"focus": "tenengrad"}))
+    assert outcome.reason == "usage" and "do not resume" in outcome.message
+    assert stats.moves == 0 and stats.frames == 0

@@ -10,6 +10,18 @@
 5. Detections go into the catalog in stage coordinates, each flake once across overlaps
    (:mod:`scopeflow.jobs.flakes.catalog`); ``catalog.json``, ``catalog.csv`` and a chip map
    are written to the output folder.
+
+Two-pass (``--two-pass 10x``): after the focus points at the search objective, an overview at
+the low-magnification objective (its focus surface is the search surface shifted by the offset
+one autofocus there measures: objectives need not be parfocal) gives candidates (overview
+flakes that ``--candidates`` keeps); back at the search objective, one confirmation tile per
+group of nearby candidates (:mod:`scopeflow.jobs.flakes.two_pass`), and the catalog is built
+from the confirmation tiles only.
+
+The job times its own phases (``details["time_s"]``): stage moves, focus moves from the
+surface, autofocus (focus points and refocus), frames (camera and focus reading), and the time
+it waited for detections (all of it with ``--serial-detection``; pipelined, what the stage and
+camera did not hide).
 """
 
 from __future__ import annotations
@@ -17,34 +29,44 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 from scopeflow.errors import ScopeflowError, UsageError
+from scopeflow.inference.models.flake_detector import CLASSES as DETECTOR_CLASSES
 from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
 from scopeflow.jobs.base import (
+    Action,
     Collect,
     JobOutcome,
     JobPlan,
     JobStopped,
     MoveFocus,
     Progress,
+    SetObjective,
     Snap,
     failure_reason,
     move_one_way,
 )
-from scopeflow.jobs.flakes.catalog import Catalog
-from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points
+from scopeflow.jobs.flakes.catalog import Catalog, FlakeEntry
+from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points, shifted
 from scopeflow.jobs.flakes.outputs import CocoTiles, html_chip_map, thumbnail
+from scopeflow.jobs.flakes.select import compile_selection
 from scopeflow.jobs.flakes.tiles import TileGeometry, plan_tiles
+from scopeflow.jobs.flakes.two_pass import confirmation_tiles, entry_fields, select_candidates
 from scopeflow.scopes.base import ScopeStatus, Shot
 
 PROGRESS_FILE = "progress.json"
 BLURRED_DOF = 1.0  # AENet reading above this: the tile is out of focus
 CLASSICAL_DROP = 0.5  # a classical score below this × the median of sharp tiles: out of focus
+PHASES = ("stage_s", "z_s", "autofocus_s", "frames_s", "detection_wait_s")
+# What --candidates may name: the catalog fields and p_<class> of the detector's classes (None
+# for an entry without them, e.g. from a detector that gives no probabilities: not selected).
+CANDIDATE_FIELDS = {f.name for f in fields(FlakeEntry)} | {f"p_{c}" for c in DETECTOR_CLASSES}
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -85,7 +107,14 @@ class FlakeSearchJob:
         refocus: bool = True,
         approach_um: float = 10.0,
         serial: bool = False,
+        objective: str | None = None,
+        two_pass: str | None = None,
+        candidates: str = "True",
     ) -> None:
+        if two_pass is not None and objective is None:
+            raise UsageError(
+                "--two-pass needs --objective: the search objective to confirm candidates with"
+            )
         self.region = region
         self.out_dir = Path(out_dir)
         self.overlap = overlap
@@ -95,6 +124,10 @@ class FlakeSearchJob:
         self.refocus = refocus
         self.approach_um = approach_um
         self.serial = serial
+        self.objective = objective
+        self.two_pass = two_pass
+        self.candidates_text = candidates
+        self.candidates = compile_selection(candidates, CANDIDATE_FIELDS)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -131,6 +164,23 @@ class FlakeSearchJob:
             action="store_true",
             help="wait for each tile's detections before moving on (the slower baseline)",
         )
+        parser.add_argument(
+            "--objective", default=None, help="swing this (search) objective in first, e.g. 20x"
+        )
+        parser.add_argument(
+            "--two-pass",
+            default=None,
+            metavar="OBJECTIVE",
+            help="overview at this low-magnification objective first, then confirm only its "
+            "candidates at --objective (needs an objective changer)",
+        )
+        parser.add_argument(
+            "--candidates",
+            default="True",
+            help="two-pass: which overview flakes to confirm, a --select style expression over "
+            "catalog fields and p_<class>, e.g. 'material==\"graphene\" and layers in (1, 2)' "
+            "(default: every overview flake)",
+        )
         AutofocusJob.add_arguments(parser)
 
     @classmethod
@@ -148,6 +198,9 @@ class FlakeSearchJob:
             refocus=not args.no_refocus,
             approach_um=args.approach_um,
             serial=args.serial_detection,
+            objective=args.objective,
+            two_pass=args.two_pass,
+            candidates=args.candidates,
         )
 
     # -- the plan -----------------------------------------------------------------------------
@@ -156,34 +209,26 @@ class FlakeSearchJob:
         self._restore()
         reason, message = "done", ""
         try:
+            if self.objective is not None:
+                status = (yield SetObjective(self.objective)).status
             first = yield Snap(self.needs)
             self.geometry = _geometry(first.results["detections"])
             tiles = plan_tiles(self.region, self.geometry, self.overlap, status.limits)
             if not self.points:
                 for i, (x, y) in enumerate(self._focus_points(status)):
                     yield Progress(i, self.focus_grid**2, "focus points")
-                    yield from self._focus_at(x, y, status)
+                    yield from self._timed("autofocus_s", self._focus_at(x, y, status, self.points))
             if not self.points:
                 raise JobStopped("no_focus", "autofocus converged at none of the focus points")
-            self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
+            search = _Lens(self.geometry, self.points, self.sharp_scores, self._refit_search)
+            search.surface = self._refit_search()
+            if self.two_pass is not None:
+                tiles = yield from self._overview(status)
+                assert self.objective is not None  # __init__ refuses two-pass without it
+                status = (yield SetObjective(self.objective)).status
             done = {t["tile"] for t in self.tiles_done}
             todo = [(i, x, y) for i, (x, y) in enumerate(tiles) if i not in done]
-            pending: _Pending | None = None
-            for i, x, y in todo:
-                # The detector works on the previous tile while the stage moves to this one
-                # and the camera takes it; its detections are collected after this frame.
-                taken = yield from self._tile(i, x, y, status)
-                if self.serial:  # the baseline: wait for each tile's detections
-                    yield from self._catalogue(taken)
-                    yield self._progress(len(tiles))
-                    continue
-                if pending is not None:
-                    yield from self._catalogue(pending)
-                    yield self._progress(len(tiles))
-                pending = taken
-            if pending is not None:
-                yield from self._catalogue(pending)
-                yield self._progress(len(tiles))
+            yield from self._scan(todo, status, search, lambda t: self._catalogue(t, len(tiles)))
         except JobStopped as stop:
             reason, message = stop.reason, stop.message
         except ScopeflowError as exc:
@@ -193,29 +238,123 @@ class FlakeSearchJob:
             raise
         return self._finish(reason, message, time.monotonic() - self._t0)
 
-    def _tile(self, i: int, x: float, y: float, status: ScopeStatus) -> JobPlan:
+    def _scan(
+        self,
+        todo: list[tuple[int, float, float]],
+        status: ScopeStatus,
+        lens: _Lens,
+        collect: Callable[[_Pending], JobPlan],
+    ) -> JobPlan:
+        """Take the tiles in order; ``collect`` reads each one's detections."""
+        pending: _Pending | None = None
+        for i, x, y in todo:
+            # The detector works on the previous tile while the stage moves to this one
+            # and the camera takes it; its detections are collected after this frame.
+            taken = yield from self._tile(i, x, y, status, lens)
+            if self.serial:  # the baseline: wait for each tile's detections
+                yield from collect(taken)
+                continue
+            if pending is not None:
+                yield from collect(pending)
+            pending = taken
+        if pending is not None:
+            yield from collect(pending)
+
+    def _overview(self, status: ScopeStatus) -> JobPlan:
+        """The first pass: swing the overview objective in, measure its focus offset, scan the
+        region, and return the confirmation tiles for the candidates it found."""
+        t0 = time.monotonic()
+        search_geometry, search_surface = self.geometry, self.surface
+        assert self.two_pass is not None and search_surface is not None
+        status = (yield SetObjective(self.two_pass)).status
+        geometry = TileGeometry(
+            search_geometry.rows, search_geometry.cols, status.state.pixel_size_nm / 1e3
+        )
+        points: list[tuple[float, float, float]] = []
+
+        def refit() -> FocusSurface:
+            # The search surface moved by the overview objective's focus offset (0 when no
+            # autofocus converged there: parfocal objectives, the usual design).
+            offsets = [z - search_surface.predict(x, y) for x, y, z in points]
+            return shifted(search_surface, median(offsets) if offsets else 0.0)
+
+        lens = _Lens(geometry, points, [], refit)
+        x0, y0, x1, y1 = self.region
+        (cx, cy), lim = ((x0 + x1) / 2, (y0 + y1) / 2), status.limits
+        cx = min(max(cx, lim.stage_x_min_um), lim.stage_x_max_um)
+        cy = min(max(cy, lim.stage_y_min_um), lim.stage_y_max_um)
+        yield from self._timed("autofocus_s", self._focus_at(cx, cy, status, points))
+        lens.surface = refit()
+        self.overview_offset_um = lens.surface.coefficients[0] - search_surface.coefficients[0]
+        tiles = plan_tiles(self.region, geometry, self.overlap, status.limits)
+        found = Catalog()
+
+        def collect(tile: _Pending) -> JobPlan:
+            obs = yield from self._timed("detection_wait_s", _act(Collect(tile.shot, _DETS)))
+            result = obs.results["detections"]
+            found.add_tile(
+                result.detections,
+                tile=tile.index,
+                centre=(tile.x_um, tile.y_um),
+                geometry=geometry,
+                focus_score=tile.focus_score,
+                blurred=tile.blurred,
+                magnification=result.state.magnification,
+                model=result.model,
+                time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            self.overview_tiles.append(
+                {"tile": tile.index, "x_um": tile.x_um, "y_um": tile.y_um,
+                 "width_um": geometry.width_um, "height_um": geometry.height_um,
+                 "blurred": tile.blurred, "focus_score": tile.focus_score}
+            )  # fmt: skip
+            yield Progress(len(self.overview_tiles), len(tiles), "overview tiles")
+
+        refocus_before = self.refocus_count
+        yield from self._scan([(i, x, y) for i, (x, y) in enumerate(tiles)], status, lens, collect)
+        self.overview_refocus_count = self.refocus_count - refocus_before
+        self.refocus_count = refocus_before  # the search's own count stays apart
+        self.overview_flakes = len(found.entries)
+        chosen = select_candidates(found.entries, self.candidates, CANDIDATE_FIELDS)
+        self.candidate_records = [{k: entry_fields(e)[k] for k in _CANDIDATE_KEYS} for e in chosen]
+        self.overview_seconds = time.monotonic() - t0
+        return confirmation_tiles(chosen, search_geometry, status.limits)
+
+    def _tile(self, i: int, x: float, y: float, status: ScopeStatus, lens: _Lens) -> JobPlan:
         """One tile: move, focus from the surface, frame (its detections computed meanwhile);
         refocus when it reads blurred. Returns what ``_catalogue`` needs."""
-        yield from move_one_way(x, y, status, self.approach_um)
-        yield MoveFocus(self._predicted(x, y, status))
-        snap = Snap(("focus",), pixels=True, later=("detections",))
-        obs = yield snap
-        blurred = _blurred(obs.results["focus"], self.sharp_scores)
+        yield from self._timed("stage_s", move_one_way(x, y, status, self.approach_um))
+        assert lens.surface is not None
+        z = self._predicted(x, y, status, lens.surface)
+        yield from self._timed("z_s", _act(MoveFocus(z)))
+        snap = Snap(("focus",), pixels=True, later=_DETS)
+        obs = yield from self._timed("frames_s", _act(snap))
+        blurred = _blurred(obs.results["focus"], lens.sharp_scores)
         if blurred and self.refocus:
             self.refocus_count += 1
-            if (yield from self._focus_at(x, y, status)):
-                self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
-                obs = yield snap
-                blurred = _blurred(obs.results["focus"], self.sharp_scores)
+            # The stage is already there: autofocus where it stands.
+            refocus = self._focus_at(x, y, obs.status, lens.points, move=False)
+            if (yield from self._timed("autofocus_s", refocus)):
+                lens.surface = lens.refit()
+                obs = yield from self._timed("frames_s", _act(snap))
+                blurred = _blurred(obs.results["focus"], lens.sharp_scores)
         focus = obs.results["focus"]
         if not blurred:
-            self.sharp_scores.append(focus.score)
+            lens.sharp_scores.append(focus.score)
         assert obs.shot is not None
         return _Pending(i, x, y, obs.shot, obs.pixels, focus.score, blurred)
 
-    def _catalogue(self, tile: _Pending) -> JobPlan:
+    def _timed(self, phase: str, plan: JobPlan) -> JobPlan:
+        """Run ``plan`` (actions the runner carries out) and add its wall time to ``phase``."""
+        t0 = time.monotonic()
+        try:
+            return (yield from plan)
+        finally:
+            self.time_s[phase] += time.monotonic() - t0
+
+    def _catalogue(self, tile: _Pending, total: int) -> JobPlan:
         """Collect a tile's detections; into the catalog, COCO and thumbnails; save progress."""
-        obs = yield Collect(tile.shot, ("detections",))
+        obs = yield from self._timed("detection_wait_s", _act(Collect(tile.shot, _DETS)))
         found = obs.results["detections"]
         g, i, centre = self.geometry, tile.index, (tile.x_um, tile.y_um)
         self.catalog.add_tile(
@@ -245,6 +384,7 @@ class FlakeSearchJob:
             }
         )
         self._save_progress()
+        yield self._progress(total)
 
     def _progress(self, total: int) -> Progress:
         minutes = max((time.monotonic() - self._t0) / 60, 1e-9)
@@ -263,10 +403,23 @@ class FlakeSearchJob:
         self.refocus_count = 0
         self.surface: FocusSurface | None = None
         self.resumed_tiles = 0
+        self.time_s = dict.fromkeys(PHASES, 0.0)
+        self.overview_tiles: list[dict[str, Any]] = []
+        self.overview_refocus_count = 0
+        self.overview_flakes = 0
+        self.overview_offset_um: float | None = None
+        self.overview_seconds = 0.0
+        self.candidate_records: list[dict[str, Any]] = []
         path = self.out_dir / PROGRESS_FILE
         if not path.exists():
             return
         state = json.loads(path.read_text())
+        if self.two_pass is not None or state.get("two_pass") is not None:
+            # Its confirmation tiles come from the overview of that run: nothing to carry on.
+            raise UsageError(
+                f"{self.out_dir} holds an unfinished search and two-pass searches do not "
+                "resume; choose another --out"
+            )
         if state["region_um"] != list(self.region) or state["overlap"] != self.overlap:
             raise UsageError(
                 f"{self.out_dir} holds an unfinished search of another region or overlap; "
@@ -286,6 +439,7 @@ class FlakeSearchJob:
         state = {
             "region_um": list(self.region),
             "overlap": self.overlap,
+            "two_pass": self.two_pass,
             "focus_points": [list(p) for p in self.points],
             "tiles": self.tiles_done,
             "sharp_scores": self.sharp_scores,
@@ -307,21 +461,34 @@ class FlakeSearchJob:
             for x, y in focus_points(self.region, self.focus_grid)
         ]
 
-    def _focus_at(self, x: float, y: float, status: ScopeStatus) -> JobPlan:
-        """Move to (x, y) and autofocus; a converged focus joins the surface's points."""
-        obs = yield from move_one_way(x, y, status, self.approach_um)
-        done = yield from AutofocusJob(self.autofocus).plan(obs.status)
+    def _focus_at(
+        self,
+        x: float,
+        y: float,
+        status: ScopeStatus,
+        points: list[tuple[float, float, float]],
+        move: bool = True,
+    ) -> JobPlan:
+        """Move to (x, y) (unless it stands there) and autofocus; a converged focus joins
+        ``points``."""
+        if move:
+            status = (yield from move_one_way(x, y, status, self.approach_um)).status
+        done = yield from AutofocusJob(self.autofocus).plan(status)
         if done.reason in ("timeout", "device_error"):
             raise JobStopped(done.reason, done.message)
         if done.reached_goal and done.details.get("final_wd_um") is not None:
-            self.points.append((x, y, float(done.details["final_wd_um"])))
+            points.append((x, y, float(done.details["final_wd_um"])))
             return True
         return False
 
-    def _predicted(self, x: float, y: float, status: ScopeStatus) -> float:
-        assert self.surface is not None
+    def _refit_search(self) -> FocusSurface:
+        self.surface = fit_surface(self.points, self.surface_kind)  # type: ignore[arg-type]
+        return self.surface
+
+    @staticmethod
+    def _predicted(x: float, y: float, status: ScopeStatus, surface: FocusSurface) -> float:
         lim = status.limits
-        return min(max(self.surface.predict(x, y), lim.wd_min_um), lim.wd_max_um)
+        return min(max(surface.predict(x, y), lim.wd_min_um), lim.wd_max_um)
 
     def _finish(self, reason: str, message: str, seconds: float) -> JobOutcome:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +513,25 @@ class FlakeSearchJob:
         if reason == "done":  # finished: nothing to resume
             (self.out_dir / PROGRESS_FILE).unlink(missing_ok=True)
         blurred = sum(t["blurred"] for t in self.tiles_done)
+        figures: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        if self.two_pass is not None:
+            figures = {
+                "overview_objective": self.two_pass,
+                "search_objective": self.objective,
+                "overview_tiles": len(self.overview_tiles),
+                "overview_flakes": self.overview_flakes,
+                "candidates": len(self.candidate_records),
+                "overview_refocus_count": self.overview_refocus_count,
+                "overview_focus_offset_um": self.overview_offset_um,
+                "overview_minutes": self.overview_seconds / 60,
+            }
+            details["overview"] = {
+                "objective": self.two_pass,
+                "candidates_rule": self.candidates_text,
+                "tiles": self.overview_tiles,
+                "candidates": self.candidate_records,
+            }
         return JobOutcome(
             self.name,
             reason,
@@ -361,9 +547,37 @@ class FlakeSearchJob:
                 "focus_surface_rms_um": self.surface.rms_um if self.surface else None,
                 "minutes": seconds / 60,
                 "resumed_tiles": self.resumed_tiles,
+                **figures,
             },
-            details={**meta, "files": files},
+            details={
+                **meta,
+                **details,
+                "time_s": {**self.time_s, "total_s": seconds},
+                "files": files,
+            },
         )
+
+
+_DETS = ("detections",)
+# What the outcome keeps of each candidate (details["overview"]["candidates"]).
+_CANDIDATE_KEYS = ("id", "x_um", "y_um", "bbox_um", "area_um2", "flake_class", "score")
+
+
+def _act(action: Action) -> JobPlan:
+    """One action as a sub-plan (to time it with ``_timed``)."""
+    return (yield action)
+
+
+@dataclass
+class _Lens:
+    """What the tile loop needs of one objective: its tile geometry, its autofocus points, the
+    focus scores of its sharp tiles, and its focus surface (``refit`` after a refocus)."""
+
+    geometry: TileGeometry
+    points: list[tuple[float, float, float]]
+    sharp_scores: list[float]
+    refit: Callable[[], FocusSurface]
+    surface: FocusSurface | None = None
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,12 @@ def focus_points(
     xs = np.linspace(x0 + ix, x1 - ix, n_side)
     ys = np.linspace(y0 + iy, y1 - iy, n_side)
     return [(float(x), float(y)) for y in ys for x in xs]
+
+
+def shifted(surface: FocusSurface, offset_um: float) -> FocusSurface:
+    """The same surface moved by ``offset_um`` in focus: another objective's surface when the
+    objectives are not parfocal (the first coefficient is the constant term of every kind)."""
+    coefficients = (surface.coefficients[0] + offset_um, *surface.coefficients[1:])
+    return FocusSurface(
+        surface.kind, coefficients, surface.centre_um, surface.rms_um, surface.points
+    )
