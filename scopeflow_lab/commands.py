@@ -122,6 +122,16 @@ def _cmd_bench_simulate(args) -> int:
     return run_simulate_bench(json_path=args.json, repeats=args.repeats)
 
 
+def _cmd_bench_flake_search(args) -> int:
+    from scopeflow.jobs.flake_search import chip_region
+    from scopeflow_lab.bench.report import run_flake_search_bench
+
+    _require_lab_extra("bench flake-search", "sklearn")  # the contrast-GMM baseline
+    x0, y0, x1, y1 = chip_region(args.chip_mm)  # a UsageError names a malformed W,H
+    chip_mm = ((x1 - x0) / 1e3, (y1 - y0) / 1e3)
+    return run_flake_search_bench(chip_mm=chip_mm, json_path=args.json, quick=args.quick)
+
+
 def add_commands(sub) -> None:
     """Add simulate, train, export and bench to the ``scopeflow`` command line."""
     sim = sub.add_parser("simulate", help="write a simulated dataset with ground truth")
@@ -212,3 +222,12 @@ def add_commands(sub) -> None:
     bm.add_argument("--json", type=Path, default=None, help="write results here")
     bm.add_argument("--quick", action="store_true", help="few frames (smoke run)")
     bm.set_defaults(func=_cmd_bench_models)
+    bf = benches.add_parser(
+        "flake-search",
+        help="the flake-search job end to end on a simulated chip: minutes per cm², where the "
+        "time goes, monolayer P/R; pipelined, serial, contrast-GMM and two-pass in one run",
+    )
+    bf.add_argument("--json", type=Path, default=None, help="write results here")
+    bf.add_argument("--chip-mm", default="10,10", help="W,H of the simulated chip (mm)")
+    bf.add_argument("--quick", action="store_true", help="scan 1 × 1 mm (smoke run, ~1 min)")
+    bf.set_defaults(func=_cmd_bench_flake_search)

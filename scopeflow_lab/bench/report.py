@@ -287,3 +287,77 @@ def _print_autofocus(r: dict, progress) -> None:
         )
     ms = r["inference_ms_512"]
     progress(f"AENet + ACNet per 512² frame, ONNX Runtime: {ms['total_ms']:.2f} ms (target ≤ 10)")
+
+
+def run_flake_search_bench(
+    chip_mm: tuple[float, float] = (10.0, 10.0),
+    json_path: Path | None = None,
+    quick: bool = False,
+    progress=print,
+) -> int:
+    """The flake-search job end to end on a simulated chip, every variant in one run."""
+    from scopeflow_lab.bench import flake_search
+
+    if quick:
+        chip_mm = (1.0, 1.0)
+    t0 = time.monotonic()
+    result = flake_search.run(chip_mm=chip_mm, quick=quick, progress=progress)
+    result["bench_wall_s"] = time.monotonic() - t0
+    result["machine"], result["time"] = _machine(), _now()
+    _print_flake_search(result, progress)
+    if json_path is not None:
+        _write_json(result, json_path, progress)
+    return 0
+
+
+def _print_flake_search(r: dict, progress) -> None:
+    def pct(x: float) -> str:
+        return f"{100 * x:.0f}%"
+
+    def opt(x, fmt: str = ".2f") -> str:
+        return "—" if x is None else format(x, fmt)
+
+    chip = r["chip"]
+    progress(
+        f"\nflake search over {chip['scanned_mm'][0]:g} × {chip['scanned_mm'][1]:g} mm, "
+        f"{chip['flakes']} flakes, {chip['monolayer_graphene_ge_50um2']} monolayers ≥ 50 µm²"
+    )
+    head = (
+        f"{'variant':<15} {'tiles':>6} {'min/cm²':>8} {'w/o sim':>8} {'stage':>6} {'focus':>6} "
+        f"{'frames':>6} {'det wait':>8} {'refocus':>7} {'flakes':>6} {'dup':>4} "
+        f"{'1L P':>5} {'1L R':>5} {'det Mpx/s':>9}"
+    )
+    progress(head)
+    progress("-" * len(head))
+    for name, v in r["variants"].items():
+        s, m = v["shares"], v["monolayer_graphene"]
+        tiles = (
+            str(v["tiles"])
+            if v["overview_tiles"] is None
+            else (f"{v['overview_tiles']}+{v['tiles']}")
+        )
+        progress(
+            f"{name:<15} {tiles:>6} {v['minutes_per_cm2']:>8.2f} "
+            f"{v['minutes_per_cm2_without_rendering']:>8.2f} {pct(s['stage']):>6} "
+            f"{pct(s['focus']):>6} {pct(s['frames']):>6} {pct(s['detection_wait']):>8} "
+            f"{v['refocus_count']:>7} {v['flakes']:>6} {m['duplicates']:>4} "
+            f"{opt(m['precision']):>5} {opt(m['recall']):>5} "
+            f"{opt(v['detector_mpx_s_in_scan'], '.1f'):>9}"
+        )
+    progress(
+        f"detector alone (ONNX Runtime, {r['machine']['cpu_count']} cores): "
+        f"{opt(r['detector_mpx_s_standalone'], '.1f')} Mpx/s (target ≥ "
+        f"{r['targets']['detector_mpx_s']:g}); contrast-GMM "
+        f"{opt(r['gmm_mpx_s_standalone'], '.1f')} Mpx/s, fitted in {r['gmm']['fit_s']:.1f} s"
+    )
+    best = min(v["minutes_per_cm2"] for v in r["variants"].values())
+    progress(f"fastest: {best:.2f} min/cm² (target ≤ {r['targets']['minutes_per_cm2']:g})")
+    rv = r["revisit"]
+    if rv.get("selected"):
+        progress(
+            f"revisit at {rv['objective']} ({rv['selection']}): {rv['found']}/{rv['selected']} "
+            f"found, position error median {opt(rv['position_error_um_median'])} µm, "
+            f"max {opt(rv['position_error_um_max'])} µm"
+        )
+    else:
+        progress("revisit: no graphene flake catalogued to revisit")
