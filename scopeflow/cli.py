@@ -74,6 +74,8 @@ def _cmd_node_infer(args) -> int:
             backend=args.backend,
             acnet=not args.no_acnet,
             name=args.name,
+            calibration=args.calibration,
+            materials=tuple(args.materials.split(",")) if args.materials else None,
         ),
         metrics_port=args.metrics_port,
     )
@@ -225,11 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument(
         "--no-acnet", action="store_true", help="with aenet: publish no ACNet proposals"
     )
+    inf.add_argument(
+        "--calibration",
+        default=None,
+        metavar="CAL",
+        help="flake_detector: setup calibration from `scopeflow calibrate flake-detector`",
+    )
+    inf.add_argument(
+        "--materials",
+        default=None,
+        metavar="M1,M2",
+        help="flake_detector: the flake materials on the chip (graphene, hBN, MoS2, WSe2); "
+        "default: any",
+    )
     inf.set_defaults(func=_cmd_node_infer)
 
     from scopeflow.jobs.command import add_parsers as add_job_parsers
 
     add_job_parsers(sub)
+    from scopeflow.calibrate import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub)
     _add_plugin_commands(sub)
 
     demo = sub.add_parser("demo", help="autofocus end to end on a simulated SEM")

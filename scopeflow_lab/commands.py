@@ -116,6 +116,13 @@ def _cmd_bench_transport(args) -> int:
     return run_transport_bench(json_path=args.json, quick=args.quick)
 
 
+def _cmd_bench_flake_detector(args) -> int:
+    from scopeflow_lab.bench.flake_detector import run_flake_detector_bench
+
+    _require_lab_extra("bench flake-detector", "sklearn")
+    return run_flake_detector_bench(json_path=args.json, quick=args.quick)
+
+
 def _cmd_bench_simulate(args) -> int:
     from scopeflow_lab.bench.report import run_simulate_bench
 
@@ -187,6 +194,14 @@ def add_commands(sub) -> None:
     bs.add_argument("--json", type=Path, default=None, help="write results here")
     bs.add_argument("--repeats", type=int, default=20, help="timed frames per case")
     bs.set_defaults(func=_cmd_bench_simulate)
+    bfd = benches.add_parser(
+        "flake-detector",
+        help="flake detector per oxide and lamp, in domain and held out, vs contrast-GMM; "
+        "calibration gain from 5 tiles",
+    )
+    bfd.add_argument("--json", type=Path, default=None, help="write results here")
+    bfd.add_argument("--quick", action="store_true", help="small tiles, few of them (smoke)")
+    bfd.set_defaults(func=_cmd_bench_flake_detector)
     ba = benches.add_parser(
         "autofocus", help="AENet/ACNet autofocus vs search and MAPFoSt, and focus tracking"
     )

@@ -359,7 +359,9 @@ def test_revisit_drives_back_to_the_selected_flakes_at_50x(tmp_path):
     visits = done.details["visits"]
     assert [v["id"] for v in visits] == [f["id"] for f in chosen]
     assert all(v["magnification"] == 50.0 and v["autofocus"] == "converged" for v in visits)
-    assert done.figures["position_error_um_median"] <= 1.0
+    # The detector sees every magnification at about 0.59 µm per network pixel, so each end's
+    # centroid is good to about a pixel: within 1.5 µm, well inside the stage's 2 µm backlash.
+    assert done.figures["position_error_um_median"] <= 1.5
     for v in visits:
         assert (revisit / v["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -82,7 +82,7 @@ def check_wire(dets: list[Detection], shape: tuple[int, int]) -> None:
 
 # -- networks -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("module", "channels", "classes"), [(flake_model, 3, 8), (particle_model, 1, 2)]
+    ("module", "channels", "classes"), [(flake_model, 3, 16), (particle_model, 1, 2)]
 )
 def test_forward_shapes_and_probabilities(module, channels, classes):
     net = module.build().eval()
@@ -215,7 +215,7 @@ def test_tiled_equals_untiled(flake_detector, particle_detector):
     tile = next(iter(FlakeChipSource(config, seed=flake_training.TEST_SEED + 1).images(1))).image
     whole = flake_detector.probabilities(tile)
     parts = flake_model.FlakeDetector(flake_detector.session, tile=256).probabilities(tile)
-    assert parts.shape == whole.shape == (8, 256, 384)
+    assert parts.shape == whole.shape == (len(flake_model.CLASSES), 256, 384)
     assert np.abs(parts - whole).max() < 0.02
 
 

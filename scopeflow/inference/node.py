@@ -34,6 +34,8 @@ class InferConfig:
     backend: str = "auto"
     name: str = "infer"
     acnet: bool = True  # with AENet: ACNet's proposal in every focus result
+    calibration: str | None = None  # flake detector: a setup calibration folder
+    materials: tuple[str, ...] | None = None  # flake detector: the chip's materials
 
 
 class InferNode:
@@ -43,7 +45,9 @@ class InferNode:
         self, config: InferConfig, ctx: zmq.Context | None = None, metrics_port: int | None = None
     ) -> None:
         self.config = config
-        self.processor: Processor = make_processor(config.model, config.backend, config.acnet)
+        self.processor: Processor = make_processor(
+            config.model, config.backend, config.acnet, config.calibration, config.materials
+        )
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
         self.frames = self.rt.socket(zmq.SUB)
         self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)

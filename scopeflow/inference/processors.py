@@ -149,14 +149,26 @@ class Detect:
 
     kind = "detections"
 
-    def __init__(self, model: str, backend: str) -> None:
+    def __init__(
+        self,
+        model: str,
+        backend: str,
+        calibration: str | None = None,
+        materials: tuple[str, ...] | None = None,
+    ) -> None:
         self.name = model
+        if (calibration is not None or materials is not None) and model != "flake_detector":
+            raise ValueError(
+                f"--calibration and --materials apply to the flake_detector, not to {model}"
+            )
         session = backends.load(model, backend)
         self.backend = session.backend
         if model == "flake_detector":
+            from scopeflow.inference.models.flake_calibration import FlakeCalibration
             from scopeflow.inference.models.flake_detector import FlakeDetector
 
-            self._net = FlakeDetector(session)
+            cal = FlakeCalibration.load(calibration) if calibration is not None else None
+            self._net = FlakeDetector(session, calibration=cal, materials=materials)
         else:
             from scopeflow.inference.models.particle_detector import ParticleDetector
 
@@ -164,7 +176,11 @@ class Detect:
 
     def process(self, msg: Message) -> list[Result]:
         h = msg.header
-        found = self._net.detect(rgb(msg))
+        pixel_nm = h.state.pixel_size_nm if h.state is not None else None
+        if self.name == "flake_detector":  # its input scale follows the pixel size
+            found = self._net.detect(rgb(msg), pixel_size_nm=pixel_nm)
+        else:
+            found = self._net.detect(rgb(msg))
         return [
             (
                 DetectionsResult(
@@ -193,9 +209,17 @@ def rgb(msg: Message) -> np.ndarray:
     return pixels
 
 
-def make_processor(model: str, backend: str = "auto", acnet: bool = True) -> Processor:
+def make_processor(
+    model: str,
+    backend: str = "auto",
+    acnet: bool = True,
+    calibration: str | None = None,
+    materials: tuple[str, ...] | None = None,
+) -> Processor:
     """The processor serving ``model`` (a classical metric name or a shipped model); ``acnet``:
-    run ACNet after AENet."""
+    run ACNet after AENet; ``calibration``: the flake detector's setup calibration (a folder
+    written by ``scopeflow calibrate flake-detector``); ``materials``: the flake materials on
+    the chip (the flake detector reports no other)."""
     if model in METRICS:
         return ClassicalFocus(model)
     if model == "aenet":
@@ -203,6 +227,6 @@ def make_processor(model: str, backend: str = "auto", acnet: bool = True) -> Pro
     if model == "denoiser":
         return Denoise(backend)
     if model in ("flake_detector", "particle_detector"):
-        return Detect(model, backend)
+        return Detect(model, backend, calibration, materials)
     known = ", ".join([*METRICS, *LEARNED])
     raise ValueError(f"unknown model {model!r}; the inference node serves: {known}")

@@ -57,9 +57,28 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="frames endpoint of a remote scope, for jobs that keep pixels (flake thumbnails)",
     )
-    g.add_argument("--focus-model", default="aenet", help="local scope: focus model or metric")
+    g.add_argument(
+        "--focus-model",
+        default=None,
+        help="local scope: focus model or metric (default: the job's own, aenet for autofocus "
+        "on the SEM, tenengrad for the flake jobs on optical tiles)",
+    )
     g.add_argument("--detector", default="flake_detector", help="local scope: detector model")
     g.add_argument("--backend", default="auto", help="local scope: inference backend")
+    g.add_argument(
+        "--materials",
+        default=None,
+        metavar="M1,M2",
+        help="local scope: the flake materials on the chip (graphene, hBN, MoS2, WSe2); the "
+        "detector reports no other (default: any)",
+    )
+    g.add_argument(
+        "--calibration",
+        default=None,
+        metavar="CAL",
+        help="local scope: the flake detector's setup calibration "
+        "(from `scopeflow calibrate flake-detector`)",
+    )
     g.add_argument("--timeout-s", type=float, default=5.0, help="give up on a silent peer")
     g.add_argument("--ready-timeout-s", type=float, default=20.0)
     g.add_argument(
@@ -93,14 +112,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = args.job_class.from_args(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    materials = None
+    if args.materials:
+        from scopeflow.inference.models.flake_detector import check_materials
+
+        try:
+            materials = check_materials(args.materials.split(","))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.calibration is not None:  # refuse a bad calibration before anything moves
+        from scopeflow.inference.models.flake_calibration import FlakeCalibration
+
+        try:
+            FlakeCalibration.load(args.calibration)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     scope = open_scope(
         args.scope,
         results_endpoint=args.results,
-        models={"focus": args.focus_model, "detections": args.detector},
+        models={
+            "focus": args.focus_model or getattr(args.job_class, "default_focus_model", "aenet"),
+            "detections": args.detector,
+        },
         backend=args.backend,
         timeout_s=args.timeout_s,
         curve=_curve_client(args),
         frames_endpoint=args.frames_endpoint,
+        calibration=args.calibration,
+        materials=materials,
     )
     config = RunnerConfig(
         ready_timeout_s=args.ready_timeout_s,

@@ -43,6 +43,7 @@ class FlakeRevisitJob:
 
     name = "flake-revisit"
     needs = ("focus", "detections")
+    default_focus_model = "tenengrad"  # as flake-search: AENet is an SEM model
 
     def __init__(
         self,

@@ -36,6 +36,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import cv2
+import numpy as np
+
 from scopeflow.errors import ScopeflowError, UsageError
 from scopeflow.inference.models.flake_detector import CLASSES as DETECTOR_CLASSES
 from scopeflow.jobs.autofocus import AutofocusJob, AutofocusJobConfig
@@ -53,6 +56,7 @@ from scopeflow.jobs.base import (
     move_one_way,
 )
 from scopeflow.jobs.flakes.catalog import Catalog, FlakeEntry
+from scopeflow.jobs.flakes.flat_field import FlatField
 from scopeflow.jobs.flakes.focus_surface import FocusSurface, fit_surface, focus_points, shifted
 from scopeflow.jobs.flakes.outputs import CocoTiles, html_chip_map, thumbnail
 from scopeflow.jobs.flakes.select import compile_selection
@@ -94,6 +98,10 @@ class FlakeSearchJob:
 
     name = "flake-search"
     needs = ("focus", "detections")
+    # AENet was trained on SEM frames: on in-focus 20x optical tiles it reads 1-7 of 9 (more
+    # than 1 DoF out), so its blur rule refocused every tile (bench, 2026-12-07). A classical
+    # metric searches for focus and compares scores between tiles instead.
+    default_focus_model = "tenengrad"
 
     def __init__(
         self,
@@ -110,6 +118,7 @@ class FlakeSearchJob:
         objective: str | None = None,
         two_pass: str | None = None,
         candidates: str = "True",
+        flat_field: str = "auto",
     ) -> None:
         if two_pass is not None and objective is None:
             raise UsageError(
@@ -128,6 +137,8 @@ class FlakeSearchJob:
         self.two_pass = two_pass
         self.candidates_text = candidates
         self.candidates = compile_selection(candidates, CANDIDATE_FIELDS)
+        self.flat_field_spec = flat_field
+        self.flat = _flat_field(flat_field)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -158,6 +169,13 @@ class FlakeSearchJob:
             default=10.0,
             help="reach every position from this far below in x and y, so the stage's "
             "backlash is the same everywhere (0: move directly)",
+        )
+        parser.add_argument(
+            "--flat-field",
+            default="auto",
+            metavar="auto|none|IMAGE",
+            help="flat field and white balance for thumbnails: from the scan's blank tiles "
+            "(auto), none, or a reference image of bare substrate",
         )
         parser.add_argument(
             "--serial-detection",
@@ -201,6 +219,7 @@ class FlakeSearchJob:
             objective=args.objective,
             two_pass=args.two_pass,
             candidates=args.candidates,
+            flat_field=args.flat_field,
         )
 
     # -- the plan -----------------------------------------------------------------------------
@@ -370,8 +389,15 @@ class FlakeSearchJob:
         )
         self.coco.add(i, centre, (g.rows, g.cols), g.pixel_um, found.detections)
         if tile.pixels is not None:
+            pixels = tile.pixels
+            if self.flat is not None:
+                self.flat.offer(pixels, len(found.detections))
+                if self.flat.ready:  # thumbnails corrected from here on
+                    pixels = self.flat.correct(pixels)
             for entry in self.catalog.new_entries_of(i):
-                thumbnail(tile.pixels, entry, self.out_dir / "thumbs" / f"flake-{entry.id:05d}.png")
+                if self.flat is not None and self.flat.ready:
+                    entry.flat_field_id = self.flat.id
+                thumbnail(pixels, entry, self.out_dir / "thumbs" / f"flake-{entry.id:05d}.png")
         self.tiles_done.append(
             {
                 "tile": i,
@@ -500,6 +526,9 @@ class FlakeSearchJob:
             "focus_points": [list(p) for p in self.points],
             "tiles": self.tiles_done,
         }
+        if self.flat is not None and self.flat.ready:
+            meta["flat_field"] = {k: v for k, v in self.flat.to_json().items() if k != "flat_rgb"}
+            self.flat.save(self.out_dir)
         files = [str(p) for p in catalog.write(self.out_dir, meta)]
         files.append(str(self.coco.write(self.out_dir / "catalog.coco.json")))
         if self.tiles_done:
@@ -591,6 +620,18 @@ class _Pending:
     pixels: Any
     focus_score: float
     blurred: bool
+
+
+def _flat_field(spec: str) -> FlatField | None:
+    """``--flat-field``: auto (from blank tiles), none, or a reference image file."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return FlatField()
+    image = cv2.imread(spec, cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 3:
+        raise UsageError(f"--flat-field {spec}: not a colour image OpenCV can read")
+    return FlatField(np.ascontiguousarray(image[..., 2::-1]))  # OpenCV reads BGR(A)
 
 
 def _geometry(detections: Any) -> TileGeometry:

@@ -34,6 +34,8 @@ class LocalScope:
     ``models`` maps result kinds to the model serving them (a classical focus metric or a
     shipped model, see :data:`DEFAULT_MODELS`); ``backend`` is the inference backend.
     ``processors`` hands in loaded processors by kind (to share them between scopes).
+    ``calibration``: the detector's setup calibration folder; ``materials``: the flake
+    materials on the chip (flake detector only).
     ``inference_seconds`` adds up the time spent computing results.
     """
 
@@ -45,11 +47,15 @@ class LocalScope:
         backend: str = "auto",
         series_id: int = 0,
         processors: dict[str, Any] | None = None,
+        calibration: str | None = None,
+        materials: tuple[str, ...] | None = None,
     ) -> None:
         self.devices: GuardedMicroscope = guard(device)
         self.name = self.devices.name
         self.models = {**DEFAULT_MODELS, **(models or {})}
         self.backend = backend
+        self.calibration = calibration
+        self.materials = materials
         self.series_id = series_id
         self.series_unique_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
         self._processors: dict[str, Any] = dict(processors or {})
@@ -71,7 +77,13 @@ class LocalScope:
         if kind not in self._processors:
             from scopeflow.inference.processors import make_processor
 
-            self._processors[kind] = make_processor(self.models[kind], self.backend)
+            flakes = kind == "detections" and self.models[kind] == "flake_detector"
+            self._processors[kind] = make_processor(
+                self.models[kind],
+                self.backend,
+                calibration=self.calibration if flakes else None,
+                materials=self.materials if flakes else None,
+            )
         return self._processors[kind]
 
     def status(self) -> ScopeStatus:

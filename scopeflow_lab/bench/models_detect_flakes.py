@@ -4,6 +4,7 @@ flake truths and scoring, the contrast-GMM baseline, and the held-out chip evalu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from scopeflow.inference.tiling import pad_to_multiple
 from scopeflow.schemas.results import Detection
 from scopeflow_lab.bench.models_detect_common import backend_times
 from scopeflow_lab.bench.timing import median_ms
+from scopeflow_lab.sim.optical import ChipConfig, SpectralModel
 from scopeflow_lab.training import flake_detector as flake_training
 from scopeflow_lab.training.detect_eval import (
     IOU,
@@ -44,7 +46,10 @@ def flake_truths(image: Any) -> list[Truth]:
     detector does not report them."""
     masks: dict[tuple[int, str], np.ndarray] = {}
     for obj in image.objects:
-        name = flake_model.CLASSES[flake_training.class_of(obj.attributes)]
+        k = flake_training.class_of(obj.attributes)
+        if k == flake_training.IGNORE:  # a film no one could see on this oxide: not counted
+            continue
+        name = flake_model.CLASSES[k]
         if name in flake_model.DECOYS:
             continue
         key = (int(obj.attributes["flake_id"]), name)
@@ -104,7 +109,15 @@ class ContrastGMM:
         "graphene_2L": 2,
         "graphene_3L": 2,
         "graphene_thick": 6,
-        "hBN": 6,
+        "hBN_thin": 3,
+        "hBN_medium": 3,
+        "hBN_thick": 4,
+        "MoS2_1L": 2,
+        "MoS2_2L": 2,
+        "MoS2_thick": 4,
+        "WSe2_1L": 2,
+        "WSe2_2L": 2,
+        "WSe2_thick": 4,
         "residue": 4,
         "dirt": 4,
     }
@@ -117,6 +130,7 @@ class ContrastGMM:
         self.reject = -math.inf
         self.smooth = 1
         self.min_area = flake_model.MIN_AREA_PX
+        self.materials: tuple[str, ...] | None = None
 
     def fit(self, data: list[flake_training.Sample], rng: np.random.Generator) -> None:
         """One mixture per class on contrast vectors inside eroded truth masks."""
@@ -128,7 +142,8 @@ class ContrastGMM:
         for s in data:
             c = s.contrast.astype(np.float32).reshape(3, -1).T
             for k in range(len(flake_model.CLASSES)):
-                mask = cv2.erode((s.labels == k).view(np.uint8), kernel).ravel().astype(bool)
+                m8 = (s.labels == k).astype(np.uint8)
+                mask = cv2.erode(m8, kernel).ravel().astype(bool)
                 counts[k] += (s.labels == k).sum()
                 if mask.any():
                     pools[k].append(c[mask])
@@ -184,6 +199,11 @@ class ContrastGMM:
     def detect(self, frame: np.ndarray) -> list[Detection]:
         contrast = flake_model.flake_contrast(frame)
         loglik = self.log_likelihoods(contrast, self.smooth)
+        if self.materials is not None:  # told the chip's materials, as the network is
+            keep = flake_model.restrict_to_materials(
+                np.ones((len(flake_model.CLASSES), 1, 1)), self.materials
+            )[:, 0, 0]
+            loglik = np.where(keep[:, None, None] > 0, loglik, -1e9)
         return self.detect_from(loglik, frame.shape[:2], self.reject, self.min_area)
 
     def tune(self, tiles: list[tuple[np.ndarray, Any]], progress: Callable[[str], None]) -> None:
@@ -238,63 +258,95 @@ def instances(probs: np.ndarray, shape: tuple[int, int], min_area: int) -> list[
     return found
 
 
-def _test_specs(
-    oxide_nm: float, chips: int, tiles: int, shape: tuple[int, int] = (1200, 1920)
-) -> list[flake_training.ChipSpec]:
-    from scopeflow_lab.sim.optical import ChipConfig
+#: Test chips: graphene and hBN (the default chip's mix), and the two TMDs.
+TEST_CHIPS = (ChipConfig(), ChipConfig(materials=("MoS2", "WSe2"), material_weights=(0.5, 0.5)))
+#: In-domain test conditions (trained oxides and lamps, unseen chips), per oxide and lamp.
+IN_DOMAIN = (
+    ("90 nm, halogen", 90.0, SpectralModel()),
+    ("90 nm, LED", 90.0, SpectralModel(illuminant="led")),
+    ("285 nm, halogen", 285.0, SpectralModel()),
+    ("285 nm, LED", 285.0, SpectralModel(illuminant="led")),
+)
+#: Held-out conditions: oxide bands and a warm LED never trained on, on a Bayer camera with a
+#: colour matrix.
+HELD_OUT = (
+    ("300 nm, halogen", 300.0, SpectralModel()),
+    ("300 nm, warm LED", 300.0, flake_training.HELDOUT_LED),
+    ("245 nm, halogen", 245.0, SpectralModel()),
+    ("245 nm, warm LED", 245.0, flake_training.HELDOUT_LED),
+)
 
-    base = flake_training.TEST_SEED + int(oxide_nm) * 10
+
+def condition_specs(
+    label: str,
+    oxide_nm: float,
+    spectrum: SpectralModel,
+    chips: int,
+    tiles: int,
+    *,
+    held_out: bool,
+    shape: tuple[int, int] = (1200, 1920),
+    seed_offset: int = 0,
+) -> list[flake_training.ChipSpec]:
+    """Test chips (seeds from TEST_SEED, never trained on) of one condition, alternately a
+    graphene + hBN chip and a MoS₂ + WSe₂ chip (a chip holds what was exfoliated on it; the
+    detector is told which); the default camera in domain, a Bayer sensor with a colour matrix
+    when held out."""
+    base = (
+        flake_training.TEST_SEED
+        + seed_offset
+        + 100 * ([c[0] for c in IN_DOMAIN + HELD_OUT].index(label) + 1)
+    )
     return [
-        flake_training.ChipSpec(oxide_nm, base + i, tiles, shape=shape, chip=ChipConfig())
+        flake_training.ChipSpec(
+            oxide_nm,
+            base + i,
+            tiles,
+            shape=shape,
+            chip=TEST_CHIPS[i % len(TEST_CHIPS)],
+            spectrum=spectrum,
+            bayer=held_out,
+            colour_matrix=flake_training.sensor_colour_matrix(0.6) if held_out else None,
+        )
         for i in range(chips)
     ]
 
 
 def _evaluate_flakes(
     detector: Any,
-    gmm: ContrastGMM,
+    gmm: ContrastGMM | None,
     specs: list[flake_training.ChipSpec],
     progress: Callable[[str], None],
     label: str,
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict | None]:
     ours, theirs = FlakeScore.empty(), FlakeScore.empty()
     n = 0
-    for _, image, _ in flake_training.samples(specs):
+    for spec, image, _ in flake_training.samples(specs):
         truths = flake_truths(image)
+        detector.materials = spec.chip.materials  # the user says what is on the chip
         ours.add(detector.detect(image.image), truths)
-        theirs.add(gmm.detect(image.image), truths)
+        if gmm is not None:
+            gmm.materials = spec.chip.materials
+            theirs.add(gmm.detect(image.image), truths)
         n += 1
+    a = ours.per_class["graphene_1L"].report()
+    b = theirs.per_class["graphene_1L"].report()
     progress(
-        f"    {label}: {n} tiles; graphene 1L P/R "
-        f"{ours.per_class['graphene_1L'].report()['precision']:.3f}/"
-        f"{ours.per_class['graphene_1L'].report()['recall']:.3f} "
-        f"(gmm {theirs.per_class['graphene_1L'].report()['precision']:.3f}/"
-        f"{theirs.per_class['graphene_1L'].report()['recall']:.3f})"
+        f"    {label}: {n} tiles; graphene 1L P/R {a['precision']:.3f}/{a['recall']:.3f}"
+        + (f" (gmm {b['precision']:.3f}/{b['recall']:.3f})" if gmm is not None else "")
     )
-    return ours.report(), theirs.report()
+    return ours.report(), (theirs.report() if gmm is not None else None)
 
 
-def flake_section(
-    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
-) -> dict[str, Any]:
-    """The ``flake_detector`` section of the models benchmark."""
-    rng = np.random.default_rng(0)
-    detector = flake_model.FlakeDetector(
-        backends.load(flake_model.NAME, "onnxruntime", weights_dir)
-    )
-    progress("  flake detector: fitting the contrast-GMM baseline on training tiles")
-    train_specs = flake_training.train_specs(quick)
-    fit_specs = train_specs if quick else train_specs[::3]  # 8 chips, every oxide
+def fit_gmm(
+    fit_specs: list[flake_training.ChipSpec],
+    tune_specs: list[flake_training.ChipSpec],
+    rng: np.random.Generator,
+    progress: Callable[[str], None],
+) -> ContrastGMM:
+    """The contrast-GMM baseline fitted on ``fit_specs`` and tuned on ``tune_specs``."""
     gmm = ContrastGMM()
     gmm.fit([s for _, _, s in flake_training.samples(fit_specs)], rng)
-    tune_specs = (
-        train_specs
-        if quick
-        else [
-            flake_training.ChipSpec(s.oxide_nm, s.seed, 3, s.white_balance, s.bit_depth)
-            for s in train_specs[1::3]
-        ]
-    )
     gmm.tune(
         [
             (s.contrast.astype(np.float32), image)
@@ -302,20 +354,72 @@ def flake_section(
         ],
         progress,
     )
+    return gmm
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    tmd_1l = [report[c] for c in ("MoS2_1L", "WSe2_1L")]
+    return {
+        "graphene_1L": report["graphene_1L"],
+        "layer_accuracy": report["layer_accuracy"],
+        "f1": report["f1"],
+        "MoS2_1L_recall": tmd_1l[0]["recall"],
+        "WSe2_1L_recall": tmd_1l[1]["recall"],
+    }
+
+
+def flake_section(
+    quick: bool = False, progress: Callable[[str], None] = print, weights_dir: Path | None = None
+) -> dict[str, Any]:
+    """The ``flake_detector`` section of the models benchmark: every in-domain and held-out
+    condition, the network beside the contrast-GMM baseline (fitted on training tiles)."""
+    rng = np.random.default_rng(0)
+    detector = flake_model.FlakeDetector(
+        backends.load(flake_model.NAME, "onnxruntime", weights_dir)
+    )
+    progress("  flake detector: fitting the contrast-GMM baseline on training tiles")
+    train_specs = flake_training.train_specs(quick)
+    if quick:
+        gmm = fit_gmm(train_specs, train_specs, rng, progress)
+    else:
+        twenty = [s for s in train_specs if s.magnification == 20.0]
+        gmm = fit_gmm(
+            twenty[::3],
+            [dataclasses.replace(s, tiles=2) for s in twenty[1::6]],
+            rng,
+            progress,
+        )
 
     small = (256, 384)
-    chips, tiles = (1, 2) if quick else (4, 25)
+    chips, tiles = (1, 2) if quick else (2, 15)
     shape = small if quick else (1200, 1920)
-    main_specs = _test_specs(285.0, chips, tiles, shape) + _test_specs(90.0, chips, tiles, shape)
-    held_specs = _test_specs(flake_training.HELDOUT_OXIDE_NM, chips, tiles, shape)
-    ours, theirs = _evaluate_flakes(detector, gmm, main_specs, progress, "285 + 90 nm")
-    held_ours, held_theirs = _evaluate_flakes(
-        detector, gmm, held_specs, progress, f"{flake_training.HELDOUT_OXIDE_NM:g} nm"
-    )
+    conditions = []
+    pooled_specs: dict[bool, list[flake_training.ChipSpec]] = {False: [], True: []}
+    for held_out, table in ((False, IN_DOMAIN), (True, HELD_OUT)):
+        for label, oxide, spectrum in table:
+            specs = condition_specs(
+                label, oxide, spectrum, chips, tiles, held_out=held_out, shape=shape
+            )
+            pooled_specs[held_out] += specs
+            ours, theirs = _evaluate_flakes(detector, gmm, specs, progress, label)
+            assert theirs is not None
+            conditions.append(
+                {
+                    "condition": label,
+                    "held_out": held_out,
+                    "tiles": chips * tiles,
+                    **_summary(ours),
+                    "per_class": ours,
+                    "baseline": _summary(theirs),
+                }
+            )
 
     # Throughput on full tiles, end to end, ONNX Runtime.
     frames = [
-        im.image for _, im, _ in flake_training.samples(_test_specs(285.0, 1, 2 if quick else 4))
+        im.image
+        for _, im, _ in flake_training.samples(
+            condition_specs(*IN_DOMAIN[2], 1, 2 if quick else 4, held_out=False, seed_offset=50)
+        )
     ]
     per_tile = (
         float(
@@ -330,45 +434,50 @@ def flake_section(
     padded, _ = pad_to_multiple(flake_model.flake_contrast(frames[0]), flake_model.MULTIPLE)
     net_input = {"contrast": np.ascontiguousarray(padded[None])}
     speed = backend_times(flake_model.NAME, net_input, 2 if quick else 10, weights_dir)
-    out = {
-        "graphene_1L": ours["graphene_1L"],
-        "layer_accuracy": ours["layer_accuracy"],
+    main = [c for c in conditions if not c["held_out"]]
+    held = [c for c in conditions if c["held_out"]]
+    return {
+        **_mean_summary(main),
         "megapixels_per_s": mpx / per_tile,
-        "f1": ours["f1"],
-        "per_class": ours,
         "tile_ms": per_tile * 1e3,
         "tile_shape": list(frames[0].shape),
         "network": speed,
+        "conditions": conditions,
         "baseline": {
             "name": gmm.name,
-            "graphene_1L": theirs["graphene_1L"],
-            "layer_accuracy": theirs["layer_accuracy"],
-            "f1": theirs["f1"],
-            "per_class": theirs,
+            **_mean_summary([{**c["baseline"]} for c in main]),
             "megapixels_per_s": mpx / gmm_s,
             "setup": gmm.setup(),
         },
-        "heldout_substrate": {
-            "oxide_nm": flake_training.HELDOUT_OXIDE_NM,
-            "graphene_1L": held_ours["graphene_1L"],
-            "layer_accuracy": held_ours["layer_accuracy"],
-            "f1": held_ours["f1"],
-            "per_class": held_ours,
-            "baseline": {
-                "name": gmm.name,
-                "graphene_1L": held_theirs["graphene_1L"],
-                "layer_accuracy": held_theirs["layer_accuracy"],
-                "f1": held_theirs["f1"],
-            },
+        "heldout_conditions": {
+            **_mean_summary(held),
+            "baseline": _mean_summary([{**c["baseline"]} for c in held]),
         },
         "test_set": {
-            "oxides_nm": [285.0, 90.0],
-            "tiles": len(main_specs) * tiles,
-            "heldout_tiles": len(held_specs) * tiles,
-            "chip_seeds": [s.seed for s in main_specs + held_specs],
+            "tiles_per_condition": chips * tiles,
+            "chip_seeds": sorted({s.seed for v in pooled_specs.values() for s in v}),
             "tile_shape": list(shape),
             "min_truth_area_px": FLAKE_MIN_TRUTH_PX,
             "iou": IOU,
         },
     }
-    return out
+
+
+def _mean_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-condition figures averaged over conditions (macro: each condition counts once)."""
+    if not rows:
+        return {}
+
+    def mean(get: Callable[[dict[str, Any]], float]) -> float:
+        return float(np.mean([get(r) for r in rows]))
+
+    return {
+        "graphene_1L": {
+            "precision": mean(lambda r: r["graphene_1L"]["precision"]),
+            "recall": mean(lambda r: r["graphene_1L"]["recall"]),
+        },
+        "layer_accuracy": mean(lambda r: r["layer_accuracy"]),
+        "f1": mean(lambda r: r["f1"]),
+        "MoS2_1L_recall": mean(lambda r: r["MoS2_1L_recall"]),
+        "WSe2_1L_recall": mean(lambda r: r["WSe2_1L_recall"]),
+    }

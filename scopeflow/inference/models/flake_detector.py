@@ -49,22 +49,46 @@ CLASSES = (
     "graphene_2L",
     "graphene_3L",
     "graphene_thick",
-    "hBN",
+    "hBN_thin",
+    "hBN_medium",
+    "hBN_thick",
+    "MoS2_1L",
+    "MoS2_2L",
+    "MoS2_thick",
+    "WSe2_1L",
+    "WSe2_2L",
+    "WSe2_thick",
     "residue",
     "dirt",
 )
 DECOYS = ("residue", "dirt")  # classes the network knows so as not to call them flakes
-#: material and layer count each class reports
+#: hBN thickness classes, nm: below 3 nm hBN is invisible on SiO₂ (contrast < 0.02) and not a
+#: class; 10–50 nm is what encapsulation wants.
+HBN_CLASSES_NM = {"hBN_thin": (3.0, 10.0), "hBN_medium": (10.0, 50.0), "hBN_thick": (50.0, None)}
+#: material and layer count each class reports (hBN: its thickness class instead of layers)
 CLASS_ATTRIBUTES: dict[str, dict[str, str | int]] = {
     "graphene_1L": {"material": "graphene", "layers": 1},
     "graphene_2L": {"material": "graphene", "layers": 2},
     "graphene_3L": {"material": "graphene", "layers": 3},
     "graphene_thick": {"material": "graphene", "layers": "thick"},
-    "hBN": {"material": "hBN", "layers": "unresolved"},
+    "hBN_thin": {"material": "hBN", "layers": "3-10nm"},
+    "hBN_medium": {"material": "hBN", "layers": "10-50nm"},
+    "hBN_thick": {"material": "hBN", "layers": ">50nm"},
+    "MoS2_1L": {"material": "MoS2", "layers": 1},
+    "MoS2_2L": {"material": "MoS2", "layers": 2},
+    "MoS2_thick": {"material": "MoS2", "layers": "thick"},
+    "WSe2_1L": {"material": "WSe2", "layers": 1},
+    "WSe2_2L": {"material": "WSe2", "layers": 2},
+    "WSe2_thick": {"material": "WSe2", "layers": "thick"},
     "residue": {"material": "residue", "layers": "unresolved"},
     "dirt": {"material": "dirt", "layers": "unresolved"},
 }
 DOWNSAMPLE = 2  # the network sees the tile averaged 2× down (0.59 µm/px at 20×, IMX174)
+#: The network's pixel, nm: a frame whose pixel size is known is averaged down by the whole
+#: factor closest to this (1 at 10×, 2 at 20×, 5 at 50× on the default camera), so flakes
+#: look the same size to the network whatever the magnification.
+NETWORK_PIXEL_NM = 586.0
+MAX_DOWNSAMPLE = 8
 WIDTHS = (16, 32, 48, 64)  # channels per U-Net level
 MULTIPLE = 2 ** len(WIDTHS)  # stem stride × three poolings: input sides must be multiples
 CONTRAST_CLIP = (-1.0, 4.0)  # beyond: saturated bulk or the dark holder; nothing to resolve
@@ -75,6 +99,7 @@ BACKGROUND_DEGREE = 4  # cos⁴ vignetting and oxide gradients are smooth: degre
 OFF_CHIP_CONTRAST = -0.6  # the holder (reflectance 0.04) against SiO₂/Si (0.1–0.4)
 OFF_CHIP_FRACTION = 0.02  # … as a region touching the frame edge, ≥ 2 % of the frame
 MIN_AREA_PX = 25  # least component area, network pixels (100 px, 8.6 µm² at full resolution)
+MIN_AREA_UM2 = 8.6  # … the same in µm², when the pixel size is known
 MIN_SCORE = 0.6  # least mean class probability (chosen on validation chips, pooled F1)
 TILE = 1024  # largest network input side in one pass (a 1920×1200 tile is 960×600)
 OVERLAP = 64  # ≥ the U-Net's effective reach: tiled = one pass within 0.02 (tests)
@@ -304,10 +329,54 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image, ((w + pw) // factor, (h + ph) // factor), interpolation=cv2.INTER_AREA)
 
 
-def flake_contrast(frame: np.ndarray, black_level: float = BLACK_LEVEL) -> np.ndarray:
-    """The contrast map (3, h, w) float32 at network resolution (frame ``DOWNSAMPLE``× down)."""
+FLAKE_MATERIALS = ("graphene", "hBN", "MoS2", "WSe2")
+
+
+def check_materials(materials: tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    """The chip's materials, validated (None: any)."""
+    if materials is None:
+        return None
+    out = tuple(dict.fromkeys(str(m).strip() for m in materials if str(m).strip()))
+    unknown = [m for m in out if m not in FLAKE_MATERIALS]
+    if unknown or not out:
+        raise ValueError(
+            f"unknown flake materials {unknown or list(materials)}; "
+            f"choose from {', '.join(FLAKE_MATERIALS)}"
+        )
+    return out
+
+
+def restrict_to_materials(probs: np.ndarray, materials: tuple[str, ...]) -> np.ndarray:
+    """Class probabilities (K, h, w) with the classes of materials not on the chip removed and
+    the rest renormalised: a user knows what they exfoliated, and thick flakes of different
+    materials can share a colour (interference), which no colour model can tell apart."""
+    keep = np.array(
+        [
+            name == "background"
+            or name in DECOYS
+            or CLASS_ATTRIBUTES[name]["material"] in materials
+            for name in CLASSES
+        ]
+    )
+    out = probs * keep[:, None, None].astype(probs.dtype)
+    out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-12)
+    return out
+
+
+def downsample_factor(pixel_size_nm: float | None) -> int:
+    """The whole factor that brings a frame of ``pixel_size_nm`` closest to the network's
+    pixel (:data:`NETWORK_PIXEL_NM`); :data:`DOWNSAMPLE` when the pixel size is unknown."""
+    if pixel_size_nm is None or not math.isfinite(pixel_size_nm) or pixel_size_nm <= 0:
+        return DOWNSAMPLE
+    return int(min(max(round(NETWORK_PIXEL_NM / pixel_size_nm), 1), MAX_DOWNSAMPLE))
+
+
+def flake_contrast(
+    frame: np.ndarray, black_level: float = BLACK_LEVEL, factor: int = DOWNSAMPLE
+) -> np.ndarray:
+    """The contrast map (3, h, w) float32 at network resolution (frame ``factor``× down)."""
     unit = as_unit_float(frame, 3)
-    small = downsample(unit, DOWNSAMPLE) - np.float32(black_level)
+    small = downsample(unit, factor) - np.float32(black_level)
     small = np.maximum(small, np.float32(0.0))
     background = robust_background(
         np.maximum(small, 1e-4), cell=BACKGROUND_CELL_PX, degree=BACKGROUND_DEGREE
@@ -488,8 +557,14 @@ class FlakeDetector:
         include_decoys: bool = False,
         tile: int = TILE,
         overlap: int = OVERLAP,
+        calibration: Any = None,
+        materials: tuple[str, ...] | None = None,
     ) -> None:
         self.session = session
+        #: the materials on the chip (None: any); classes of others are never reported
+        self.materials = check_materials(materials)
+        #: a :class:`~scopeflow.inference.models.flake_calibration.FlakeCalibration` or None
+        self.calibration = calibration
         self.black_level = float(black_level)
         self.min_area_px = int(min_area_px)
         self.min_score = float(min_score)
@@ -497,28 +572,51 @@ class FlakeDetector:
         self.tile = int(tile)
         self.overlap = int(overlap)
 
-    def probabilities(self, frame: np.ndarray) -> np.ndarray:
-        """Class probabilities (K, h, w) at network resolution (the frame ``DOWNSAMPLE``× down)."""
-        return segment(
-            self.session,
-            flake_contrast(frame, self.black_level),
-            tile=self.tile,
-            overlap=self.overlap,
-            multiple=MULTIPLE,
-        )
-
-    def detect(self, frame: np.ndarray) -> list[Detection]:
-        """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections.
-
-        Each carries, beside material, layers and class, the mean probability of every class
-        over its mask (``p_<class>``), the probability that it is no flake at all
-        (``p_false_positive``: background, residue or dirt), and its optical contrast against
-        the fitted substrate per channel, mean and standard deviation over the mask
-        (``contrast_r`` … ``contrast_b_std``)."""
-        contrast = flake_contrast(frame, self.black_level)
+    def probabilities(self, frame: np.ndarray, pixel_size_nm: float | None = None) -> np.ndarray:
+        """Class probabilities (K, h, w) at network resolution (the frame
+        :func:`downsample_factor` × down)."""
+        factor = downsample_factor(pixel_size_nm)
+        contrast = flake_contrast(frame, self.black_level, factor)
         probs = segment(
             self.session, contrast, tile=self.tile, overlap=self.overlap, multiple=MULTIPLE
         )
+        return self._adjusted(probs, contrast)
+
+    def _adjusted(self, probs: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+        """The network's probabilities with the chip's materials and the calibration applied."""
+        if self.materials is not None:
+            probs = restrict_to_materials(probs, self.materials)
+        if self.calibration is not None:
+            probs = self.calibration.adjust(probs, contrast)
+            if self.materials is not None:
+                probs = restrict_to_materials(probs, self.materials)
+        return probs
+
+    def min_area_at(self, factor: int, pixel_size_nm: float | None) -> int:
+        """The least component area in network pixels: ``min_area_px`` when the pixel size is
+        unknown, else :data:`MIN_AREA_UM2` at this pixel (never under 4 network pixels)."""
+        if pixel_size_nm is None or self.min_area_px != MIN_AREA_PX:
+            return self.min_area_px
+        net_um = factor * pixel_size_nm * 1e-3
+        return max(4, round(MIN_AREA_UM2 / net_um**2))
+
+    def detect(self, frame: np.ndarray, pixel_size_nm: float | None = None) -> list[Detection]:
+        """Flakes (and decoys if asked) in an RGB tile, as wire-ready detections.
+
+        ``pixel_size_nm`` (from the frame's metadata) sets how far the frame is averaged down
+        (:func:`downsample_factor`) and the least flake area; without it the tile is taken
+        as the default camera's at 20×. Each detection carries, beside material, layers and
+        class, the mean probability of every class over its mask (``p_<class>``), the
+        probability that it is no flake at all (``p_false_positive``: background, residue or
+        dirt), and its optical contrast against the fitted substrate per channel, mean and
+        standard deviation over the mask (``contrast_r`` … ``contrast_b_std``)."""
+        factor = downsample_factor(pixel_size_nm)
+        contrast = flake_contrast(frame, self.black_level, factor)
+        probs = segment(
+            self.session, contrast, tile=self.tile, overlap=self.overlap, multiple=MULTIPLE
+        )
+        probs = self._adjusted(probs, contrast)
+        calibration_id = self.calibration.id if self.calibration is not None else ""
         class_map = probs.argmax(axis=0).astype(np.uint8)
         wanted = tuple(
             k
@@ -527,10 +625,11 @@ class FlakeDetector:
         )
         shape = (int(frame.shape[0]), int(frame.shape[1]))
         found = []
-        for comp in components(probs, class_map, wanted, self.min_area_px, self.min_score):
+        min_area = self.min_area_at(factor, pixel_size_nm)
+        for comp in components(probs, class_map, wanted, min_area, self.min_score):
             name = CLASSES[comp.class_index]
             attrs = CLASS_ATTRIBUTES[name]
-            mask, r0, c0 = upsample_component(comp, DOWNSAMPLE, shape)
+            mask, r0, c0 = upsample_component(comp, factor, shape)
             if not mask.any():
                 continue
             found.append(
@@ -545,6 +644,7 @@ class FlakeDetector:
                         "material": attrs["material"],
                         "layers": attrs["layers"],
                         "class": name,
+                        "calibration_id": calibration_id,
                         **component_statistics(comp, probs, contrast),
                     },
                 )

@@ -61,6 +61,8 @@ class FlakeEntry:
     p_false_positive: float | None = None
     contrast_rgb: tuple[float, float, float] | None = None  # mean, against the substrate
     contrast_rgb_std: tuple[float, float, float] | None = None
+    calibration_id: str = ""  # the detector's setup calibration ("" when uncalibrated)
+    flat_field_id: str = ""  # the flat field its thumbnail was corrected with ("": not yet)
 
     def row(self) -> dict[str, Any]:
         """A flat dict for the CSV."""
@@ -199,6 +201,7 @@ class Catalog:
                 p_false_positive=_float(attrs.get("p_false_positive")),
                 contrast_rgb=_triple(attrs, ""),
                 contrast_rgb_std=_triple(attrs, "_std"),
+                calibration_id=str(attrs.get("calibration_id", "")),
             )
             new += self._merge(entry)
         return new

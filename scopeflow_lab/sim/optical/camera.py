@@ -7,6 +7,13 @@ Signal chain per pixel and channel c (R, G, B):
     noisy       = min(e_c + sqrt(e_c + read_noise²)·z, full_well),  z ~ N(0, 1)
     DN_c        = black_level + gain × wb_c × noisy, rounded and clipped to the output range
 
+With ``bayer``, each pixel keeps only its own channel of an RGGB mosaic and the other two are
+interpolated from its neighbours (bilinear demosaicing, what a camera's ISP or a driver does at
+the least); with ``colour_matrix`` (3×3, rows summing to 1 keep grey grey) the white-balanced
+signal is mixed across channels before the black level is added, as the colour-correction
+matrix of a camera's pipeline does. Both change a flake's per-channel contrast, which is why
+the detector must not learn one camera's colours.
+
 ``raw_c`` is the channel's relative response to a perfect mirror under the illuminant
 (:meth:`SpectralModel.raw_response`), V(r) the relative illumination (vignetting). Shot noise is
 Poisson; its normal approximation with variance e_c is used, exact to well under 1 % of the
@@ -41,7 +48,9 @@ class CameraConfig:
     colour), "substrate" (the bare substrate at the chip centre made grey, as after a
     white-balance click on an empty area), explicit (R, G, B) gains, or None;
     ``vignetting_corner``: relative
-    illumination at the sensor corners (cos⁴-law profile; 1 = none).
+    illumination at the sensor corners (cos⁴-law profile; 1 = none); ``bayer``: an RGGB mosaic
+    sensor, demosaiced bilinearly; ``colour_matrix``: the 3×3 colour-correction matrix
+    (row-major; None: identity).
     """
 
     shape: tuple[int, int] = (1200, 1920)
@@ -56,6 +65,8 @@ class CameraConfig:
     black_level_dn: float | None = None
     white_balance: str | tuple[float, float, float] | None = "mirror"
     vignetting_corner: float = 0.8
+    bayer: bool = False
+    colour_matrix: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
@@ -73,6 +84,10 @@ class CameraConfig:
             raise ValueError("auto_level must lie within (0, 1)")
         if not 0.0 < self.vignetting_corner <= 1.0:
             raise ValueError("vignetting_corner must lie within (0, 1]")
+        if self.colour_matrix is not None and (
+            len(self.colour_matrix) != 9 or not all(math.isfinite(v) for v in self.colour_matrix)
+        ):
+            raise ValueError("colour_matrix must be nine finite numbers (3×3, row-major)")
         wb = self.white_balance
         if not (
             wb is None
@@ -130,6 +145,27 @@ def standard_normals(rng: np.random.Generator, rows: int, cols: int) -> np.ndarr
     raw = words.view(np.uint8)[: 2 * count].reshape(2 * rows, cols)
     table = cv2.LUT(raw, _normal_lut())
     return cv2.add(table[:rows], table[rows:], dst=table[:rows])
+
+
+# RGGB: which channel each pixel of a 2×2 cell measures (row, col) → channel.
+_RGGB = {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}
+_BILINEAR = np.array([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], np.float32)
+
+
+def demosaic_bilinear(rgb: np.ndarray) -> np.ndarray:
+    """Sample ``rgb`` (rows, cols, 3) float32 through an RGGB mosaic and interpolate each
+    channel bilinearly from the pixels that measured it (normalised convolution)."""
+    rows, cols, _ = rgb.shape
+    out = np.empty_like(rgb)
+    for channel in range(3):
+        mask = np.zeros((rows, cols), np.float32)
+        for (r, c), ch in _RGGB.items():
+            if ch == channel:
+                mask[r::2, c::2] = 1.0
+        num = cv2.filter2D(rgb[..., channel] * mask, -1, _BILINEAR, borderType=cv2.BORDER_REFLECT)
+        den = cv2.filter2D(mask, -1, _BILINEAR, borderType=cv2.BORDER_REFLECT)
+        out[..., channel] = num / den
+    return out
 
 
 class Camera:
@@ -215,8 +251,13 @@ class Camera:
             cv2.add(x, e, dst=x)
             np.clip(x, np.float32(0.0), np.float32(cfg.full_well_e), out=x)
         x3 = x.reshape(rows, cols, 3)
+        if cfg.bayer and not self.ideal:
+            x3 = demosaic_bilinear(x3)
         # Scalars for 3-channel images are 4-tuples: OpenCV 4 reads a number as (v, 0, 0, 0).
         cv2.multiply(x3, tuple(float(g) for g in self.dn_per_e_rgb) + (0.0,), dst=x3)
+        if cfg.colour_matrix is not None and not self.ideal:
+            matrix = np.asarray(cfg.colour_matrix, np.float32).reshape(3, 3)
+            x3 = np.maximum(cv2.transform(x3, matrix), np.float32(0.0))
         if cfg.bit_depth == 8:  # adds, rounds and saturates in one pass (x ≥ 0 here)
             return cv2.convertScaleAbs(x3, alpha=1.0, beta=float(self.black_level_dn))
         cv2.add(x3, (float(self.black_level_dn) + 0.5,) * 3 + (0.0,), dst=x3)

@@ -103,7 +103,8 @@ class ChipConfig:
             raise ValueError("terrace_fraction must lie within [0, 1]")
         unknown = [m for m in self.materials if m not in MATERIALS or m == "residue"]
         if unknown or not self.materials:
-            raise ValueError(f"unknown flake materials {unknown}; choose from graphene, hBN")
+            choices = ", ".join(m for m in MATERIALS if m != "residue")
+            raise ValueError(f"unknown flake materials {unknown}; choose from {choices}")
         if len(self.material_weights) != len(self.materials) or min(self.material_weights) < 0:
             raise ValueError("give one non-negative weight per material")
         if (

@@ -114,6 +114,25 @@ def constant_index(value: complex) -> IndexFunction:
     return index
 
 
+def lorentz_index(
+    eps_inf: float, oscillators: Sequence[tuple[float, float, float]]
+) -> IndexFunction:
+    """n − ik from a Lorentz-oscillator dielectric function
+    ε(E) = ε∞ + Σ f_j / (E_j² − E² − iγ_j·E), each oscillator given as (E_j eV, γ_j eV, peak
+    ε₂ at resonance); f_j = peak·γ_j·E_j. The form of the excitonic fits of Li et al., PRB 90,
+    205422 (2014)."""
+
+    def index(wavelength_nm: np.ndarray) -> np.ndarray:
+        energy = 1239.84193 / np.asarray(wavelength_nm, float)
+        eps = np.full(energy.shape, eps_inf, complex)
+        for e0, gamma, peak in oscillators:
+            eps = eps + peak * gamma * e0 / (e0**2 - energy**2 - 1j * gamma * energy)
+        n = np.sqrt(eps)
+        return n.real - 1j * np.abs(n.imag)
+
+    return index
+
+
 @dataclass(frozen=True)
 class Material:
     """A film material: its index n(λ) − ik(λ), the thickness of one layer and the source."""
@@ -149,8 +168,30 @@ RESIDUE = Material(
     "Sultanova et al., Acta Phys. Pol. A 116, 585 (2009)); thickness in nm",
 )
 
+# TMDs: Lorentz oscillators at the A, B and C excitons of monolayer MoS₂ (1.88, 2.03, 2.88 eV)
+# and WSe₂ (1.66, 2.08, 2.45 eV, plus 2.95 eV), positions after Li et al., PRB 90, 205422
+# (2014); amplitudes and widths are approximate (n 4–5, k 0.2–2.4 over 400–750 nm, as their
+# figures show), and the monolayer index is used for every thickness. Good enough to give
+# TMD flakes their own colours; not a substitute for measured indices.
+MOS2 = Material(
+    "MoS2",
+    0.615,
+    lorentz_index(13.0, ((1.88, 0.07, 9.0), (2.03, 0.12, 10.0), (2.88, 0.50, 24.0))),
+    "Lorentz oscillators at the A/B/C excitons (1.88, 2.03, 2.88 eV) after Li et al., "
+    "PRB 90, 205422 (2014), approximate amplitudes; 0.615 nm per layer (c/2 of bulk MoS₂)",
+)
+WSE2 = Material(
+    "WSe2",
+    0.648,
+    lorentz_index(
+        13.0, ((1.66, 0.05, 7.0), (2.08, 0.15, 7.0), (2.45, 0.35, 12.0), (2.95, 0.50, 16.0))
+    ),
+    "Lorentz oscillators at the A/B/C excitons (1.66, 2.08, 2.45 eV, and 2.95 eV) after "
+    "Li et al., PRB 90, 205422 (2014), approximate amplitudes; 0.648 nm per layer",
+)
+
 #: Film materials by name.
-MATERIALS: dict[str, Material] = {m.name: m for m in (GRAPHENE, HBN, RESIDUE)}
+MATERIALS: dict[str, Material] = {m.name: m for m in (GRAPHENE, HBN, MOS2, WSE2, RESIDUE)}
 
 
 def stack_reflectance(
@@ -231,8 +272,10 @@ class SpectralModel:
     """Illuminant × camera channel sensitivities, the weights of the colour integration.
 
     ``illuminant``: ``"halogen"`` (a blackbody at ``colour_temperature_k``, the tungsten-halogen
-    lamp of most reflected-light microscopes) or ``"led"`` (a phosphor white LED: a 450 nm blue
-    peak, 20 nm FWHM, plus a broad phosphor band at 560 nm, 110 nm FWHM, 1.6× its height).
+    lamp of most reflected-light microscopes) or ``"led"`` (a phosphor white LED: a blue peak
+    at ``led_blue_nm``, 20 nm FWHM, plus a broad phosphor band at ``led_phosphor_nm``, 110 nm
+    FWHM, ``led_phosphor_ratio`` × its height: 450/560/1.6 is a neutral white, a higher ratio
+    and a longer phosphor wavelength a warm one).
     Camera channels (R, G, B): Gaussians centred at ``band_centres_nm`` with ``band_fwhm_nm``,
     standing for Bayer colour filter × sensor QE (colour CMOS sensors peak near 600, 530 and
     460 nm with 80–100 nm wide bands); the 400–750 nm window stands for the UV/IR-cut filter.
@@ -242,6 +285,9 @@ class SpectralModel:
     colour_temperature_k: float = 3200.0
     band_centres_nm: tuple[float, float, float] = (610.0, 540.0, 465.0)
     band_fwhm_nm: tuple[float, float, float] = (80.0, 80.0, 80.0)
+    led_blue_nm: float = 450.0
+    led_phosphor_nm: float = 560.0
+    led_phosphor_ratio: float = 1.6
 
     def __post_init__(self) -> None:
         if self.illuminant not in ("halogen", "led"):
@@ -252,12 +298,18 @@ class SpectralModel:
             raise ValueError("give three band centres and widths (R, G, B)")
         if not all(10.0 <= w <= 400.0 for w in self.band_fwhm_nm):
             raise ValueError("band widths must lie within 10–400 nm")
+        if not (400.0 <= self.led_blue_nm <= 500.0 and 480.0 <= self.led_phosphor_nm <= 650.0):
+            raise ValueError("LED peaks must lie within 400–500 nm (blue) and 480–650 nm")
+        if not 0.1 <= self.led_phosphor_ratio <= 10.0:
+            raise ValueError("led_phosphor_ratio must lie within 0.1–10")
 
     def illuminant_spectrum(self, wavelength_nm: np.ndarray = WAVELENGTHS_NM) -> np.ndarray:
         """Relative spectral power of the illuminant."""
         if self.illuminant == "halogen":
             return blackbody(wavelength_nm, self.colour_temperature_k)
-        return _gaussian(wavelength_nm, 450.0, 20.0) + 1.6 * _gaussian(wavelength_nm, 560.0, 110.0)
+        return _gaussian(wavelength_nm, self.led_blue_nm, 20.0) + self.led_phosphor_ratio * (
+            _gaussian(wavelength_nm, self.led_phosphor_nm, 110.0)
+        )
 
     def sensitivities(self, wavelength_nm: np.ndarray = WAVELENGTHS_NM) -> np.ndarray:
         """Channel sensitivities Q_c(λ), shape (3, n), R, G, B, peak 1."""
