@@ -478,9 +478,12 @@ def run(
         f"settle {STAGE_SETTLE_S} s at {STAGE_SPEED_UM_PER_S / 1e3:g} mm/s; files in {out}"
     )
     focus = make_processor(FOCUS_MODEL, "onnxruntime")
-    onnx = _TimedDetector(make_processor("flake_detector", "onnxruntime"))
+    # Both detectors are told the chip's materials, as a user running the search would.
+    materials = tuple(cfg.chip.materials)
+    onnx = _TimedDetector(make_processor("flake_detector", "onnxruntime", materials=materials))
     progress("  fitting the contrast-GMM baseline on training tiles")
     gmm, gmm_fit_s = fit_gmm(quick, progress)
+    gmm.materials = materials
     gmm_det = _TimedDetector(GMMDetect(gmm))
     results: dict[str, Any] = {}
     for v in variants(quick):
