@@ -181,22 +181,22 @@ class Detect:
             found = self._net.detect(rgb(msg), pixel_size_nm=pixel_nm)
         else:
             found = self._net.detect(rgb(msg))
-        return [
-            (
-                DetectionsResult(
-                    series_unique_id=h.series_unique_id,
-                    image_id=h.image_id,
-                    command_seq=h.command_seq,
-                    model=self.name,
-                    monotonic_ns=h.monotonic_ns,
-                    computed_monotonic_ns=time.monotonic_ns(),
-                    state=h.state,
-                    detections=found,
-                    frame_shape=(int(h.shape[0]), int(h.shape[1])),
-                ),
-                (),
-            )
-        ]
+        return [(detections_result(h, self.name, found), ())]
+
+
+def detections_result(header: ImageHeader, model: str, found: list[Any]) -> DetectionsResult:
+    """The result message for the detections ``model`` found in the frame of ``header``."""
+    return DetectionsResult(
+        series_unique_id=header.series_unique_id,
+        image_id=header.image_id,
+        command_seq=header.command_seq,
+        model=model,
+        monotonic_ns=header.monotonic_ns,
+        computed_monotonic_ns=time.monotonic_ns(),
+        state=header.state,
+        detections=found,
+        frame_shape=(int(header.shape[0]), int(header.shape[1])),
+    )
 
 
 def rgb(msg: Message) -> np.ndarray:

@@ -38,7 +38,6 @@ from scopeflow.jobs.flake_revisit import FlakeRevisitJob
 from scopeflow.jobs.flake_search import FlakeSearchJob, chip_region
 from scopeflow.jobs.runner import run_job
 from scopeflow.schemas.codec import Message
-from scopeflow.schemas.results import DetectionsResult
 from scopeflow.scopes.local import LocalScope
 from scopeflow_lab.sim.optical import ChipConfig, OpticalConfig, SimulatedOpticalMicroscope
 from scopeflow_lab.sim.optical.chip import Chip, ChipObject
@@ -130,7 +129,7 @@ class GMMDetect:
 
     def process(self, msg: Message) -> list[Any]:
         from scopeflow.inference.models.flake_detector import CLASS_ATTRIBUTES
-        from scopeflow.inference.processors import rgb
+        from scopeflow.inference.processors import detections_result, rgb
 
         h = msg.header
         found = [
@@ -139,18 +138,7 @@ class GMMDetect:
             )
             for d in self.gmm.detect(rgb(msg))
         ]
-        result = DetectionsResult(
-            series_unique_id=h.series_unique_id,
-            image_id=h.image_id,
-            command_seq=h.command_seq,
-            model=self.name,
-            monotonic_ns=h.monotonic_ns,
-            computed_monotonic_ns=time.monotonic_ns(),
-            state=h.state,
-            detections=found,
-            frame_shape=(int(h.shape[0]), int(h.shape[1])),
-        )
-        return [(result, ())]
+        return [(detections_result(h, self.name, found), ())]
 
 
 def fit_gmm(quick: bool, progress: Callable[[str], None]) -> tuple[Any, float]:
