@@ -201,7 +201,12 @@ def test_an_interrupted_search_resumes_without_rescanning_and_loses_nothing(tmp_
     cmd = [*SF, "run", "flake-search", "--scope", "sim:optical,settle_s=0",
            "--region=-700,-500,700,500", "--focus-grid", "1", "--focus-model", "tenengrad",
            "--out", str(out)]  # fmt: skip
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background (nohup, `&`) has the child ignore SIGINT, and
+    # Python then installs no handler: restore the default so Ctrl-C is what the child sees.
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     progress = out / "progress.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait until at least two tiles are safely recorded
