@@ -311,17 +311,7 @@ class FlakeSearchJob:
         def collect(tile: _Pending) -> JobPlan:
             obs = yield from self._timed("detection_wait_s", _act(Collect(tile.shot, _DETS)))
             result = obs.results["detections"]
-            found.add_tile(
-                result.detections,
-                tile=tile.index,
-                centre=(tile.x_um, tile.y_um),
-                geometry=geometry,
-                focus_score=tile.focus_score,
-                blurred=tile.blurred,
-                magnification=result.state.magnification,
-                model=result.model,
-                time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
+            _add_tile(found, tile, result, geometry)
             self.overview_tiles.append(
                 {"tile": tile.index, "x_um": tile.x_um, "y_um": tile.y_um,
                  "width_um": geometry.width_um, "height_um": geometry.height_um,
@@ -376,17 +366,7 @@ class FlakeSearchJob:
         obs = yield from self._timed("detection_wait_s", _act(Collect(tile.shot, _DETS)))
         found = obs.results["detections"]
         g, i, centre = self.geometry, tile.index, (tile.x_um, tile.y_um)
-        self.catalog.add_tile(
-            found.detections,
-            tile=i,
-            centre=centre,
-            geometry=g,
-            focus_score=tile.focus_score,
-            blurred=tile.blurred,
-            magnification=found.state.magnification,
-            model=found.model,
-            time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+        _add_tile(self.catalog, tile, found, g)
         self.coco.add(i, centre, (g.rows, g.cols), g.pixel_um, found.detections)
         if tile.pixels is not None:
             pixels = tile.pixels
@@ -620,6 +600,21 @@ class _Pending:
     pixels: Any
     focus_score: float
     blurred: bool
+
+
+def _add_tile(catalog: Catalog, tile: _Pending, result: Any, geometry: TileGeometry) -> None:
+    """A tile's detections result into ``catalog`` (the overview's or the search's)."""
+    catalog.add_tile(
+        result.detections,
+        tile=tile.index,
+        centre=(tile.x_um, tile.y_um),
+        geometry=geometry,
+        focus_score=tile.focus_score,
+        blurred=tile.blurred,
+        magnification=result.state.magnification,
+        model=result.model,
+        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _flat_field(spec: str) -> FlatField | None:
