@@ -21,6 +21,7 @@ import pytest
 from scopeflow.devices.limits import guard
 from scopeflow.devices.protocols import Microscope
 from scopeflow.errors import LimitError
+from scopeflow.optics.thinfilm import WAVELENGTHS_NM, si_index, sio2_index
 from scopeflow.schemas.state import optical_depth_of_field_um
 from scopeflow_lab.sim.optical import (
     GRAPHENE,
@@ -39,7 +40,6 @@ from scopeflow_lab.sim.optical import (
     reflectance_rgb,
     stack_reflectance,
 )
-from scopeflow_lab.sim.optical.thinfilm import WAVELENGTHS_NM, si_index, sio2_index
 from scopeflow_lab.sim.truth import DatasetSource
 
 from fakes import FakeClock

@@ -7,12 +7,7 @@ limits.
 
 from __future__ import annotations
 
-from scopeflow_lab.sim.optical.camera import Camera, CameraConfig
-from scopeflow_lab.sim.optical.chip import Chip, ChipConfig, ChipObject, Region
-from scopeflow_lab.sim.optical.config import OpticalConfig
-from scopeflow_lab.sim.optical.microscope import SimulatedOpticalMicroscope, blur_spec
-from scopeflow_lab.sim.optical.source import FlakeChipSource
-from scopeflow_lab.sim.optical.thinfilm import (
+from scopeflow.optics.thinfilm import (
     GRAPHENE,
     HBN,
     MATERIALS,
@@ -25,6 +20,11 @@ from scopeflow_lab.sim.optical.thinfilm import (
     reflectance_rgb,
     stack_reflectance,
 )
+from scopeflow_lab.sim.optical.camera import Camera, CameraConfig
+from scopeflow_lab.sim.optical.chip import Chip, ChipConfig, ChipObject, Region
+from scopeflow_lab.sim.optical.config import OpticalConfig
+from scopeflow_lab.sim.optical.microscope import SimulatedOpticalMicroscope, blur_spec
+from scopeflow_lab.sim.optical.source import FlakeChipSource
 
 __all__ = [
     "GRAPHENE",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from scopeflow_lab.sim.optical.thinfilm import MATERIALS
+from scopeflow.optics.thinfilm import MATERIALS
 
 _CELL_CACHE = 256  # cells kept per chip (a 20× tile touches 4–9)
 _GAP_UM = 2.0  # least distance between two objects' bounding circles

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from scopeflow.optics.thinfilm import SpectralModel
 from scopeflow.schemas.state import Limits
 from scopeflow_lab.sim.optical.camera import CameraConfig
 from scopeflow_lab.sim.optical.chip import ChipConfig
-from scopeflow_lab.sim.optical.thinfilm import SpectralModel
 
 
 @dataclass(frozen=True)

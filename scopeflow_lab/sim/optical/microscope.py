@@ -34,12 +34,12 @@ import numpy as np
 from scopeflow.devices.base import MicroscopeBase
 from scopeflow.devices.protocols import Frame
 from scopeflow.errors import LimitError
+from scopeflow.optics.thinfilm import MATERIALS, ContrastTable
 from scopeflow.schemas.state import Limits, MicroscopeState, SimTruth, optical_depth_of_field_um
 from scopeflow_lab.sim.actuator import Actuator, wait_settled
 from scopeflow_lab.sim.optical.camera import Camera
 from scopeflow_lab.sim.optical.chip import Chip, ChipObject, DrawnRegion
 from scopeflow_lab.sim.optical.config import OpticalConfig
-from scopeflow_lab.sim.optical.thinfilm import MATERIALS, ContrastTable
 from scopeflow_lab.sim.sem.optics import BlurSpec, KernelCache, convolve
 from scopeflow_lab.sim.truth import AnnotatedImage, ObjectTruth
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from scopeflow.optics.thinfilm import MATERIALS, WAVELENGTHS_NM, Substrate
 from scopeflow.schemas.state import optical_depth_of_field_um
 from scopeflow_lab.sim.optical.config import OpticalConfig
 from scopeflow_lab.sim.optical.microscope import SimulatedOpticalMicroscope
-from scopeflow_lab.sim.optical.thinfilm import MATERIALS, WAVELENGTHS_NM, Substrate
 from scopeflow_lab.sim.truth import AnnotatedImage
 
 

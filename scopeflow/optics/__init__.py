@@ -1,0 +1,1 @@
+"""Optics shared by the simulators and the models: thin-film contrast on oxidised silicon."""
