@@ -1,9 +1,12 @@
-"""``scopeflow calibrate flake-detector IMAGES... --labels COCO --out CAL``.
+"""``scopeflow calibrate flake-detector IMAGES... --labels COCO|--oxide-nm NM --out CAL``.
 
-Reads a handful of the user's tiles and their COCO labels, runs the shipped detector on each,
-fits the per-class contrast models and the network's weight
-(:mod:`scopeflow.inference.models.flake_calibration`) and writes ``CAL/calibration.json``. A
-job or an inference node then uses it with ``--calibration CAL``.
+With ``--labels``: reads a handful of the user's tiles and their COCO labels, runs the shipped
+detector on each, fits the per-class contrast models and the network's weight
+(:mod:`scopeflow.inference.models.flake_calibration`). With ``--oxide-nm`` and no labels: the
+physics prior (:mod:`scopeflow.inference.models.flake_physics`) estimates the oxide from the
+flakes on the tiles (or takes the one given) and predicts each class's colours there. Either
+way it writes ``CAL/calibration.json``; a job or an inference node uses it with
+``--calibration CAL``.
 """
 
 from __future__ import annotations
@@ -95,10 +98,17 @@ def calibrate_flake_detector(args: argparse.Namespace) -> int:
 
     images = [Path(p) for p in args.images]
     if not 1 <= len(images) <= MAX_IMAGES:
-        raise UsageError(f"give 1–{MAX_IMAGES} labelled images (3–10 is the usual)")
+        raise UsageError(f"give 1–{MAX_IMAGES} images (3–10 is the usual)")
     for p in images:
         if not p.is_file():
             raise UsageError(f"no image file {p}")
+    if (args.labels is None) == (args.oxide_nm is None):
+        raise UsageError(
+            "give either --labels COCO (fit to your labels) or --oxide-nm NM|LO-HI|auto "
+            "(the physics prior, no labels)"
+        )
+    if args.oxide_nm is not None:
+        return _calibrate_from_physics(args, images)
     labels = load_labels(Path(args.labels), images)
     detector = FlakeDetector(backends.load(NAME, args.backend))
     t0 = time.monotonic()
@@ -135,16 +145,71 @@ def calibrate_flake_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_from_physics(args: argparse.Namespace, images: list[Path]) -> int:
+    """``--oxide-nm``: the physics prior's calibration from unlabelled tiles."""
+    from scopeflow.inference import backends
+    from scopeflow.inference.models import flake_physics as fp
+    from scopeflow.inference.models.flake_detector import NAME, FlakeDetector, check_materials
+
+    try:
+        oxide = fp.parse_oxide(args.oxide_nm)
+        materials = check_materials(args.materials.split(",")) if args.materials else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    detector = FlakeDetector(backends.load(NAME, args.backend), materials=materials, oxide=oxide)
+    t0 = time.monotonic()
+    for i, path in enumerate(images, 1):
+        frame = _read_image(path, args.channel_order)
+        found = detector.detect(frame, pixel_size_nm=args.pixel_size_nm)
+        print(f"[{i}/{len(images)}] {path.name}: {len(found)} flakes", flush=True)
+    state = detector.self_calibration
+    cal = state.calibration
+    if cal is None:
+        raise UsageError(
+            f"the tiles hold {len(state.colours)} flakes the detector could segment; the "
+            f"oxide estimate needs at least {fp.MIN_VOTING_FLAKES}: give tiles with flakes"
+        )
+    cal.images = [p.name for p in images]
+    cal.report["seconds"] = round(time.monotonic() - t0, 2)
+    cal.report["pixel_size_nm"] = args.pixel_size_nm
+    cal.report["materials"] = list(materials) if materials else None
+    path = cal.save(Path(args.out))
+    est = state.estimate
+    if est is not None and est.range_nm[0] != est.range_nm[1]:
+        print(
+            f"oxide {est.oxide_nm:g} nm (within {est.range_nm[0]:g}–{est.range_nm[1]:g} nm "
+            f"explains the {est.flakes} flakes almost as well)"
+        )
+    elif est is not None:
+        print(f"oxide {est.oxide_nm:g} nm (given); setups chosen by {est.flakes} flakes")
+    print(f"calibration {cal.id}: physics prior, network weight {cal.net_weight:g}")
+    print(f"wrote {path} ({cal.report['seconds']:.1f} s); use it with --calibration {args.out}")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     """``scopeflow calibrate flake-detector``."""
     cal = sub.add_parser("calibrate", help="adapt a shipped model to your setup")
     kinds = cal.add_subparsers(dest="calibrate", required=True)
     fd = kinds.add_parser(
         "flake-detector",
-        help="per-class contrast models from 3–10 labelled tiles of your chips, lamp and camera",
+        help="per-class contrast models for your chips, lamp and camera: from 3–10 labelled "
+        "tiles (--labels), or from the physics of thin films and unlabelled tiles (--oxide-nm)",
     )
     fd.add_argument("images", nargs="+", help="tiles (PNG/TIFF, 8 or 16 bit, or .npy)")
-    fd.add_argument("--labels", required=True, help="COCO file labelling those tiles")
+    fd.add_argument("--labels", default=None, help="COCO file labelling those tiles")
+    fd.add_argument(
+        "--oxide-nm",
+        default=None,
+        metavar="NM|LO-HI|auto",
+        help="no labels: the chip's SiO₂ thickness, a range to estimate it within, or auto",
+    )
+    fd.add_argument(
+        "--materials",
+        default=None,
+        metavar="M1,M2",
+        help="with --oxide-nm: the flake materials on the chip (default: any)",
+    )
     fd.add_argument("--out", required=True, help="calibration folder to write")
     fd.add_argument(
         "--pixel-size-nm", type=float, default=None, help="tile pixel size (default: 20x camera)"

@@ -76,6 +76,7 @@ def _cmd_node_infer(args) -> int:
             name=args.name,
             calibration=args.calibration,
             materials=tuple(args.materials.split(",")) if args.materials else None,
+            oxide=args.oxide_nm,
         ),
         metrics_port=args.metrics_port,
     )
@@ -239,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M1,M2",
         help="flake_detector: the flake materials on the chip (graphene, hBN, MoS2, WSe2); "
         "default: any",
+    )
+    inf.add_argument(
+        "--oxide-nm",
+        default=None,
+        metavar="NM|LO-HI|auto",
+        help="flake_detector: the chip's SiO₂ thickness, a range to estimate it within, or "
+        "auto; the physics prior then calibrates the colours from the chip's own flakes",
     )
     inf.set_defaults(func=_cmd_node_infer)
 

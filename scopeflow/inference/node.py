@@ -36,6 +36,7 @@ class InferConfig:
     acnet: bool = True  # with AENet: ACNet's proposal in every focus result
     calibration: str | None = None  # flake detector: a setup calibration folder
     materials: tuple[str, ...] | None = None  # flake detector: the chip's materials
+    oxide: str | None = None  # flake detector: SiO₂ nm, LO-HI or "auto" (physics prior)
 
 
 class InferNode:
@@ -46,7 +47,12 @@ class InferNode:
     ) -> None:
         self.config = config
         self.processor: Processor = make_processor(
-            config.model, config.backend, config.acnet, config.calibration, config.materials
+            config.model,
+            config.backend,
+            config.acnet,
+            config.calibration,
+            config.materials,
+            config.oxide,
         )
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
         self.frames = self.rt.socket(zmq.SUB)

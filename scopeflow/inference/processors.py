@@ -155,20 +155,31 @@ class Detect:
         backend: str,
         calibration: str | None = None,
         materials: tuple[str, ...] | None = None,
+        oxide: str | None = None,
     ) -> None:
         self.name = model
-        if (calibration is not None or materials is not None) and model != "flake_detector":
+        flake_only = calibration is not None or materials is not None or oxide is not None
+        if flake_only and model != "flake_detector":
             raise ValueError(
-                f"--calibration and --materials apply to the flake_detector, not to {model}"
+                "--calibration, --materials and --oxide-nm apply to the flake_detector, "
+                f"not to {model}"
             )
+        if calibration is not None and oxide is not None:
+            raise ValueError("give --calibration or --oxide-nm, not both")
         session = backends.load(model, backend)
         self.backend = session.backend
         if model == "flake_detector":
             from scopeflow.inference.models.flake_calibration import FlakeCalibration
             from scopeflow.inference.models.flake_detector import FlakeDetector
+            from scopeflow.inference.models.flake_physics import parse_oxide
 
             cal = FlakeCalibration.load(calibration) if calibration is not None else None
-            self._net = FlakeDetector(session, calibration=cal, materials=materials)
+            self._net = FlakeDetector(
+                session,
+                calibration=cal,
+                materials=materials,
+                oxide=parse_oxide(oxide) if oxide is not None else None,
+            )
         else:
             from scopeflow.inference.models.particle_detector import ParticleDetector
 
@@ -215,11 +226,14 @@ def make_processor(
     acnet: bool = True,
     calibration: str | None = None,
     materials: tuple[str, ...] | None = None,
+    oxide: str | None = None,
 ) -> Processor:
     """The processor serving ``model`` (a classical metric name or a shipped model); ``acnet``:
     run ACNet after AENet; ``calibration``: the flake detector's setup calibration (a folder
     written by ``scopeflow calibrate flake-detector``); ``materials``: the flake materials on
-    the chip (the flake detector reports no other)."""
+    the chip (the flake detector reports no other); ``oxide``: the chip's SiO₂ thickness in nm,
+    a range ``LO-HI`` or ``auto`` (the flake detector's physics prior calibrates its colours
+    from the chip's own flakes)."""
     if model in METRICS:
         return ClassicalFocus(model)
     if model == "aenet":
@@ -227,6 +241,6 @@ def make_processor(
     if model == "denoiser":
         return Denoise(backend)
     if model in ("flake_detector", "particle_detector"):
-        return Detect(model, backend, calibration, materials)
+        return Detect(model, backend, calibration, materials, oxide)
     known = ", ".join([*METRICS, *LEARNED])
     raise ValueError(f"unknown model {model!r}; the inference node serves: {known}")

@@ -79,6 +79,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="local scope: the flake detector's setup calibration "
         "(from `scopeflow calibrate flake-detector`)",
     )
+    g.add_argument(
+        "--oxide-nm",
+        default=None,
+        metavar="NM|LO-HI|auto",
+        help="local scope: the chip's SiO₂ thickness (nm), a range to estimate it within, or "
+        "auto; the flake detector's physics prior then calibrates its colours from the chip's "
+        "own flakes (for oxides, lamps and cameras it was not trained on)",
+    )
     g.add_argument("--timeout-s", type=float, default=5.0, help="give up on a silent peer")
     g.add_argument("--ready-timeout-s", type=float, default=20.0)
     g.add_argument(
@@ -120,6 +128,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             materials = check_materials(args.materials.split(","))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.oxide_nm is not None:
+        from scopeflow.inference.models.flake_physics import parse_oxide
+
+        if args.calibration is not None:
+            raise UsageError("give --calibration or --oxide-nm, not both")
+        try:
+            parse_oxide(args.oxide_nm)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.calibration is not None:  # refuse a bad calibration before anything moves
         from scopeflow.inference.models.flake_calibration import FlakeCalibration
 
@@ -140,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         frames_endpoint=args.frames_endpoint,
         calibration=args.calibration,
         materials=materials,
+        oxide=args.oxide_nm,
     )
     config = RunnerConfig(
         ready_timeout_s=args.ready_timeout_s,

@@ -20,6 +20,7 @@ def open_scope(
     frames_endpoint: str | None = None,
     calibration: str | None = None,
     materials: tuple[str, ...] | None = None,
+    oxide: str | None = None,
 ) -> Scope:
     """The scope ``spec`` names: ``remote:ENDPOINT`` is a remote scope (results from
     ``results_endpoint``, frames from ``frames_endpoint`` when given); any other registered
@@ -32,11 +33,11 @@ def open_scope(
     if name == "remote":
         from scopeflow.scopes.remote import RemoteScope
 
-        if calibration is not None or materials is not None:
+        if calibration is not None or materials is not None or oxide is not None:
             raise ValueError(
-                "--calibration and --materials apply to a local scope; give a remote scope's "
-                "inference node its own: scopeflow node infer --model flake_detector "
-                "--calibration CAL --materials graphene,hBN"
+                "--calibration, --materials and --oxide-nm apply to a local scope; give a "
+                "remote scope's inference node its own: scopeflow node infer --model "
+                "flake_detector --materials graphene,hBN --oxide-nm auto"
             )
         return RemoteScope(
             arg, results_endpoint, timeout_s=timeout_s, curve=curve, frames_endpoint=frames_endpoint
@@ -49,4 +50,5 @@ def open_scope(
         backend=backend,
         calibration=calibration,
         materials=materials,
+        oxide=oxide,
     )

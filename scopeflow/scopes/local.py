@@ -35,7 +35,8 @@ class LocalScope:
     shipped model, see :data:`DEFAULT_MODELS`); ``backend`` is the inference backend.
     ``processors`` hands in loaded processors by kind (to share them between scopes).
     ``calibration``: the detector's setup calibration folder; ``materials``: the flake
-    materials on the chip (flake detector only).
+    materials on the chip and ``oxide`` its SiO₂ thickness (nm, ``LO-HI`` or ``auto``: the
+    physics prior; flake detector only).
     ``inference_seconds`` adds up the time spent computing results.
     """
 
@@ -49,6 +50,7 @@ class LocalScope:
         processors: dict[str, Any] | None = None,
         calibration: str | None = None,
         materials: tuple[str, ...] | None = None,
+        oxide: str | None = None,
     ) -> None:
         self.devices: GuardedMicroscope = guard(device)
         self.name = self.devices.name
@@ -56,6 +58,7 @@ class LocalScope:
         self.backend = backend
         self.calibration = calibration
         self.materials = materials
+        self.oxide = oxide
         self.series_id = series_id
         self.series_unique_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
         self._processors: dict[str, Any] = dict(processors or {})
@@ -83,6 +86,7 @@ class LocalScope:
                 self.backend,
                 calibration=self.calibration if flakes else None,
                 materials=self.materials if flakes else None,
+                oxide=self.oxide if flakes else None,
             )
         return self._processors[kind]
 

@@ -97,7 +97,7 @@ class ClassGaussian:
 class FlakeCalibration:
     """A setup's calibration: per-class contrast models, the network's weight, provenance."""
 
-    classes: dict[str, ClassGaussian]
+    classes: dict[str, Any]  # ClassGaussian, or a physics ClassMixture
     net_weight: float
     images: list[str] = field(default_factory=list)
     created: str = ""
@@ -165,8 +165,13 @@ class FlakeCalibration:
         unknown = set(data["classes"]) - set(model.CLASSES)
         if unknown:
             raise ValueError(f"calibration {p} names classes the detector lacks: {sorted(unknown)}")
+        from scopeflow.inference.models.flake_physics import ClassMixture
+
         cal = cls(
-            {k: ClassGaussian.from_json(v) for k, v in data["classes"].items()},
+            {
+                k: ClassMixture.from_json(v) if "components" in v else ClassGaussian.from_json(v)
+                for k, v in data["classes"].items()
+            },
             float(data["net_weight"]),
             list(data.get("images", [])),
             str(data.get("created", "")),

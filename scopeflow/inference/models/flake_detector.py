@@ -96,7 +96,10 @@ CONTRAST_SCALE = 0.03  # the network sees asinh(contrast / 0.03): 1L graphene �
 BLACK_LEVEL = 0.01  # camera offset, fraction of full scale (1 % is the simulator's default)
 BACKGROUND_CELL_PX = 16  # substrate fit on a grid of 16×16-pixel means (network resolution)
 BACKGROUND_DEGREE = 4  # cos⁴ vignetting and oxide gradients are smooth: degree 4 in log
-OFF_CHIP_CONTRAST = -0.6  # the holder (reflectance 0.04) against SiO₂/Si (0.1–0.4)
+OFF_CHIP_CONTRAST = -0.6  # the holder (reflectance 0.04) against SiO₂/Si (0.1–0.4), mean of RGB
+# … and in every channel below this: an oxide can make the substrate itself dark in one
+# channel (red on 300 nm SiO₂ under a warm LED: the holder is then only −0.53 there).
+OFF_CHIP_CHANNEL_CONTRAST = -0.4
 OFF_CHIP_FRACTION = 0.02  # … as a region touching the frame edge, ≥ 2 % of the frame
 MIN_AREA_PX = 25  # least component area, network pixels (100 px, 8.6 µm² at full resolution)
 MIN_AREA_UM2 = 8.6  # … the same in µm², when the pixel size is known
@@ -245,16 +248,17 @@ def _scaled(n: int, coords: np.ndarray) -> np.ndarray:
     return coords / max((n - 1) / 2, 0.5) - 1.0
 
 
-def _mode(values: np.ndarray, bin_width: float = 0.02) -> np.ndarray:
-    """Per column: the centre of the fullest histogram bin (``bin_width`` wide)."""
-    out = np.empty(values.shape[1])
-    for c in range(values.shape[1]):
-        v = values[:, c]
-        edges = np.arange(v.min(), v.max() + 2 * bin_width, bin_width)
-        counts, edges = np.histogram(v, edges)
-        k = int(np.argmax(counts))
-        out[c] = 0.5 * (edges[k] + edges[k + 1])
-    return out
+def _substrate_level(logs: np.ndarray, bin_width: float = 0.05) -> np.ndarray:
+    """The log level (per channel) of the bare substrate among cells (n, C): the cells of the
+    commonest brightness, all channels together (per-channel modes can come from different
+    regions and describe no cell). Where two brightness levels are about as common (≥ half the
+    fullest), the brighter: a tile half over the dark holder beyond the chip edge."""
+    lum = logs.mean(axis=1)
+    edges = np.arange(lum.min(), lum.max() + 2 * bin_width, bin_width)
+    counts, edges = np.histogram(lum, edges)
+    k = int(np.flatnonzero(counts >= 0.5 * counts.max())[-1])
+    near = np.abs(lum - 0.5 * (edges[k] + edges[k + 1])) <= 1.5 * bin_width
+    return np.median(logs[near], axis=0)
 
 
 def robust_background(
@@ -290,7 +294,7 @@ def robust_background(
     # Start from the commonest level (the histogram's peak, per channel) rather than from all
     # cells: a chip edge with the dark holder beyond it, or a bulk flake, can cover a third of
     # a tile and would drag a first least-squares fit.
-    inliers = np.all(np.abs(logs - _mode(logs)) < 0.3, axis=1)  # ±30 %: vignetting and all
+    inliers = np.all(np.abs(logs - _substrate_level(logs)) < 0.3, axis=1)  # ±30 %: vignetting
     # A flat start (the typical level), kept if too few cells ever qualify for a fit.
     coef = np.zeros((len(powers), c))
     coef[powers.index((0, 0))] = np.median(logs, axis=0)
@@ -388,10 +392,14 @@ def flake_contrast(
 
 def off_chip(contrast: np.ndarray) -> np.ndarray:
     """Where the tile looks past the chip edge onto the dark holder: regions darker than
-    :data:`OFF_CHIP_CONTRAST` in every channel that touch the frame edge and cover at least
+    :data:`OFF_CHIP_CONTRAST` on average (and :data:`OFF_CHIP_CHANNEL_CONTRAST` in every
+    channel) that touch the frame edge and cover at least
     :data:`OFF_CHIP_FRACTION` of it (dirt, the only other object that dark, is a few µm),
     grown by 2 pixels to take in the partial pixels along the chip edge."""
-    dark = np.all(contrast < OFF_CHIP_CONTRAST, axis=2).view(np.uint8)
+    dark = (np.all(contrast < OFF_CHIP_CHANNEL_CONTRAST, axis=2)) & (
+        contrast.mean(axis=2) < OFF_CHIP_CONTRAST
+    )
+    dark = dark.view(np.uint8)
     h, w = dark.shape
     out = np.zeros((h, w), bool)
     if np.count_nonzero(dark) < OFF_CHIP_FRACTION * h * w:
@@ -447,6 +455,41 @@ def components(
             if score >= min_score:
                 found.append(Component(k, (x, y, w, h), mask, score))
     return found
+
+
+#: A component at most this many network pixels from its own edge everywhere (≤ ~2.4 µm
+#: wide at 20×) that lies mostly along a stronger flake is that flake's blurred edge.
+RIM_HALF_WIDTH_PX = 2
+RIM_FRACTION = 0.6
+
+
+def is_rim(comp: Component, class_map: np.ndarray, contrast: np.ndarray) -> bool:
+    """Whether ``comp`` is the blurred edge of a neighbouring, stronger object rather than a
+    flake: thin everywhere (distance to its own edge ≤ :data:`RIM_HALF_WIDTH_PX`), at least
+    :data:`RIM_FRACTION` of it within 2 pixels of another non-background class, and that
+    neighbour's contrast stronger than its own. An edge blurs from the flake's colour to the
+    substrate's, so it passes through the colours of thinner classes (a bilayer's edge looks
+    like a monolayer); a real thin flake is wider than the blur or stands alone."""
+    x, y, w, h = comp.bbox
+    own = np.pad(comp.mask.astype(np.uint8), 1)
+    if cv2.distanceTransform(own, cv2.DIST_L2, 3).max() > RIM_HALF_WIDTH_PX + 0.5:
+        return False
+    pad = 3
+    hh, ww = class_map.shape
+    y0, y1, x0, x1 = max(0, y - pad), min(hh, y + h + pad), max(0, x - pad), min(ww, x + w + pad)
+    window = class_map[y0:y1, x0:x1]
+    mine = np.zeros(window.shape, bool)
+    mine[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = comp.mask
+    other = (window != comp.class_index) & (window != 0) & ~mine
+    if not other.any():
+        return False
+    near = cv2.dilate(other.view(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    if (mine & near).sum() < RIM_FRACTION * mine.sum():
+        return False
+    c = contrast[:, y0:y1, x0:x1]
+    strength = np.sqrt((c * c).sum(axis=0))
+    ring = cv2.dilate(mine.view(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    return float(np.median(strength[other & ring])) > float(np.median(strength[mine]))
 
 
 def component_statistics(
@@ -559,12 +602,22 @@ class FlakeDetector:
         overlap: int = OVERLAP,
         calibration: Any = None,
         materials: tuple[str, ...] | None = None,
+        oxide: float | tuple[float, float] | None = None,
     ) -> None:
         self.session = session
         #: the materials on the chip (None: any); classes of others are never reported
         self.materials = check_materials(materials)
         #: a :class:`~scopeflow.inference.models.flake_calibration.FlakeCalibration` or None
         self.calibration = calibration
+        #: with ``oxide`` (nm, or a range to estimate within): the physics prior calibrates
+        #: the colours from the chip itself (:mod:`~scopeflow.inference.models.flake_physics`)
+        self.self_calibration: Any = None
+        if oxide is not None:
+            if calibration is not None:
+                raise ValueError("give a calibration or an oxide thickness, not both")
+            from scopeflow.inference.models.flake_physics import SelfCalibration
+
+            self.self_calibration = SelfCalibration(oxide, self.materials)
         self.black_level = float(black_level)
         self.min_area_px = int(min_area_px)
         self.min_score = float(min_score)
@@ -580,17 +633,21 @@ class FlakeDetector:
         probs = segment(
             self.session, contrast, tile=self.tile, overlap=self.overlap, multiple=MULTIPLE
         )
-        return self._adjusted(probs, contrast)
+        return self._adjusted(probs, contrast)[0]
 
-    def _adjusted(self, probs: np.ndarray, contrast: np.ndarray) -> np.ndarray:
-        """The network's probabilities with the chip's materials and the calibration applied."""
+    def _adjusted(self, probs: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The network's probabilities with the chip's materials and the calibration applied,
+        and that calibration (None: none)."""
         if self.materials is not None:
             probs = restrict_to_materials(probs, self.materials)
-        if self.calibration is not None:
-            probs = self.calibration.adjust(probs, contrast)
+        cal = self.calibration
+        if self.self_calibration is not None:
+            cal = self.self_calibration.update(probs, contrast)
+        if cal is not None:
+            probs = cal.adjust(probs, contrast)
             if self.materials is not None:
                 probs = restrict_to_materials(probs, self.materials)
-        return probs
+        return probs, cal
 
     def min_area_at(self, factor: int, pixel_size_nm: float | None) -> int:
         """The least component area in network pixels: ``min_area_px`` when the pixel size is
@@ -615,8 +672,9 @@ class FlakeDetector:
         probs = segment(
             self.session, contrast, tile=self.tile, overlap=self.overlap, multiple=MULTIPLE
         )
-        probs = self._adjusted(probs, contrast)
-        calibration_id = self.calibration.id if self.calibration is not None else ""
+        probs, cal = self._adjusted(probs, contrast)
+        calibration_id = cal.id if cal is not None else ""
+        oxide = cal.report.get("physics", {}).get("oxide_nm") if cal is not None else None
         class_map = probs.argmax(axis=0).astype(np.uint8)
         wanted = tuple(
             k
@@ -627,6 +685,8 @@ class FlakeDetector:
         found = []
         min_area = self.min_area_at(factor, pixel_size_nm)
         for comp in components(probs, class_map, wanted, min_area, self.min_score):
+            if is_rim(comp, class_map, contrast):
+                continue
             name = CLASSES[comp.class_index]
             attrs = CLASS_ATTRIBUTES[name]
             mask, r0, c0 = upsample_component(comp, factor, shape)
@@ -645,6 +705,7 @@ class FlakeDetector:
                         "layers": attrs["layers"],
                         "class": name,
                         "calibration_id": calibration_id,
+                        **({"oxide_nm": oxide} if oxide is not None else {}),
                         **component_statistics(comp, probs, contrast),
                     },
                 )
