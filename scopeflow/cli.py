@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--oxide-nm",
         default=None,
         metavar="NM|LO-HI|auto",
-        help="flake_detector: the chip's SiO₂ thickness, a range to estimate it within, or "
-        "auto; the physics prior then calibrates the colours from the chip's own flakes",
+        help="flake_detector: the chip's SiO₂ thickness, a range to estimate it within, auto "
+        "(the default without --calibration) or none; the physics prior calibrates the "
+        "colours from the chip's own flakes",
     )
     inf.set_defaults(func=_cmd_node_infer)
 

@@ -144,6 +144,11 @@ class Denoise:
         return [(header, (out,))]
 
 
+#: The flake detector's ``--oxide-nm`` when neither it nor a calibration is given: the physics
+#: prior estimates the oxide from the chip's own flakes (``"none"``: the network alone).
+DEFAULT_OXIDE = "auto"
+
+
 class Detect:
     """A detector: publishes the objects found in the frame."""
 
@@ -166,6 +171,9 @@ class Detect:
             )
         if calibration is not None and oxide is not None:
             raise ValueError("give --calibration or --oxide-nm, not both")
+        if oxide is None and calibration is None:
+            oxide = DEFAULT_OXIDE  # the physics prior, unless a calibration says otherwise
+        self._series: str | None = None
         session = backends.load(model, backend)
         self.backend = session.backend
         if model == "flake_detector":
@@ -178,7 +186,7 @@ class Detect:
                 session,
                 calibration=cal,
                 materials=materials,
-                oxide=parse_oxide(oxide) if oxide is not None else None,
+                oxide=None if oxide in (None, "none") else parse_oxide(oxide),
             )
         else:
             from scopeflow.inference.models.particle_detector import ParticleDetector
@@ -189,6 +197,9 @@ class Detect:
         h = msg.header
         pixel_nm = h.state.pixel_size_nm if h.state is not None else None
         if self.name == "flake_detector":  # its input scale follows the pixel size
+            if h.series_unique_id != self._series:  # a new chip: its own oxide estimate
+                self._series = h.series_unique_id
+                self._net.restart_self_calibration()
             found = self._net.detect(rgb(msg), pixel_size_nm=pixel_nm)
         else:
             found = self._net.detect(rgb(msg))
@@ -232,8 +243,8 @@ def make_processor(
     run ACNet after AENet; ``calibration``: the flake detector's setup calibration (a folder
     written by ``scopeflow calibrate flake-detector``); ``materials``: the flake materials on
     the chip (the flake detector reports no other); ``oxide``: the chip's SiO₂ thickness in nm,
-    a range ``LO-HI`` or ``auto`` (the flake detector's physics prior calibrates its colours
-    from the chip's own flakes)."""
+    a range ``LO-HI``, ``auto`` (the flake detector's physics prior calibrates its colours
+    from the chip's own flakes; the default unless a calibration is given) or ``none``."""
     if model in METRICS:
         return ClassicalFocus(model)
     if model == "aenet":

@@ -83,9 +83,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--oxide-nm",
         default=None,
         metavar="NM|LO-HI|auto",
-        help="local scope: the chip's SiO₂ thickness (nm), a range to estimate it within, or "
-        "auto; the flake detector's physics prior then calibrates its colours from the chip's "
-        "own flakes (for oxides, lamps and cameras it was not trained on)",
+        help="local scope: the chip's SiO₂ thickness (nm), a range to estimate it within, "
+        "auto (the default without --calibration) or none; the flake detector's physics prior "
+        "calibrates its colours from the chip's own flakes (oxides, lamps and cameras it was "
+        "not trained on)",
     )
     g.add_argument("--timeout-s", type=float, default=5.0, help="give up on a silent peer")
     g.add_argument("--ready-timeout-s", type=float, default=20.0)
@@ -134,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.calibration is not None:
             raise UsageError("give --calibration or --oxide-nm, not both")
         try:
-            parse_oxide(args.oxide_nm)
+            if args.oxide_nm != "none":
+                parse_oxide(args.oxide_nm)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if args.calibration is not None:  # refuse a bad calibration before anything moves

@@ -148,21 +148,28 @@ class FlakeRevisitJob:
         if found.frame_shape is not None:
             rows, cols = found.frame_shape
             geometry = TileGeometry(rows, cols, state.pixel_size_nm / 1e3)
-            nearest = _nearest(found.detections, geometry, (x, y), flake.get("material"))
-            if nearest is not None and nearest <= FOUND_WITHIN_UM:
-                visit["position_error_um"] = nearest
+            # The flake of the catalog's material nearest to where it should be; failing that,
+            # any flake there (at another magnification the detector may read it as another
+            # material: recorded as ``material_seen``, the catalog is not rewritten).
+            for material in (flake.get("material"), None):
+                nearest = _nearest(found.detections, geometry, (x, y), material)
+                if nearest is not None and nearest[0] <= FOUND_WITHIN_UM:
+                    visit["position_error_um"], visit["material_seen"] = nearest
+                    break
         return visit
 
 
 def _nearest(
     detections: list[Any], geometry: TileGeometry, at: tuple[float, float], material: Any
-) -> float | None:
-    """Distance (µm) from ``at`` to the nearest detection of ``material``, the frame taken there."""
+) -> tuple[float, str] | None:
+    """Distance (µm) from ``at`` to the nearest detection of ``material`` (None: any) in the
+    frame taken there, and that detection's material."""
     best = None
     for det in detections:
-        if material is not None and det.attributes.get("material") != material:
+        seen = str(det.attributes.get("material"))
+        if material is not None and seen != material:
             continue
         sx, sy = geometry.to_stage(*det.centroid_xy_px, at)
         d = math.hypot(sx - at[0], sy - at[1])
-        best = d if best is None or d < best else best
+        best = (d, seen) if best is None or d < best[0] else best
     return best

@@ -625,6 +625,15 @@ class FlakeDetector:
         self.tile = int(tile)
         self.overlap = int(overlap)
 
+    def restart_self_calibration(self) -> None:
+        """Forget what the physics prior learned of the last chip (a new series is a new chip,
+        perhaps on another oxide)."""
+        if self.self_calibration is not None:
+            from scopeflow.inference.models.flake_physics import SelfCalibration
+
+            old = self.self_calibration
+            self.self_calibration = SelfCalibration(old.oxide, old.materials, old.net_weight)
+
     def probabilities(self, frame: np.ndarray, pixel_size_nm: float | None = None) -> np.ndarray:
         """Class probabilities (K, h, w) at network resolution (the frame
         :func:`downsample_factor` × down)."""
