@@ -431,7 +431,7 @@ def parse_oxide(text: str) -> float | tuple[float, float]:
 
 #: Self-calibration: flakes a first estimate needs, and after how many flakes (or tiles that
 #: held flakes) the estimate is frozen, so that one calibration serves the rest of the chip.
-MIN_VOTING_FLAKES = 8
+MIN_VOTING_FLAKES = 3
 FREEZE_FLAKES = 24
 FREEZE_TILES = 12
 
