@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,3 +135,13 @@ def autofocus_record(ctx: zmq.Context, commands: str, results: str, **options: f
     if not outcome.details:  # the runner ended it before the job began (scope not ready)
         job.record.stop_reason, job.record.message = outcome.reason, outcome.message
     return job.record
+
+
+def scopeflow_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m scopeflow ARGS`` in a child process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "scopeflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ import pytest
 
 from scopeflow.inference.models import flake_calibration as fc
 from scopeflow.inference.models import flake_detector as model
+
+from harness import scopeflow_cli
 
 
 def _z(c: float) -> float:
@@ -99,23 +99,14 @@ def test_calibration_file_round_trip_and_tamper_check(tmp_path: Path) -> None:
         fc.FlakeCalibration.load(tmp_path / "missing")
 
 
-def _scopeflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scopeflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_calibrate_command_then_a_search_that_records_it(tmp_path: Path) -> None:
     data = tmp_path / "tiles"
-    made = _scopeflow("simulate", "flakes", "--n", "4", "--seed", "9100", "--out", str(data))
+    made = scopeflow_cli("simulate", "flakes", "--n", "4", "--seed", "9100", "--out", str(data))
     assert made.returncode == 0, made.stderr
     images = sorted((data / "images").glob("*.png"))
     assert len(images) == 4
     cal_dir = tmp_path / "cal"
-    run = _scopeflow(
+    run = scopeflow_cli(
         "calibrate",
         "flake-detector",
         *map(str, images),
@@ -140,7 +131,7 @@ def test_calibrate_command_then_a_search_that_records_it(tmp_path: Path) -> None
     assert doc["id"].startswith("cal-") and doc["id"] in run.stdout
 
     out = tmp_path / "search"
-    search = _scopeflow(
+    search = scopeflow_cli(
         "run",
         "flake-search",
         "--scope",
@@ -167,7 +158,7 @@ def test_a_bad_calibration_is_refused_before_anything_moves(tmp_path: Path) -> N
     bad.mkdir()
     (bad / "calibration.json").write_text('{"format": "something else"}')
     out = tmp_path / "search"
-    run = _scopeflow(
+    run = scopeflow_cli(
         "run",
         "flake-search",
         "--scope",
@@ -232,7 +223,7 @@ def test_detection_does_not_depend_on_white_balance_vignetting_or_exposure() -> 
 
 def test_bench_flake_detector_quick_writes_conditions_and_calibration_gain(tmp_path: Path) -> None:
     out = tmp_path / "fd.json"
-    run = _scopeflow("bench", "flake-detector", "--quick", "--json", str(out), timeout=900)
+    run = scopeflow_cli("bench", "flake-detector", "--quick", "--json", str(out), timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads(out.read_text())
     conditions = doc["flake_detector"]["conditions"]

@@ -5,8 +5,6 @@ needed in the detector (blurred edges, a tile half over the holder)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,16 +14,9 @@ import pytest
 from scopeflow.inference.models import flake_detector as model
 from scopeflow.inference.models import flake_physics as fp
 
+from harness import scopeflow_cli
+
 HELD_OUT_OXIDE_NM = 300.0  # never trained on (training: 90, 100, 270, 285 ± 5 nm)
-
-
-def _scopeflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scopeflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _tiles(oxide_nm: float, n: int, seed: int) -> list:
@@ -155,12 +146,12 @@ def test_calibrate_from_physics_then_a_search_that_uses_it(tmp_path: Path) -> No
         cv2.imwrite(str(tiles / f"t{i}.png"), image.image[..., ::-1])
     cal_dir = tmp_path / "cal"
     pngs = sorted(map(str, tiles.glob("*.png")))
-    both = _scopeflow(
+    both = scopeflow_cli(
         "calibrate", "flake-detector", *pngs, "--labels", "x.json", "--oxide-nm", "auto",
         "--out", str(cal_dir),
     )  # fmt: skip
     assert both.returncode == 2 and "either --labels" in both.stderr
-    run = _scopeflow(
+    run = scopeflow_cli(
         "calibrate", "flake-detector", *pngs, "--oxide-nm", "auto",
         "--materials", "graphene,hBN", "--out", str(cal_dir),
     )  # fmt: skip
@@ -180,7 +171,7 @@ def test_calibrate_from_physics_then_a_search_that_uses_it(tmp_path: Path) -> No
         FlakeCalibration.load(tmp_path / "edited.json")
 
     out = tmp_path / "search"
-    search = _scopeflow(
+    search = scopeflow_cli(
         "run", "flake-search", "--scope", "sim:optical,settle_s=0",
         "--region=-300,-200,300,200", "--focus-grid", "1", "--oxide-nm", "285",
         "--materials", "graphene,hBN", "--out", str(out),
@@ -196,12 +187,12 @@ def test_oxide_and_calibration_together_are_refused_before_anything_moves(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "search"
-    run = _scopeflow(
+    run = scopeflow_cli(
         "run", "flake-search", "--scope", "sim:optical", "--region=-100,-100,100,100",
         "--oxide-nm", "auto", "--calibration", str(tmp_path), "--out", str(out),
     )  # fmt: skip
     assert run.returncode == 2 and "not both" in run.stderr
-    bad = _scopeflow(
+    bad = scopeflow_cli(
         "run", "flake-search", "--scope", "sim:optical", "--region=-100,-100,100,100",
         "--oxide-nm", "thick", "--out", str(out),
     )  # fmt: skip
