@@ -181,6 +181,7 @@ def test_calibrate_from_physics_then_a_search_that_uses_it(tmp_path: Path) -> No
     catalog = json.loads((out / "catalog.json").read_text())
     assert catalog["flakes"], "the region holds flakes on this chip"
     assert all(f["calibration_id"].startswith("cal-") for f in catalog["flakes"])
+    assert {f["oxide_nm"] for f in catalog["flakes"]} == {285.0}  # the oxide it was told
 
 
 def test_oxide_and_calibration_together_are_refused_before_anything_moves(

@@ -62,6 +62,7 @@ class FlakeEntry:
     contrast_rgb: tuple[float, float, float] | None = None  # mean, against the substrate
     contrast_rgb_std: tuple[float, float, float] | None = None
     calibration_id: str = ""  # the detector's setup calibration ("" when uncalibrated)
+    oxide_nm: float | None = None  # the SiO₂ thickness the physics prior assumed (None: none)
     flat_field_id: str = ""  # the flat field its thumbnail was corrected with ("": not yet)
 
     def row(self) -> dict[str, Any]:
@@ -202,6 +203,7 @@ class Catalog:
                 contrast_rgb=_triple(attrs, ""),
                 contrast_rgb_std=_triple(attrs, "_std"),
                 calibration_id=str(attrs.get("calibration_id", "")),
+                oxide_nm=_float(attrs.get("oxide_nm")),
             )
             new += self._merge(entry)
         return new
