@@ -453,7 +453,10 @@ class SelfCalibration:
     ) -> None:
         import threading
 
-        self.oxide = oxide
+        # A number is the oxide (an int from Python callers included); a pair, bounds.
+        self.oxide: float | tuple[float, float] = (
+            float(oxide) if isinstance(oxide, (int, float)) else (float(oxide[0]), float(oxide[1]))
+        )
         self.materials = tuple(materials) if materials is not None else None
         self.net_weight = float(net_weight)
         self.colours: list[FlakeColour] = []
