@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from scopeflow.inference.models import flake_detector as model
+from scopeflow.inference.models import flake_physics
 from scopeflow_lab.sim.optical import (
     CameraConfig,
     ChipConfig,
@@ -95,10 +96,9 @@ TRAIN_OBJECTIVES = ((20.0, 0.40, 0.7), (10.0, 0.25, 0.15), (50.0, 0.55, 0.15))
 
 def sensor_colour_matrix(saturation: float) -> tuple[float, ...]:
     """A camera colour-correction matrix (I + s·(I − 1·wᵀ), w the luminance weights): rows
-    sum to 1 (grey stays grey), off-diagonals negative, as real sensors' matrices are."""
-    w = np.array([0.30, 0.59, 0.11])
-    m = (1.0 + saturation) * np.eye(3) - saturation * np.outer(np.ones(3), w)
-    return tuple(float(v) for v in m.ravel())
+    sum to 1 (grey stays grey), off-diagonals negative, as real sensors' matrices are; the
+    physics prior spans the same family (:func:`flake_physics.colour_matrix`)."""
+    return tuple(float(v) for v in flake_physics.colour_matrix(saturation).ravel())
 
 
 @dataclass(frozen=True)

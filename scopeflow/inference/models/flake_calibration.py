@@ -50,11 +50,15 @@ RIDGE = 0.02  # added to the covariance diagonal (z units): noise the labels may
 _UNSEEN_LOG_DENSITY = -3.0 * math.log(9.6)
 
 
+def feature_of(contrast: np.ndarray) -> np.ndarray:
+    """Contrast values (any shape) in the network's input space: asinh(c / 0.03), clipped."""
+    return np.arcsinh(np.clip(contrast, *model.CONTRAST_CLIP) / model.CONTRAST_SCALE)
+
+
 def features(contrast: np.ndarray) -> np.ndarray:
-    """(h, w, 3) float32: the contrast (3, h, w) in the network's input space
-    (asinh(c / 0.03) of the clipped contrast), box-smoothed over :data:`SMOOTH_PX`."""
-    c = np.clip(contrast, *model.CONTRAST_CLIP) / model.CONTRAST_SCALE
-    z = np.arcsinh(c).transpose(1, 2, 0).astype(np.float32)
+    """(h, w, 3) float32: the contrast map (3, h, w) in the network's input space
+    (:func:`feature_of`), box-smoothed over :data:`SMOOTH_PX`."""
+    z = feature_of(contrast).transpose(1, 2, 0).astype(np.float32)
     return cv2.blur(z, (SMOOTH_PX, SMOOTH_PX))
 
 

@@ -116,6 +116,7 @@ SIGMA_ABS, SIGMA_REL = 0.012, 0.10
 OUTLIER_DENSITY = 1e-3  # per flake: a colour no class explains (dust on a flake, a fold)
 MIN_FLAKE_PX = 30  # network pixels a segment needs to vote on the oxide
 COMPONENTS = 4  # mixture components per class in a physics calibration
+KEEP_SETUPS = 3  # setups a calibration keeps: those that explain the chip's flakes best
 
 
 def colour_matrix(saturation: float) -> np.ndarray:
@@ -205,13 +206,14 @@ class OxideEstimate:
 
     ``oxide_nm``: the best; ``range_nm``: every thickness whose log-likelihood is within 2 of
     the best (a wide or split range means the flakes did not decide); ``flakes``: how many
-    voted; ``setup``: index into the setups (:data:`SPECTRA` × :data:`COLOUR_SATURATIONS`) that
-    explains them best at that oxide; ``log_likelihood``: per grid thickness."""
+    voted; ``setups``: indices into the setups (:data:`SPECTRA` × :data:`COLOUR_SATURATIONS`)
+    that explain them best at that oxide, best first; ``log_likelihood``: per grid
+    thickness."""
 
     oxide_nm: float
     range_nm: tuple[float, float]
     flakes: int
-    setup: int
+    setups: tuple[int, ...]
     log_likelihood: np.ndarray
 
     def to_json(self) -> dict[str, Any]:
@@ -264,7 +266,7 @@ def estimate_oxide(
         float(table.oxide_nm[best]),
         (float(near.min()), float(near.max())),
         len(colours),
-        int(ll[:, best].argmax()),
+        _top(ll[:, best]),
         per_oxide,
     )
 
@@ -303,10 +305,6 @@ class ClassMixture:
         return cls(w / w.sum(), comps, int(data.get("pixels", 0)), int(data.get("flakes", 0)))
 
 
-def _feature(c: np.ndarray) -> np.ndarray:
-    return np.arcsinh(np.clip(c, *model.CONTRAST_CLIP) / model.CONTRAST_SCALE)
-
-
 def _kmeans(x: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
     """Cluster labels of ``x`` (n, 3): k-means from farthest-point seeds (deterministic)."""
     k = min(k, len(x))
@@ -327,7 +325,7 @@ def _kmeans(x: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
 def _class_mixture(samples_c: np.ndarray, noise_z: np.ndarray) -> ClassMixture:
     """A mixture over predicted contrasts (n, 3): clusters in feature space, each with its
     scatter, plus the pixel noise carried through the feature's slope at its mean."""
-    z = _feature(samples_c)
+    z = calib.feature_of(samples_c)
     labels = _kmeans(z, COMPONENTS)
     comps, weights = [], []
     for j in np.unique(labels):
@@ -345,9 +343,10 @@ def _class_mixture(samples_c: np.ndarray, noise_z: np.ndarray) -> ClassMixture:
 
 def background_noise(probs: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     """Covariance (3, 3) of the substrate's features in one tile (pixels the network calls
-    background with p > 0.9), as the detector smooths them: the pixel noise of this camera."""
+    background above :data:`flake_calibration.SURE_BACKGROUND`), as the detector smooths them:
+    the pixel noise of this camera."""
     z = calib.features(contrast)
-    sel = probs[0] > 0.9
+    sel = probs[0] > calib.SURE_BACKGROUND
     x = z[sel].astype(np.float64)
     if len(x) < 100:
         return np.eye(3) * 0.1
@@ -392,16 +391,17 @@ def physics_calibration(
     )
 
 
+def _top(setup_log_likelihood: np.ndarray) -> tuple[int, ...]:
+    """The :data:`KEEP_SETUPS` best setups, best first."""
+    return tuple(int(i) for i in np.argsort(setup_log_likelihood)[::-1][:KEEP_SETUPS])
+
+
 def best_setups(
-    estimate: OxideEstimate,
-    colours: Sequence[FlakeColour],
-    materials: Sequence[str] | None = None,
-    keep: int = 3,
-) -> list[int]:
-    """The ``keep`` setups that explain ``colours`` best at the estimated oxide."""
-    table = contrast_table((estimate.oxide_nm,))
-    ll = _flake_log_likelihood(colours, table, _classes_for(materials))[:, 0]
-    return [int(i) for i in np.argsort(ll)[::-1][:keep]]
+    oxide_nm: float, colours: Sequence[FlakeColour], materials: Sequence[str] | None = None
+) -> tuple[int, ...]:
+    """The setups that explain ``colours`` best on ``oxide_nm``, best first."""
+    table = contrast_table((float(oxide_nm),))
+    return _top(_flake_log_likelihood(colours, table, _classes_for(materials))[:, 0])
 
 
 def parse_oxide(text: str) -> float | tuple[float, float]:
@@ -490,11 +490,15 @@ class SelfCalibration:
                 return None
             if isinstance(self.oxide, float):
                 self.estimate = OxideEstimate(
-                    self.oxide, (self.oxide, self.oxide), len(self.colours), -1, np.zeros(0)
+                    self.oxide,
+                    (self.oxide, self.oxide),
+                    len(self.colours),
+                    best_setups(self.oxide, self.colours, self.materials),
+                    np.zeros(0),
                 )
             else:
                 self.estimate = estimate_oxide(self.colours, self.materials, self.oxide)
-            setups = best_setups(self.estimate, self.colours, self.materials)
+            setups = self.estimate.setups
             self.calibration = physics_calibration(
                 self.estimate.oxide_nm,
                 noise,
