@@ -377,6 +377,33 @@ def test_revisit_drives_back_to_the_selected_flakes_at_50x(tmp_path):
         assert (revisit / v["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_revisit_tells_the_detector_the_oxide_the_search_settled_on(tmp_path):
+    """A revisit sees a few flakes, too few to estimate the oxide: the command gives the
+    detector the catalog's (median of the flakes' ``oxide_nm``); ``--oxide-nm`` overrides it."""
+    flake = {"material": "graphene", "layers": 1, "area_um2": 80.0, "y_um": 0.0}
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"flakes": [
+        {**flake, "id": 1, "x_um": 0.0, "oxide_nm": 285.0},
+        {**flake, "id": 2, "x_um": 150.0, "oxide_nm": None},  # a flake seen before the estimate
+    ]}))  # fmt: skip
+    oxides = {}
+    for told in (None, "none"):
+        out = tmp_path / f"revisit-{told}"
+        extra = ["--oxide-nm", told] if told else []
+        run = subprocess.run(
+            [*SF, "run", "flake-revisit", "--scope", "sim:optical", "--catalog", str(catalog),
+             "--out", str(out), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert "Traceback" not in run.stderr, run.stderr
+        said = "--oxide-nm 285 (the catalog's estimate)" in run.stdout
+        assert said == (told is None), run.stdout
+        visits = json.loads((out / "revisit.json").read_text())["visits"]
+        oxides[told] = [v["oxide_nm"] for v in visits]
+    assert oxides[None] == [285.0, 285.0]  # the simulated chip has flakes in both frames
+    assert oxides["none"] == [None, None]
+
+
 def test_an_objective_on_a_scope_without_a_turret_is_refused(tmp_path):
     from scopeflow.jobs.flake_revisit import FlakeRevisitJob
     from scopeflow_lab.sim.sem import SEMConfig, SimulatedSEM

@@ -121,6 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = args.job_class.from_args(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    known_oxide = getattr(job, "oxide_nm", None)
+    if args.oxide_nm is None and args.calibration is None and known_oxide is not None:
+        # A revisit sees a few flakes, too few to estimate the oxide well: use the search's.
+        args.oxide_nm = f"{known_oxide:g}"
+        print(f"{name}: --oxide-nm {args.oxide_nm} (the catalog's estimate)")
     materials = None
     if args.materials:
         from scopeflow.inference.models.flake_detector import check_materials

@@ -38,6 +38,20 @@ from scopeflow.scopes.base import ScopeStatus
 FOUND_WITHIN_UM = 10.0  # a detection this close to the catalog position is the flake
 
 
+def catalog_oxide_nm(flakes: list[dict[str, Any]]) -> float | None:
+    """The oxide thickness the search's detector assumed: the median of its flakes' ``oxide_nm``
+    (a search's estimate can move in its first tiles), or None when none recorded one."""
+    values = []
+    for f in flakes:
+        try:
+            value = float(f.get("oxide_nm"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            values.append(value)
+    return float(median(values)) if values else None
+
+
 class FlakeRevisitJob:
     """Drive back to selected flakes of a catalog, refocus, image each at high magnification."""
 
@@ -53,8 +67,12 @@ class FlakeRevisitJob:
         objective: str | None = None,
         autofocus: AutofocusJobConfig | None = None,
         approach_um: float = 10.0,
+        oxide_nm: float | None = None,
     ) -> None:
         self.flakes = flakes
+        #: the SiO₂ thickness the search's physics prior settled on (None: it had none); the
+        #: command gives it to the detector, so a revisit of a few flakes need not estimate it
+        self.oxide_nm = oxide_nm
         self.out_dir = Path(out_dir)
         self.objective = objective
         self.autofocus = autofocus or AutofocusJobConfig()
@@ -90,6 +108,7 @@ class FlakeRevisitJob:
             objective=args.objective,
             autofocus=AutofocusJob.config_from_args(args),
             approach_um=args.approach_um,
+            oxide_nm=catalog_oxide_nm(flakes),
         )
 
     def plan(self, status: ScopeStatus) -> JobPlan:
@@ -137,6 +156,11 @@ class FlakeRevisitJob:
             "magnification": state.magnification,
             "position_error_um": None,
             "image": None,
+            # the oxide the detector's physics prior assumed on this frame (None: no prior)
+            "oxide_nm": next(
+                (d.attributes["oxide_nm"] for d in found.detections if "oxide_nm" in d.attributes),
+                None,
+            ),
         }
         if obs.pixels is not None:
             path = self.out_dir / f"flake-{int(flake['id']):05d}.png"

@@ -227,7 +227,9 @@ class OxideEstimate:
 def _flake_log_likelihood(
     colours: Sequence[FlakeColour], table: ContrastTable, classes: Sequence[str]
 ) -> np.ndarray:
-    """log p(flake colours | oxide, setup), summed over flakes: (setups, oxides)."""
+    """log p(flake colours | oxide, setup), summed over flakes: (setups, oxides). The sum is
+    additive, so a caller that sees flakes arrive tile by tile adds each tile's part to a
+    running total (:class:`SelfCalibration`) instead of redoing every flake."""
     c = np.stack([f.contrast for f in colours]).astype(np.float64)  # (F, 3)
     sigma = SIGMA_ABS + SIGMA_REL * np.abs(c)  # (F, 3)
     norm = -np.log(sigma).sum(axis=1) - 1.5 * math.log(2 * math.pi)  # (F,)
@@ -245,6 +247,34 @@ def _flake_log_likelihood(
     return np.einsum("f,fso->so", weights, logp)
 
 
+def flake_log_likelihood(
+    colours: Sequence[FlakeColour], materials: Sequence[str] | None = None
+) -> np.ndarray:
+    """log p(``colours`` | oxide, setup) on the prior's grid, (setups, oxides); additive over
+    flakes."""
+    return _flake_log_likelihood(colours, contrast_table(), _classes_for(materials))
+
+
+def oxide_from_log_likelihood(
+    ll: np.ndarray, flakes: int, bounds_nm: tuple[float, float] = (OXIDE_MIN_NM, OXIDE_MAX_NM)
+) -> OxideEstimate:
+    """The estimate a summed :func:`flake_log_likelihood` of ``flakes`` flakes points to."""
+    table = contrast_table()
+    ll = np.array(ll, float)
+    outside = (table.oxide_nm < bounds_nm[0] - 1e-9) | (table.oxide_nm > bounds_nm[1] + 1e-9)
+    ll[:, outside] = -np.inf
+    per_oxide = ll.max(axis=0)
+    best = int(per_oxide.argmax())
+    near = table.oxide_nm[per_oxide >= per_oxide[best] - 2.0]
+    return OxideEstimate(
+        float(table.oxide_nm[best]),
+        (float(near.min()), float(near.max())),
+        int(flakes),
+        _top(ll[:, best]),
+        per_oxide,
+    )
+
+
 def estimate_oxide(
     colours: Sequence[FlakeColour],
     materials: Sequence[str] | None = None,
@@ -255,19 +285,8 @@ def estimate_oxide(
     ValueError when there are no flakes to go by."""
     if not colours:
         raise ValueError("no flakes to estimate the oxide from: scan tiles that hold flakes")
-    table = contrast_table()
-    ll = _flake_log_likelihood(colours, table, _classes_for(materials))  # (S, O)
-    outside = (table.oxide_nm < bounds_nm[0] - 1e-9) | (table.oxide_nm > bounds_nm[1] + 1e-9)
-    ll[:, outside] = -np.inf
-    per_oxide = ll.max(axis=0)
-    best = int(per_oxide.argmax())
-    near = table.oxide_nm[per_oxide >= per_oxide[best] - 2.0]
-    return OxideEstimate(
-        float(table.oxide_nm[best]),
-        (float(near.min()), float(near.max())),
-        len(colours),
-        _top(ll[:, best]),
-        per_oxide,
+    return oxide_from_log_likelihood(
+        flake_log_likelihood(colours, materials), len(colours), bounds_nm
     )
 
 
@@ -460,6 +479,8 @@ class SelfCalibration:
         self.materials = tuple(materials) if materials is not None else None
         self.net_weight = float(net_weight)
         self.colours: list[FlakeColour] = []
+        #: the running sum of the flakes' log-likelihoods (setups, oxides), when estimating
+        self._log_likelihood: np.ndarray | None = None
         self.noises: list[np.ndarray] = []
         self.tiles_with_flakes = 0
         self.estimate: OxideEstimate | None = None
@@ -480,6 +501,10 @@ class SelfCalibration:
             if found:
                 self.colours += found
                 self.tiles_with_flakes += 1
+                if not isinstance(self.oxide, float):
+                    part = flake_log_likelihood(found, self.materials)
+                    ll = self._log_likelihood
+                    self._log_likelihood = part if ll is None else ll + part
             if isinstance(self.oxide, float) and len(self.colours) < MIN_VOTING_FLAKES:
                 # A given oxide needs no vote; until flakes pick the setup, span them all.
                 self.calibration = physics_calibration(
@@ -497,7 +522,10 @@ class SelfCalibration:
                     np.zeros(0),
                 )
             else:
-                self.estimate = estimate_oxide(self.colours, self.materials, self.oxide)
+                assert self._log_likelihood is not None
+                self.estimate = oxide_from_log_likelihood(
+                    self._log_likelihood, len(self.colours), self.oxide
+                )
             setups = self.estimate.setups
             self.calibration = physics_calibration(
                 self.estimate.oxide_nm,
@@ -524,6 +552,8 @@ __all__ = [
     "contrast_table",
     "estimate_oxide",
     "flake_colours",
+    "flake_log_likelihood",
+    "oxide_from_log_likelihood",
     "parse_oxide",
     "physics_calibration",
 ]
