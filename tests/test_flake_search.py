@@ -318,6 +318,36 @@ def test_detection_alongside_the_stage_gives_the_serial_catalog(tmp_path):
     assert catalogs[0] == catalogs[1] and catalogs[0]
 
 
+def test_every_tile_is_reached_from_below_with_no_needless_approach_moves(tmp_path):
+    """One-way approach (the stage's backlash then shifts every tile alike): each tile is
+    reached by a move in +x and +y; along a row scanned in +x that move is the only one."""
+
+    class RecordingScope(LocalScope):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.stage_moves: list[tuple[float, float]] = []
+
+        def move_stage(self, x_um, y_um):
+            self.stage_moves.append((x_um, y_um))
+            return super().move_stage(x_um, y_um)
+
+    scope = RecordingScope(_optical(), models={"focus": "tenengrad"})
+    job = FlakeSearchJob((-600.0, -400.0, 600.0, 400.0), tmp_path, overlap=0.1, focus_grid=1)
+    outcome, _ = run_job(job, scope)
+    assert outcome.reached_goal, outcome.message
+    tiles = [(t["x_um"], t["y_um"]) for t in job.tiles_done]
+    moves = scope.stage_moves
+    assert len(tiles) >= 6
+    # The focus point's move (approach + point) comes first; then each tile in scan order.
+    arrivals = [k for k, m in enumerate(moves) if m in tiles]
+    assert [moves[k] for k in arrivals] == tiles
+    for k in arrivals:
+        (px, py), (x, y) = moves[k - 1], moves[k]
+        assert px <= x and py <= y, (moves[k - 1], moves[k])
+    # A serpentine's +x rows need no approach move: fewer moves than two per tile.
+    assert len(tiles) + 2 <= len(moves) < 2 * len(tiles) + 2
+
+
 # -- revisit ---------------------------------------------------------------------------------
 
 

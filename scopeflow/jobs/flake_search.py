@@ -131,6 +131,8 @@ class FlakeSearchJob:
         self.surface_kind = surface
         self.autofocus = autofocus or AutofocusJobConfig()
         self.refocus = refocus
+        #: where our last one-way move put the stage (None: not known to be reached from below)
+        self._last_xy: tuple[float, float] | None = None
         self.approach_um = approach_um
         self.serial = serial
         self.objective = objective
@@ -332,7 +334,14 @@ class FlakeSearchJob:
     def _tile(self, i: int, x: float, y: float, status: ScopeStatus, lens: _Lens) -> JobPlan:
         """One tile: move, focus from the surface, frame (its detections computed meanwhile);
         refocus when it reads blurred. Returns what ``_catalogue`` needs."""
-        yield from self._timed("stage_s", move_one_way(x, y, status, self.approach_um))
+        # Along a row scanned in +x (and onto the next row up) the move itself comes from below
+        # in both axes: the approach move would only add a settle. Known only after a move of
+        # ours (the stage's first position may have been reached from anywhere).
+        last = self._last_xy
+        onward = last is not None and last[0] <= x and last[1] <= y
+        approach = 0.0 if onward else self.approach_um
+        yield from self._timed("stage_s", move_one_way(x, y, status, approach))
+        self._last_xy = (x, y)
         assert lens.surface is not None
         z = self._predicted(x, y, status, lens.surface)
         yield from self._timed("z_s", _act(MoveFocus(z)))
@@ -479,6 +488,7 @@ class FlakeSearchJob:
         ``points``."""
         if move:
             status = (yield from move_one_way(x, y, status, self.approach_um)).status
+            self._last_xy = (x, y)
         done = yield from AutofocusJob(self.autofocus).plan(status)
         if done.reason in ("timeout", "device_error"):
             raise JobStopped(done.reason, done.message)
