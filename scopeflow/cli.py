@@ -48,6 +48,7 @@ def _cmd_node_acquire(args) -> int:
         frames_endpoint=args.frames,
         commands_endpoint=args.commands,
         lossless_endpoint=args.lossless,
+        lossless_buffer_mb=args.lossless_buffer_mb,
         mode=args.mode,
         frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
         curve=_curve_server(args),
@@ -87,6 +88,33 @@ def _cmd_node_infer(args) -> int:
         f"{args.model} on {node.processor.backend}",
     )
     return _run_until_signalled(node)
+
+
+def _cmd_node_record(args) -> int:
+    from scopeflow.recording.recorder import RecordConfig, RecorderNode
+
+    node = RecorderNode(
+        RecordConfig(
+            lossless_endpoint=args.lossless,
+            out=args.out,
+            frames_per_chunk=args.frames_per_chunk,
+            name=args.name,
+        ),
+        metrics_port=args.metrics_port,
+    )
+    logging.getLogger("scopeflow").info(
+        "record node ready: lossless %s → %s", args.lossless, args.out
+    )
+    code = _run_until_signalled(node)
+    m = node.metrics
+    lost, failed = m.value("frames_lost"), m.value("frames_not_recorded")
+    print(
+        f"recorded {m.value('frames_recorded')} frames to "
+        f"{', '.join(map(str, node.datasets)) or 'nothing'}"
+        + (f"; {lost} lost before the recorder" if lost else "")
+        + (f"; {failed} not written (see the log)" if failed else "")
+    )
+    return 1 if (lost or failed) else code
 
 
 def _cmd_demo(args) -> int:
@@ -178,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="command endpoint (bind; loopback unless CURVE keys are given)",
     )
     acq.add_argument("--lossless", default=None, help="optional lossless PUSH endpoint (bind)")
+    acq.add_argument(
+        "--lossless-buffer-mb",
+        type=float,
+        default=512.0,
+        help="frames held for a slow or absent lossless consumer; past it a frame is not "
+        "delivered and counted as an overrun (the camera is never slowed)",
+    )
     acq.add_argument("--mode", choices=["triggered", "continuous"], default="triggered")
     acq.add_argument(
         "--rate",
@@ -250,6 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
         "colours from the chip's own flakes",
     )
     inf.set_defaults(func=_cmd_node_infer)
+
+    rec = nodes.add_parser(
+        "record", help="the lossless stream into an OME-Zarr v0.5 dataset (every frame)"
+    )
+    rec.add_argument(
+        "--lossless",
+        default="tcp://127.0.0.1:5553",
+        help="an acquisition node's lossless endpoint (connect)",
+    )
+    rec.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the dataset, e.g. runs/x/rec.ome.zarr (must not exist; later series beside it)",
+    )
+    rec.add_argument(
+        "--frames-per-chunk",
+        type=int,
+        default=None,
+        help="frames per zarr chunk (default: about 8 MiB per chunk); a kill loses at most "
+        "the chunk being filled",
+    )
+    rec.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
+    rec.add_argument("--name", default="record")
+    rec.set_defaults(func=_cmd_node_record)
 
     from scopeflow.jobs.command import add_parsers as add_job_parsers
 

@@ -22,6 +22,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "results_published": ("Results published by an inference node", ()),
     "frames_failed": ("Frames a model could not process (shape, channels, values)", ("model",)),
     "stale_results_ignored": ("Results for frames taken before the last command", ()),
+    "frames_recorded": ("Frames a recorder wrote to its dataset", ()),
+    "frames_not_recorded": ("Frames a recorder received but could not write (an error)", ()),
+    "recording_errors": ("Datasets a recorder could not write on (disk full, …)", ()),
 }
 
 

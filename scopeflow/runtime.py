@@ -30,7 +30,7 @@ class NodeRuntime:
     def __init__(
         self,
         name: str,
-        role: Literal["acquire", "infer", "control"],
+        role: Literal["acquire", "infer", "control", "record"],
         ctx: zmq.Context | None = None,
         metrics_port: int | None = None,
     ) -> None:

@@ -6,8 +6,12 @@ Sockets (see ``docs/protocol.md``):
   XPUB (not PUB) so the node knows how many subscribers it has and can report readiness.
 - *commands*: ROUTER, bound to loopback unless CURVE keys are configured; answers every message
   with ``reply`` or ``error``. Accepts DEALER clients and REQ clients (empty delimiter).
-- *lossless* (optional): PUSH with a bounded queue for consumers that must see every frame
-  (recorders); an overrun is logged and counted as an error, never dropped silently.
+- *lossless* (optional): PUSH for consumers that must see every frame (recorders). It never
+  slows the camera: frames a slow or absent consumer cannot take yet wait in a bounded buffer
+  (``lossless_buffer_mb``); past it a frame is not delivered, logged and counted as an overrun
+  (the consumer sees the gap). ``series_start``/``series_end`` are always delivered, to a
+  consumer that connects late too; at shutdown the node waits up to ``lossless_linger_s`` for
+  the consumer to take what is buffered.
 
 Modes: *triggered* (a frame per ``acquire`` command, what autofocus uses) or *continuous* (frames
 at a fixed rate, like a camera, with commands served in between).
@@ -26,16 +30,18 @@ import zmq
 from scopeflow.acquisition.command_server import CommandServer
 from scopeflow.devices.frames import frame_header
 from scopeflow.devices.protocols import Frame, Microscope
-from scopeflow.errors import OverrunError, ProtocolError, ScopeflowError
+from scopeflow.errors import ProtocolError, ScopeflowError
 from scopeflow.runtime import POLL_MS, NodeRuntime
 from scopeflow.schemas.codec import decode, encode, parse_header_json
 from scopeflow.schemas.commands import Reply
 from scopeflow.schemas.results import ErrorMessage
 from scopeflow.schemas.series import SeriesEnd, SeriesStart
 from scopeflow.transport import endpoints
-from scopeflow.transport.streams import LATEST_HWM, LosslessSender, send
+from scopeflow.transport.streams import LATEST_HWM, BufferedLosslessSender, send
 
 log = logging.getLogger(__name__)
+
+LOSSLESS_FLUSH_MS = 5  # poll interval while frames wait for the lossless consumer
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class AcquireConfig:
     commands_endpoint: str = "tcp://127.0.0.1:5551"
     lossless_endpoint: str | None = None
     lossless_capacity: int = 64
-    lossless_timeout_s: float = 1.0
+    lossless_buffer_mb: float = 512.0
+    lossless_linger_s: float = 10.0
     mode: Literal["triggered", "continuous"] = "triggered"
     frame_rate_hz: float = 10.0
     max_commands_per_s: float = 1000.0
@@ -84,7 +91,7 @@ class AcquireNode:
         self.frames.setsockopt(zmq.SNDHWM, LATEST_HWM)
         self.frames.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription
         self.commands = self.rt.socket(zmq.ROUTER)
-        self.lossless: LosslessSender | None = None
+        self.lossless: BufferedLosslessSender | None = None
         # Endpoints actually bound (tcp port '*' resolved), available once the node is built.
         self.frames_endpoint = endpoints.bind(self.frames, config.frames_endpoint)
         if config.curve is not None:
@@ -94,12 +101,12 @@ class AcquireNode:
         )
         self.lossless_endpoint: str | None = None
         if config.lossless_endpoint:
-            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_timeout_s * 1000))
-            self.lossless = LosslessSender(
+            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_linger_s * 1000))
+            self.lossless = BufferedLosslessSender(
                 push,
                 self.rt.metrics,
                 capacity=config.lossless_capacity,
-                timeout_s=config.lossless_timeout_s,
+                buffer_bytes=int(config.lossless_buffer_mb * 2**20),
             )
             self.lossless_endpoint = endpoints.bind(push, config.lossless_endpoint)
 
@@ -134,6 +141,8 @@ class AcquireNode:
                 timeout = POLL_MS
                 if period is not None:
                     timeout = max(0, min(POLL_MS, int((next_frame - time.monotonic()) * 1000)))
+                if self.lossless is not None and self.lossless.flush():
+                    timeout = min(timeout, LOSSLESS_FLUSH_MS)  # hand the buffer on soon
                 events = dict(poller.poll(timeout))
                 if self.frames in events:
                     self._read_subscriptions()
@@ -160,6 +169,14 @@ class AcquireNode:
                     reason=reason,
                 )
             )
+            if self.lossless is not None:
+                left = self.lossless.drain(cfg.lossless_linger_s)
+                if left:
+                    log.error(
+                        "the lossless consumer did not take the end of the series: %d "
+                        "message(s) not delivered (counted as overruns)",
+                        left,
+                    )
             if self._auth is not None:
                 self._auth.stop()
             self.rt.close()
@@ -199,10 +216,7 @@ class AcquireNode:
         buffers = () if pixels is None else (pixels,)
         send(self.frames, header, buffers)
         if self.lossless is not None:
-            try:
-                self.lossless.send(header, buffers)
-            except OverrunError as exc:
-                log.error("%s", exc.reason)
+            self.lossless.send(header, buffers)  # never blocks; an overrun is counted there
 
     def _read_subscriptions(self) -> None:
         while True:

@@ -7,6 +7,11 @@
   bounded queue. A full queue blocks the sender up to a timeout (backpressure); past it the send
   fails with :class:`~scopeflow.errors.OverrunError` and is counted — never a quiet loss. The
   receiver counts gaps in ``image_id`` as lost frames.
+- :class:`BufferedLosslessSender` (policy *lossless, never slow the camera*): what an
+  acquisition node uses. It never blocks: frames a slow or absent consumer cannot take yet wait
+  in a bounded buffer (bytes); past it a frame is not delivered and counted as an overrun.
+  Series messages (``series_start``/``series_end``) are always kept, so a consumer that
+  connects late still gets the series from its start.
 
 Pixel buffers travel zero-copy: :func:`send` hands numpy arrays to ZeroMQ without copying, so the
 caller must not modify an array after sending it.
@@ -15,6 +20,8 @@ caller must not modify an array after sending it.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,6 +168,103 @@ class LosslessSender:
             f"lossless stream full for {self.timeout_ms} ms: {what} not delivered; the consumer "
             "is too slow or gone (raise capacity or timeout, or add workers)"
         )
+
+
+class BufferedLosslessSender:
+    """Policy *lossless* for a camera: never blocks; buffers, then counts overruns.
+
+    ``capacity``: messages ZeroMQ queues per consumer; ``buffer_bytes``: pixel bytes held
+    beyond that for a slow or absent consumer. A frame that would exceed it is not delivered
+    (``overruns``; the consumer sees the gap in ``image_id`` and counts it as lost). Call
+    :meth:`flush` often (the node's loop does): it hands buffered messages on as the consumer
+    takes them.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        metrics: NodeMetrics,
+        *,
+        capacity: int = 64,
+        buffer_bytes: int = 512 << 20,
+    ) -> None:
+        if sock.type != zmq.PUSH:
+            raise ValueError("a lossless sender needs a PUSH socket")
+        sock.setsockopt(zmq.SNDHWM, capacity)
+        self.sock = sock
+        self.metrics = metrics
+        self.buffer_bytes = int(buffer_bytes)
+        self._queue: deque[tuple[BaseModel, tuple[Any, ...], int]] = deque()
+        self.buffered_bytes = 0
+        self.overruns = 0
+        self._streak = 0  # overruns since the last one was logged
+        self._logged = 0.0
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting in the buffer."""
+        return len(self._queue)
+
+    def send(self, header: BaseModel, buffers: Sequence[Any] = ()) -> bool:
+        """Send now, or buffer; False when the frame was not delivered (an overrun)."""
+        self.flush()
+        buffers = tuple(buffers)
+        if not self._queue:
+            try:
+                send(self.sock, header, buffers, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+        nbytes = sum(memoryview(b).nbytes for b in buffers)
+        if buffers and self.buffered_bytes + nbytes > self.buffer_bytes:
+            self._overrun(header)
+            return False
+        self._queue.append((header, buffers, nbytes))
+        self.buffered_bytes += nbytes
+        return True
+
+    def flush(self) -> int:
+        """Hand buffered messages on while the consumer takes them; returns how many wait."""
+        while self._queue:
+            header, buffers, nbytes = self._queue[0]
+            try:
+                send(self.sock, header, buffers, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._queue.popleft()
+            self.buffered_bytes -= nbytes
+        return len(self._queue)
+
+    def drain(self, timeout_s: float) -> int:
+        """Flush for up to ``timeout_s`` (a node's shutdown); returns how many messages were
+        left undelivered (frames among them are counted as overruns)."""
+        deadline = time.monotonic() + timeout_s
+        while self.flush() and time.monotonic() < deadline:
+            self.sock.poll(20, zmq.POLLOUT)
+        left = len(self._queue)
+        frames = sum(1 for _, buffers, _ in self._queue if buffers)
+        if frames:
+            self.overruns += frames
+            self.metrics.inc("overruns", frames)
+        self._queue.clear()
+        self.buffered_bytes = 0
+        return left
+
+    def _overrun(self, header: BaseModel) -> None:
+        self.overruns += 1
+        self._streak += 1
+        self.metrics.inc("overruns")
+        now = time.monotonic()
+        if now - self._logged >= 1.0:  # one line a second, however fast frames are lost
+            log.error(
+                "lossless consumer too slow or absent: %d frame(s) not delivered (last: image "
+                "%s; %d buffered, %.0f MiB)",
+                self._streak,
+                getattr(header, "image_id", "?"),
+                len(self._queue),
+                self.buffered_bytes / 2**20,
+            )
+            self._streak, self._logged = 0, now
 
 
 class LosslessReceiver:

@@ -34,6 +34,7 @@ class SimOptions:
     settle_s: float | None = None  # focus (and stage) settle time; None: the simulator's
     max_step_um: float | None = None  # largest single focus move; None: the simulator's
     fps: float = 10.0  # insitu: camera frame rate
+    pool: int = 0  # insitu: replay this many frames rendered once (any fps); 0: render each
 
 
 def parse_sim_spec(arg: str) -> tuple[str, SimOptions]:
@@ -76,6 +77,8 @@ def microscope_from_args(args: argparse.Namespace) -> Any:
 
 def simulator(kind: str, options: SimOptions) -> Any:
     """A simulated SEM, optical flake-chip microscope or in-situ TEM camera."""
+    if options.pool and kind != "insitu":
+        raise UsageError("pool applies to the insitu camera only")
     if kind == "sem":
         return _sem(options)
     if kind == "optical":
@@ -89,7 +92,12 @@ def simulator(kind: str, options: SimOptions) -> Any:
         config = InSituConfig(
             frame_shape=size, fps=options.fps, seed=options.seed, max_wd_step_um=options.max_step_um
         )
-        return SimulatedInSituCamera(config)
+        camera = SimulatedInSituCamera(config)
+        if options.pool > 0:
+            from scopeflow_lab.sim.pooled_camera import PooledCamera
+
+            return PooledCamera(camera, options.pool)
+        return camera
     raise UsageError(f"unknown simulator {kind!r}; choose one of {', '.join(SIMULATORS)}")
 
 

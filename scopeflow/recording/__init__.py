@@ -1,0 +1,1 @@
+"""Recording frame streams to disk, losslessly (OME-Zarr v0.5)."""
