@@ -49,6 +49,7 @@ def _cmd_node_acquire(args) -> int:
         commands_endpoint=args.commands,
         lossless_endpoint=args.lossless,
         lossless_buffer_mb=args.lossless_buffer_mb,
+        work_endpoint=args.work,
         mode=args.mode,
         frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
         curve=_curve_server(args),
@@ -78,6 +79,7 @@ def _cmd_node_infer(args) -> int:
             calibration=args.calibration,
             materials=tuple(args.materials.split(",")) if args.materials else None,
             oxide=args.oxide_nm,
+            work_endpoint=args.work,
         ),
         metrics_port=args.metrics_port,
     )
@@ -207,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     acq.add_argument("--lossless", default=None, help="optional lossless PUSH endpoint (bind)")
     acq.add_argument(
+        "--work",
+        default=None,
+        help="optional lossless PUSH endpoint for analysis workers (bind; `node infer --work`): "
+        "every frame, each to one of the workers connected",
+    )
+    acq.add_argument(
         "--lossless-buffer-mb",
         type=float,
         default=512.0,
@@ -237,20 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--frames", default=DEFAULT_FRAMES, help="frame stream endpoint (connect)")
     inf.add_argument("--results", default=DEFAULT_RESULTS, help="results endpoint (bind)")
     inf.add_argument(
+        "--work",
+        default=None,
+        metavar="ENDPOINT",
+        help="every frame from an acquisition node's --work stream (connect) instead of the "
+        "newest from --frames; N workers on one stream share its frames",
+    )
+    inf.add_argument(
         "--model",
         "--evaluator",
         dest="model",
         default="normalized_variance",
-        choices=[
-            "normalized_variance",
-            "tenengrad",
-            "brenner",
-            "aenet",
-            "denoiser",
-            "flake_detector",
-            "particle_detector",
-        ],
-        help="classical focus metric or shipped model (--evaluator: alias)",
+        metavar="MODEL[,MODEL]",
+        help="classical focus metric (normalized_variance, tenengrad, brenner) or shipped model "
+        "(aenet, denoiser, flake_detector, particle_detector); several comma-separated run in "
+        "sequence on each frame, e.g. denoiser,particle_detector (--evaluator: alias)",
     )
     inf.add_argument(
         "--backend",

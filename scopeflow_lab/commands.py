@@ -110,6 +110,13 @@ def _cmd_bench_aenet_response(args) -> int:
     return run_aenet_response_bench(trials=args.trials, seed=args.seed, json_path=args.json)
 
 
+def _cmd_bench_recorder(args) -> int:
+    from scopeflow_lab.bench.recorder import run_recorder_bench
+
+    _require_lab_extra("bench recorder", "zarr")
+    return run_recorder_bench(json_path=args.json, seconds=args.seconds, quick=args.quick)
+
+
 def _cmd_bench_transport(args) -> int:
     from scopeflow_lab.bench.report import run_transport_bench
 
@@ -246,3 +253,12 @@ def add_commands(sub) -> None:
     bf.add_argument("--chip-mm", default="10,10", help="W,H of the simulated chip (mm)")
     bf.add_argument("--quick", action="store_true", help="scan 1 × 1 mm (smoke run, ~1 min)")
     bf.set_defaults(func=_cmd_bench_flake_search)
+    brec = benches.add_parser(
+        "recorder",
+        help="OME-Zarr writers compared, and the recorder end to end at 300 fps 512² and "
+        "100 fps 1k²: frames produced vs recorded, overruns, memory",
+    )
+    brec.add_argument("--json", type=Path, default=None, help="write results here")
+    brec.add_argument("--seconds", type=float, default=60.0, help="end-to-end run per camera mode")
+    brec.add_argument("--quick", action="store_true", help="5 s per mode, few frames (smoke)")
+    brec.set_defaults(func=_cmd_bench_recorder)

@@ -51,6 +51,9 @@ class AcquireConfig:
     frames_endpoint: str = "tcp://127.0.0.1:5550"
     commands_endpoint: str = "tcp://127.0.0.1:5551"
     lossless_endpoint: str | None = None
+    #: a second lossless stream, for analysis workers (each frame to one of those connected);
+    #: apart from ``lossless`` so a recorder and the workers each get every frame (the tee)
+    work_endpoint: str | None = None
     lossless_capacity: int = 64
     lossless_buffer_mb: float = 512.0
     lossless_linger_s: float = 10.0
@@ -109,6 +112,17 @@ class AcquireNode:
                 buffer_bytes=int(config.lossless_buffer_mb * 2**20),
             )
             self.lossless_endpoint = endpoints.bind(push, config.lossless_endpoint)
+        self.work: BufferedLosslessSender | None = None
+        self.work_endpoint: str | None = None
+        if config.work_endpoint:
+            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_linger_s * 1000))
+            self.work = BufferedLosslessSender(
+                push,
+                self.rt.metrics,
+                capacity=config.lossless_capacity,
+                buffer_bytes=int(config.lossless_buffer_mb * 2**20),
+            )
+            self.work_endpoint = endpoints.bind(push, config.work_endpoint)
 
     @property
     def metrics(self):
@@ -141,7 +155,7 @@ class AcquireNode:
                 timeout = POLL_MS
                 if period is not None:
                     timeout = max(0, min(POLL_MS, int((next_frame - time.monotonic()) * 1000)))
-                if self.lossless is not None and self.lossless.flush():
+                if any(sender.flush() for sender in self._lossless_senders()):
                     timeout = min(timeout, LOSSLESS_FLUSH_MS)  # hand the buffer on soon
                 events = dict(poller.poll(timeout))
                 if self.frames in events:
@@ -169,8 +183,8 @@ class AcquireNode:
                     reason=reason,
                 )
             )
-            if self.lossless is not None:
-                left = self.lossless.drain(cfg.lossless_linger_s)
+            for sender in self._lossless_senders():
+                left = sender.drain(cfg.lossless_linger_s)
                 if left:
                     log.error(
                         "the lossless consumer did not take the end of the series: %d "
@@ -215,8 +229,11 @@ class AcquireNode:
         """Publish on the frame stream, and on the lossless stream when there is one."""
         buffers = () if pixels is None else (pixels,)
         send(self.frames, header, buffers)
-        if self.lossless is not None:
-            self.lossless.send(header, buffers)  # never blocks; an overrun is counted there
+        for sender in self._lossless_senders():
+            sender.send(header, buffers)  # never blocks; an overrun is counted there
+
+    def _lossless_senders(self) -> list[BufferedLosslessSender]:
+        return [s for s in (self.lossless, self.work) if s is not None]
 
     def _read_subscriptions(self) -> None:
         while True:

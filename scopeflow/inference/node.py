@@ -1,6 +1,9 @@
-"""The inference node: frames in (policy *latest*), results out, from any model on any backend.
+"""The inference node: frames in, results out, from any model (or chain) on any backend.
 
-Sockets: *frames* SUB, connected to an acquisition node's frame stream (subscribes to ``image``);
+Sockets: *frames* SUB, connected to an acquisition node's frame stream (subscribes to ``image``;
+policy *latest*: the newest frame, what a controller wants); or, with ``work_endpoint``, a PULL
+connected to the acquisition node's *work* stream (policy *lossless*: every frame, in order —
+per-frame analysis; N workers connected to one stream share its frames, each frame to one);
 *results* PUB, bound; publishes ``focus`` (classical metrics, AENet), ``denoised`` (denoiser),
 ``detections`` (detectors) and ``status``. A malformed message is rejected and counted; a frame
 the model cannot take (wrong channels, non-finite pixels…) is counted as ``frames_failed`` with
@@ -19,9 +22,23 @@ from scopeflow.inference.processors import Processor, make_processor
 from scopeflow.runtime import POLL_MS, NodeRuntime
 from scopeflow.schemas.results import FRAMES_FROM_WINDOW_S
 from scopeflow.transport import endpoints
-from scopeflow.transport.streams import LATEST_HWM, LatestReceiver, send
+from scopeflow.transport.streams import LATEST_HWM, LatestReceiver, LosslessReceiver, send
 
 log = logging.getLogger(__name__)
+
+WORK_CAPACITY = 4  # frames a worker queues: few, so a killed worker takes few frames with it
+RESULTS_HWM = 10_000  # every-frame results (detections are small) must not meet the HWM
+
+
+class _EveryFrame:
+    """A lossless receiver with the latest receiver's ``poll``: images only, every one."""
+
+    def __init__(self, receiver: LosslessReceiver) -> None:
+        self.receiver = receiver
+
+    def poll(self, timeout_ms: int):
+        msg = self.receiver.poll(timeout_ms)
+        return msg if msg is not None and msg.kind == "image" else None
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class InferConfig:
     calibration: str | None = None  # flake detector: a setup calibration folder
     materials: tuple[str, ...] | None = None  # flake detector: the chip's materials
     oxide: str | None = None  # flake detector: SiO₂ nm, LO-HI or "auto" (physics prior)
+    #: every frame from this lossless endpoint (connect) instead of the newest from frames
+    work_endpoint: str | None = None
 
 
 class InferNode:
@@ -55,16 +74,28 @@ class InferNode:
             config.oxide,
         )
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
-        self.frames = self.rt.socket(zmq.SUB)
-        self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)
-        self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
-        self.frames.setsockopt(zmq.SUBSCRIBE, b"status")  # the acquisition node's heartbeats
-        endpoints.connect(self.frames, config.frames_endpoint)
+        self.receiver: LatestReceiver | _EveryFrame
+        if config.work_endpoint is None:
+            self.frames = self.rt.socket(zmq.SUB)
+            self.frames.setsockopt(zmq.RCVHWM, LATEST_HWM)
+            self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
+            self.frames.setsockopt(zmq.SUBSCRIBE, b"status")  # the acquisition's heartbeats
+            endpoints.connect(self.frames, config.frames_endpoint)
+            self.receiver = LatestReceiver(
+                self.frames, self.rt.metrics, data_kinds=("image",), on_other=self._on_upstream
+            )
+        else:
+            self.frames = self.rt.socket(zmq.PULL)
+            # Gaps are the other workers' frames, not losses (protocol §8.3): the sender
+            # counts overruns, the results' consumer sees what is missing.
+            every = LosslessReceiver(
+                self.frames, self.rt.metrics, capacity=WORK_CAPACITY, count_gaps=False
+            )
+            self.receiver = _EveryFrame(every)
+            endpoints.connect(self.frames, config.work_endpoint)
         self.results = self.rt.socket(zmq.PUB)
+        self.results.setsockopt(zmq.SNDHWM, RESULTS_HWM)
         self.results_endpoint = endpoints.bind(self.results, config.results_endpoint)
-        self.receiver = LatestReceiver(
-            self.frames, self.rt.metrics, data_kinds=("image",), on_other=self._on_upstream
-        )
         self._upstream: dict[str, float] = {}  # series heard on the frame stream → when
 
     @property
@@ -84,7 +115,7 @@ class InferNode:
                     self._handle(msg)
                 beat = self.rt.heartbeat_due(
                     model=self.processor.name,
-                    serves=[self.processor.kind],
+                    serves=list(getattr(self.processor, "kinds", [self.processor.kind])),
                     frames_from=self._frames_from(),
                 )
                 if beat is not None:

@@ -244,7 +244,16 @@ def make_processor(
     written by ``scopeflow calibrate flake-detector``); ``materials``: the flake materials on
     the chip (the flake detector reports no other); ``oxide``: the chip's SiO₂ thickness in nm,
     a range ``LO-HI``, ``auto`` (the flake detector's physics prior calibrates its colours
-    from the chip's own flakes; the default unless a calibration is given) or ``none``."""
+    from the chip's own flakes; the default unless a calibration is given) or ``none``.
+    ``model`` may name several, comma-separated (``denoiser,particle_detector``): a
+    :class:`~scopeflow.inference.chain.Chain` that runs them in sequence on each frame."""
+    if "," in model:
+        from scopeflow.inference.chain import Chain
+
+        names = [m.strip() for m in model.split(",")]
+        return Chain(
+            [make_processor(m, backend, acnet, calibration, materials, oxide) for m in names]
+        )
     if model in METRICS:
         return ClassicalFocus(model)
     if model == "aenet":

@@ -1,0 +1,59 @@
+"""Models in sequence on each frame (``--model denoiser,particle_detector``).
+
+Each stage's results are published (the denoised frame and the detections on it, both with the
+frame's ``image_id``); a stage that returns an image — the denoiser — feeds the next stage in
+place of the raw frame. Only an image-producing stage can feed another: ``focus`` or
+``detections`` cannot be a model's input, and such a chain is refused when it is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scopeflow.inference.processors import Processor, Result
+from scopeflow.schemas.codec import Message
+from scopeflow.schemas.series import ImageHeader
+
+
+class Chain:
+    """A processor made of processors; see the module doc."""
+
+    kind: str
+
+    def __init__(self, stages: list[Processor]) -> None:
+        if len(stages) < 2:
+            raise ValueError("a chain needs at least two models")
+        for stage in stages[:-1]:
+            if stage.kind != "denoised":
+                raise ValueError(
+                    f"{stage.name} publishes {stage.kind}, not an image: only the denoiser can "
+                    "feed another model (e.g. denoiser,particle_detector)"
+                )
+        self.stages = stages
+        self.name = ",".join(s.name for s in stages)
+        self.backend = ",".join(dict.fromkeys(s.backend for s in stages))
+        self.kind = stages[-1].kind
+        #: every result kind it publishes, in stage order
+        self.kinds = list(dict.fromkeys(s.kind for s in stages))
+
+    def process(self, msg: Message) -> list[Result]:
+        results: list[Result] = []
+        for stage in self.stages:
+            out = stage.process(msg)
+            results += out
+            if stage.kind == "denoised":
+                msg = _as_input(msg, out[0])
+        return results
+
+
+def _as_input(source: Message, denoised: Result) -> Message:
+    """The denoised frame as the next stage's input: the source frame's header, pixels in the
+    source's dtype (rounded and clipped for an integer camera, so the next model sees the
+    frames it was trained on, less the noise)."""
+    _, (pixels,) = denoised
+    dtype = np.dtype(source.header.dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        pixels = np.clip(np.rint(pixels), info.min, info.max).astype(dtype)
+    fields = source.header.model_dump(exclude={"protocol_version"})
+    return Message("image", ImageHeader(**fields), (np.ascontiguousarray(pixels),))

@@ -1,0 +1,1 @@
+"""Parts of the in-situ video workflow: in-order results, tracking."""

@@ -1,0 +1,70 @@
+"""Results of N workers back in frame order, and the frames whose result never came.
+
+Workers sharing the every-frame stream finish frames out of order (one is busy, the other
+free). :class:`InOrder` holds each result until every earlier ``image_id`` has one, then hands
+them on in order. A frame whose result has not come ``gap_timeout_s`` after a later one did
+(its worker was killed with it queued, or overran) is handed on as *missing* and counted —
+reported, never silently skipped; its result, should it still come, is counted as late and
+dropped (the consumer has moved past it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+GAP_TIMEOUT_S = 2.0
+
+
+class InOrder(Generic[T]):
+    """In-order release of results keyed by ``image_id`` (one series)."""
+
+    def __init__(self, first_id: int = 0, gap_timeout_s: float = GAP_TIMEOUT_S) -> None:
+        self.next_id = int(first_id)
+        self.gap_timeout_s = float(gap_timeout_s)
+        self._held: dict[int, tuple[float, T]] = {}
+        self.missing: list[int] = []  # ids given up on, in order
+        self.late = 0  # results that came after their id was given up on (dropped)
+        self.duplicates = 0  # a second result for an id (dropped)
+
+    def add(self, image_id: int, item: T, now: float | None = None) -> None:
+        """A result for ``image_id`` arrived."""
+        if image_id < self.next_id:
+            if image_id in self.missing:
+                self.late += 1
+            else:
+                self.duplicates += 1
+            return
+        if image_id in self._held:
+            self.duplicates += 1
+            return
+        self._held[image_id] = (time.monotonic() if now is None else now, item)
+
+    def ready(self, now: float | None = None) -> list[tuple[int, T | None]]:
+        """The results now releasable, in ``image_id`` order; ``None`` for a missing one."""
+        now = time.monotonic() if now is None else now
+        out: list[tuple[int, T | None]] = []
+        while self._held:
+            if self.next_id in self._held:
+                out.append((self.next_id, self._held.pop(self.next_id)[1]))
+                self.next_id += 1
+                continue
+            # A gap: give up on it once a later result has waited gap_timeout_s.
+            oldest_later = min(t for t, _ in self._held.values())
+            if now - oldest_later < self.gap_timeout_s:
+                break
+            self.missing.append(self.next_id)
+            out.append((self.next_id, None))
+            self.next_id += 1
+        return out
+
+    def flush(self) -> list[tuple[int, T | None]]:
+        """Everything held, in order, gaps reported missing (the series ended)."""
+        return self.ready(now=float("inf"))
+
+    @property
+    def held(self) -> int:
+        """Results waiting for an earlier one."""
+        return len(self._held)
