@@ -121,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = args.job_class.from_args(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if hasattr(job, "run_pipeline"):  # a streaming job runs its own nodes (the insitu job)
+        return job.run_pipeline(args.scope)
     known_oxide = getattr(job, "oxide_nm", None)
     if args.oxide_nm is None and args.calibration is None and known_oxide is not None:
         # A revisit sees a few flakes, too few to estimate the oxide well: use the search's.

@@ -34,6 +34,7 @@ class SimOptions:
     settle_s: float | None = None  # focus (and stage) settle time; None: the simulator's
     max_step_um: float | None = None  # largest single focus move; None: the simulator's
     fps: float = 10.0  # insitu: camera frame rate
+    particle_density: float = 0.0  # insitu: particles per µm² (0: the simulator's default)
     pool: int = 0  # insitu: replay this many frames rendered once (any fps); 0: render each
 
 
@@ -89,8 +90,13 @@ def simulator(kind: str, options: SimOptions) -> Any:
         if options.start_defocus_dof:
             raise UsageError("start_defocus_dof does not apply to the insitu camera")
         size = (options.frame_size, options.frame_size)
+        density = {"particle_density_per_um2": options.particle_density}
         config = InSituConfig(
-            frame_shape=size, fps=options.fps, seed=options.seed, max_wd_step_um=options.max_step_um
+            frame_shape=size,
+            fps=options.fps,
+            seed=options.seed,
+            max_wd_step_um=options.max_step_um,
+            **(density if options.particle_density > 0 else {}),
         )
         camera = SimulatedInSituCamera(config)
         if options.pool > 0:

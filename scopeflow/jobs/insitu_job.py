@@ -1,0 +1,468 @@
+"""The ``insitu`` job: record every frame, analyse every frame, track the particles — live.
+
+``scopeflow run insitu --scope sim:insitu --fps 300 --frame-size 512 --duration 60
+--record D/rec.ome.zarr --out D`` runs, as processes on this machine:
+
+- the camera: ``scopeflow node acquire`` in continuous mode with two lossless streams, one for
+  the recorder and one for the analysis workers (a local scope's device; with
+  ``--scope remote:…`` the user's own acquisition node, named by ``--lossless``/``--work``/
+  ``--frames-endpoint``);
+- the recorder (``scopeflow node record``, with ``--record``);
+- ``--workers`` analysis workers (``scopeflow node infer --work … --model MODEL[,MODEL]``)
+  sharing the every-frame stream;
+
+and, in this process, the collector: detections from every worker put back in frame order
+(:class:`~scopeflow.jobs.insitu.order.InOrder`; a frame whose result never comes is reported
+missing), linked into tracks live (:class:`~scopeflow.jobs.insitu.tracking.LiveTracker`), a
+line of live rates a second, and a frame sampled now and then from the latest-only frame
+stream for the overlay video. At the end (``--duration`` or Ctrl-C): the camera stops, the
+recorder closes the dataset, the workers finish, and ``D/`` gets the tables, plots, video and
+``outcome.json`` (``docs/insitu.md``). Exit 0 only when every frame produced was recorded
+(with ``--record``) and analysed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from scopeflow.errors import UsageError
+from scopeflow.jobs.insitu.order import InOrder
+from scopeflow.jobs.insitu.outputs import write_gif, write_plots, write_tables
+from scopeflow.jobs.insitu.tracking import LiveTracker, TrackingConfig
+from scopeflow.transport.streams import recv
+
+SF = [sys.executable, "-m", "scopeflow"]
+GIF_EVERY_S = 0.5  # a frame for the overlay video this often
+GIF_MAX_FRAMES = 120
+STOP_GRACE_S = 30.0  # after the camera stops: time for queued frames to be analysed
+
+
+@dataclass
+class InsituJob:
+    """Live in-situ video: record every frame, analyse each on N workers, track particles.
+
+    See the module doc."""
+
+    out_dir: Path
+    fps: float = 300.0
+    frame_size: int = 512
+    duration_s: float = 60.0
+    record: Path | None = None
+    model: str = "denoiser,particle_detector"
+    workers: int = 1
+    pool: int = 0
+    search_range_nm: float = 12.0
+    memory: int = 3
+    lossless: str | None = None
+    work: str | None = None
+    frames_endpoint: str | None = None
+
+    name = "insitu"
+    needs: tuple[str, ...] = ()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("in-situ video")
+        g.add_argument("--fps", type=float, default=300.0, help="camera frame rate (local scope)")
+        g.add_argument("--frame-size", type=int, default=512, help="square frame side, px")
+        g.add_argument("--duration", type=float, default=60.0, help="seconds to acquire")
+        g.add_argument("--record", type=Path, default=None, help="OME-Zarr dataset to write")
+        g.add_argument(
+            "--model",
+            default="denoiser,particle_detector",
+            help="model or chain each worker runs on every frame",
+        )
+        g.add_argument("--workers", type=int, default=1, help="analysis worker processes")
+        g.add_argument(
+            "--pool",
+            type=int,
+            default=0,
+            help="sim:insitu: replay this many rendered frames (rates the simulator cannot "
+            "render live); 0: render every frame",
+        )
+        g.add_argument("--search-range-nm", type=float, default=12.0,
+                       help="tracking: largest move of a particle between frames")  # fmt: skip
+        g.add_argument("--memory", type=int, default=3,
+                       help="tracking: frames a particle may vanish and keep its id")  # fmt: skip
+        g.add_argument(
+            "--lossless",
+            default=None,
+            help="remote scope: its acquisition node's lossless endpoint (recorder)",
+        )
+        g.add_argument(
+            "--work",
+            default=None,
+            help="remote scope: its acquisition node's work endpoint (workers)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InsituJob:
+        if args.fps <= 0 or args.duration <= 0 or args.workers < 1 or args.frame_size < 64:
+            raise UsageError("--fps and --duration must be > 0, --workers ≥ 1, --frame-size ≥ 64")
+        if args.record is not None and Path(args.record).exists():
+            raise UsageError(f"--record {args.record} exists: record to a new path")
+        return cls(
+            out_dir=args.out, fps=args.fps, frame_size=args.frame_size, duration_s=args.duration,
+            record=args.record, model=args.model, workers=args.workers, pool=args.pool,
+            search_range_nm=args.search_range_nm, memory=args.memory, lossless=args.lossless,
+            work=args.work, frames_endpoint=args.frames_endpoint,
+        )  # fmt: skip
+
+    # -- the run -------------------------------------------------------------------------------
+    def run_pipeline(self, scope_spec: str) -> int:
+        """Run the whole pipeline; write ``out_dir``; the exit status."""
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        ipc = Path(tempfile.mkdtemp(prefix="sf-insitu-", dir="/tmp"))
+        procs: dict[str, subprocess.Popen] = {}
+        logs = out / "logs"
+        logs.mkdir(exist_ok=True)
+        try:
+            frames, lossless, work, camera = self._camera(scope_spec, ipc)
+            # Consumers first (they connect before the camera binds; ZeroMQ reconnects), so
+            # the camera's first frames find them instead of filling its buffers.
+            if self.record is not None:
+                assert lossless is not None
+                procs["record"] = _start(
+                    [*SF, "node", "record", "--lossless", lossless, "--out", str(self.record)],
+                    logs / "record.log",
+                )
+            results = [f"ipc://{ipc}/results-{k}" for k in range(self.workers)]
+            for k, endpoint in enumerate(results):
+                procs[f"worker-{k}"] = _start(
+                    [*SF, "node", "infer", "--work", work, "--results", endpoint,
+                     "--model", self.model, "--name", f"worker-{k}"],
+                    logs / f"worker-{k}.log",
+                )  # fmt: skip
+            _wait_ready(procs)
+            collector = _Collector(self, frames, results)
+            try:
+                if camera is not None:
+                    procs["acquire"] = _start(camera, logs / "acquire.log")
+                    _wait_ready({"acquire": procs["acquire"]})
+                summary = collector.run(procs)
+            finally:
+                collector.close()
+        finally:
+            for name, proc in procs.items():
+                _stop(proc, name)
+            shutil.rmtree(ipc, ignore_errors=True)
+        return self._finish(out, summary)
+
+    def _camera(self, spec: str, ipc: Path) -> tuple[str, str | None, str, list[str] | None]:
+        """The (frames, lossless, work) endpoints, and the command of the acquisition node to
+        start for a local scope (None: a remote scope's own node)."""
+        if spec.startswith("remote:"):
+            if self.work is None or self.frames_endpoint is None:
+                raise UsageError(
+                    "a remote scope needs its acquisition node's --work and --frames-endpoint "
+                    "(and --lossless with --record): scopeflow node acquire --mode continuous "
+                    "--work … --lossless …"
+                )
+            if self.record is not None and self.lossless is None:
+                raise UsageError("--record on a remote scope needs its --lossless endpoint")
+            return self.frames_endpoint, self.lossless, self.work, None
+        device = spec
+        if spec.startswith("sim:insitu"):
+            given = {p.split("=", 1)[0].strip() for p in spec.split(",")[1:]}
+            extra = {"frame_size": self.frame_size, "fps": self.fps, "pool": self.pool}
+            device += "".join(f",{k}={v}" for k, v in extra.items() if k not in given and v)
+        frames, lossless, work = (f"ipc://{ipc}/{n}" for n in ("frames", "lossless", "work"))
+        cmd = [*SF, "node", "acquire", "--device", device, "--mode", "continuous",
+               "--rate", str(self.fps), "--frames", frames, "--commands", f"ipc://{ipc}/commands",
+               "--work", work]  # fmt: skip
+        if self.record is not None:
+            cmd += ["--lossless", lossless]
+        return frames, (lossless if self.record is not None else None), work, cmd
+
+    def _finish(self, out: Path, s: dict[str, Any]) -> int:
+        ok = s["frames_missing"] == 0 and (
+            self.record is None or s.get("frames_recorded") == s["frames_produced"]
+        )
+        doc = {
+            "job": self.name,
+            "reason": s["reason"],
+            "reached_goal": ok,
+            "figures": {k: v for k, v in s.items() if not isinstance(v, (list, dict))},
+            "record": str(self.record) if self.record else None,
+            "model": self.model,
+            "workers": self.workers,
+            "notes": s.get("notes", []),
+        }
+        (out / "outcome.json").write_text(json.dumps(doc, indent=2, default=_jsonable))
+        rec = ""
+        if self.record is not None:
+            rec = f", recorded {s.get('frames_recorded')} to {self.record}"
+        print(
+            f"insitu: {s['reason']}; produced {s['frames_produced']} frames "
+            f"({s['camera_fps']:.1f} fps){rec}; analysed {s['frames_analysed']}, missing "
+            f"{s['frames_missing']}; {s['tracks']} tracks, {s['events']} events"
+        )
+        print(f"wrote {out}")
+        return 0 if ok else 1
+
+
+class _Collector:
+    """Results in, in order, into the tracker; live rates; frames for the video."""
+
+    def __init__(self, job: InsituJob, frames: str, results: list[str]) -> None:
+        self.job = job
+        self.ctx = zmq.Context()
+        self.results = self.ctx.socket(zmq.SUB)
+        self.results.setsockopt(zmq.LINGER, 0)
+        self.results.setsockopt(zmq.RCVHWM, 100_000)
+        self.results.setsockopt(zmq.SUBSCRIBE, b"detections")
+        for e in results:
+            self.results.connect(e)
+        self.frames = self.ctx.socket(zmq.SUB)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        self.frames.setsockopt(zmq.RCVHWM, 4)
+        # Images only when one is wanted for the video: the full stream would cost this
+        # process as much as the recorder.
+        for topic in (b"status", b"series_end"):
+            self.frames.setsockopt(zmq.SUBSCRIBE, topic)
+        self._want_image = False
+        self.frames.connect(frames)
+        self.order: InOrder[Any] = InOrder()
+        self.tracker: LiveTracker | None = None
+        self.series: str | None = None
+        self.sent = 0  # the camera's frames_sent, from its heartbeats
+        self.images_sent: int | None = None  # from series_end
+        self.first: tuple[int, int] | None = None  # (image_id, monotonic_ns) of a result
+        self.last: tuple[int, int] | None = None
+        self.analysed = 0
+        self.latency_ms: list[float] = []
+        self.gif: list[tuple[int, np.ndarray]] = []
+        self._next_gif = 0.0
+        self.pixel_size_nm = 1.0
+        self.frame_interval_s = 1.0 / job.fps
+
+    def close(self) -> None:
+        self.results.close()
+        self.frames.close()
+        self.ctx.term()
+
+    def run(self, procs: dict[str, subprocess.Popen]) -> dict[str, Any]:
+        reason = "done"
+        t0 = time.monotonic()
+        next_line = t0 + 1.0
+        try:
+            while time.monotonic() - t0 < self.job.duration_s:
+                self._poll(50)
+                if time.monotonic() >= next_line:
+                    self._line(time.monotonic() - t0)
+                    next_line = time.monotonic() + 1.0
+                dead = [n for n, p in procs.items() if p.poll() is not None]
+                if dead:
+                    reason = f"{', '.join(dead)} exited"
+                    break
+        except KeyboardInterrupt:
+            reason = "interrupted"
+        # Stop the camera; let the queued frames be recorded and analysed.
+        if "acquire" in procs:
+            _stop(procs["acquire"], "acquire", grace_s=STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            got = self._poll(100)
+            total = self.images_sent if self.images_sent is not None else self.sent
+            if self.order.next_id >= total and not self.order.held:
+                break
+            if not got and self.images_sent is not None:
+                deadline = min(deadline, time.monotonic() + 3.0)  # nothing more is coming
+        self._release(self.order.flush())
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        return self._summary(reason)
+
+    def _poll(self, timeout_ms: int) -> int:
+        got = 0
+        poller = zmq.Poller()
+        poller.register(self.results, zmq.POLLIN)
+        poller.register(self.frames, zmq.POLLIN)
+        events = dict(poller.poll(timeout_ms))
+        while self.results in events:
+            try:
+                msg = recv(self.results, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            h = msg.header
+            if self.series is None:
+                self.series = h.series_unique_id
+            if h.series_unique_id != self.series:
+                continue
+            self.latency_ms.append((time.monotonic_ns() - h.monotonic_ns) / 1e6)
+            self.order.add(h.image_id, h)
+            got += 1
+        if self.frames in events:
+            self._frame_stream()
+        now = time.monotonic()
+        if not self._want_image and now >= self._next_gif and len(self.gif) < GIF_MAX_FRAMES:
+            self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
+            self._want_image = True
+        self._release(self.order.ready())
+        return got
+
+    def _frame_stream(self) -> None:
+        for _ in range(100):
+            try:
+                msg = recv(self.frames, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg.kind == "status":
+                self.sent = int(msg.header.counters.get("frames_sent", self.sent))
+            elif msg.kind == "series_end":
+                self.images_sent = int(msg.header.images)
+            elif msg.kind == "image" and self._want_image:
+                self.gif.append((msg.header.image_id, np.array(msg.array())))
+                self._next_gif = time.monotonic() + GIF_EVERY_S
+                self.frames.setsockopt(zmq.UNSUBSCRIBE, b"image")
+                self._want_image = False
+
+    def _release(self, items: list[tuple[int, Any]]) -> None:
+        for image_id, header in items:
+            if self.tracker is None:
+                if header is None:
+                    continue
+                px = float(header.state.pixel_size_nm)
+                self.pixel_size_nm = px
+                interval = 1.0 / self.job.fps
+                cfg = TrackingConfig(px, interval, self.job.search_range_nm, self.job.memory)
+                self.tracker = LiveTracker(cfg, tuple(header.frame_shape))
+            t = image_id * self.tracker.config.frame_interval_s
+            if header is None:
+                self.tracker.skip(image_id)
+                continue
+            self.tracker.add(image_id, image_id, t, header.detections)
+            self.analysed += 1
+            mark = (image_id, int(header.monotonic_ns))
+            self.first = self.first or mark
+            self.last = mark
+
+    def _line(self, t: float) -> None:
+        rec = ""
+        if self.job.record is not None:
+            rec = f"  recorded {_recorded(self.job.record)}"
+        fps = self.sent / t if t > 0 else 0.0
+        line = (
+            f"{t:5.0f} s  camera {self.sent} ({fps:.0f} fps)  analysed {self.analysed} "
+            f"(lag {max(0, self.sent - self.order.next_id)})  missing {len(self.order.missing)}"
+            f"{rec}"
+        )
+        # One updating line on a terminal; a line a second in a log.
+        sys.stderr.write(f"\r\033[K{line}" if sys.stderr.isatty() else line + "\n")
+        sys.stderr.flush()
+
+    def _summary(self, reason: str) -> dict[str, Any]:
+        produced = self.images_sent if self.images_sent is not None else self.sent
+        camera_fps = 0.0  # from the frames' own acquisition times
+        if self.first is not None and self.last is not None and self.last[1] > self.first[1]:
+            camera_fps = (self.last[0] - self.first[0]) / ((self.last[1] - self.first[1]) / 1e9)
+        s: dict[str, Any] = {
+            "reason": reason,
+            "frames_produced": produced,
+            "camera_fps": camera_fps,
+            "frames_analysed": self.analysed,
+            "frames_missing": max(len(self.order.missing), produced - self.analysed),
+            "late_results": self.order.late,
+            "latency_ms_p50": _percentile(self.latency_ms, 50),
+            "latency_ms_p99": _percentile(self.latency_ms, 99),
+            "tracks": 0,
+            "events": 0,
+        }  # fmt: skip
+        if self.job.record is not None:
+            _wait_closed(self.job.record)
+            s["frames_recorded"] = _recorded(self.job.record)
+        out = Path(self.job.out_dir)
+        if self.tracker is not None:
+            analysis = self.tracker.analyse()
+            write_tables(analysis, out)
+            write_plots(analysis, out)
+            write_gif(self.gif, analysis, out, self.pixel_size_nm)
+            s["tracks"] = int(analysis.summary.shape[0])
+            s["events"] = int(analysis.events.shape[0])
+            for kind, n in analysis.events["event"].value_counts().items():
+                s[f"events_{kind}"] = int(n)
+            s["notes"] = analysis.notes
+        return s
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """A node process, its output to ``log`` (unbuffered, so its log is current)."""
+    fh = open(log, "w")  # noqa: SIM115 (kept open for the child's lifetime)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    proc._scopeflow_log = fh  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_ready(procs: dict[str, subprocess.Popen], timeout_s: float = 60.0) -> None:
+    """Wait until each node logged that it is ready (imports and models take seconds)."""
+    deadline = time.monotonic() + timeout_s
+    for name, proc in procs.items():
+        log = Path(proc._scopeflow_log.name)  # type: ignore[attr-defined]
+        while "node ready" not in log.read_text():
+            if proc.poll() is not None:
+                raise UsageError(f"{name} did not start: {log.read_text()[-500:].strip()}")
+            if time.monotonic() > deadline:
+                raise UsageError(f"{name} not ready after {timeout_s:.0f} s (see {log})")
+            time.sleep(0.1)
+    time.sleep(0.5)  # the connections settle (ZeroMQ connects asynchronously)
+
+
+def _stop(proc: subprocess.Popen, name: str, grace_s: float = 15.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    log = getattr(proc, "_scopeflow_log", None)
+    if log is not None and not log.closed:
+        log.close()
+
+
+def _recorded(path: Path) -> int:
+    meta = Path(path) / "0" / "zarr.json"
+    try:
+        return int(json.loads(meta.read_text())["shape"][0])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _wait_closed(path: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["scopeflow"]
+            if attrs.get("status") != "recording":
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return str(value)
