@@ -40,15 +40,18 @@ from typing import Any
 import numpy as np
 import zmq
 
+from scopeflow.devices.remote import MicroscopeClient
 from scopeflow.errors import UsageError
+from scopeflow.jobs.insitu.drift import DriftCorrector, DriftEstimator
 from scopeflow.jobs.insitu.order import InOrder
-from scopeflow.jobs.insitu.outputs import write_gif, write_plots, write_tables
+from scopeflow.jobs.insitu.outputs import write_drift, write_gif, write_plots, write_tables
 from scopeflow.jobs.insitu.tracking import LiveTracker, TrackingConfig
 from scopeflow.transport.streams import recv
 
 SF = [sys.executable, "-m", "scopeflow"]
 GIF_EVERY_S = 0.5  # a frame for the overlay video this often
 GIF_MAX_FRAMES = 120
+DRIFT_EVERY_S = 0.25  # a drift estimate (and, with --drift correct, a correction) this often
 STOP_GRACE_S = 30.0  # after the camera stops: time for queued frames to be analysed
 
 
@@ -71,6 +74,7 @@ class InsituJob:
     lossless: str | None = None
     work: str | None = None
     frames_endpoint: str | None = None
+    drift: str = "estimate"  # off, estimate, correct
 
     name = "insitu"
     needs: tuple[str, ...] = ()
@@ -100,6 +104,13 @@ class InsituJob:
         g.add_argument("--memory", type=int, default=3,
                        help="tracking: frames a particle may vanish and keep its id")  # fmt: skip
         g.add_argument(
+            "--drift",
+            choices=["off", "estimate", "correct"],
+            default="estimate",
+            help="specimen drift from the live frames: off, estimate (drift.csv, drift.png), or "
+            "correct (stage moves through the acquisition node, within its limits)",
+        )
+        g.add_argument(
             "--lossless",
             default=None,
             help="remote scope: its acquisition node's lossless endpoint (recorder)",
@@ -120,7 +131,7 @@ class InsituJob:
             out_dir=args.out, fps=args.fps, frame_size=args.frame_size, duration_s=args.duration,
             record=args.record, model=args.model, workers=args.workers, pool=args.pool,
             search_range_nm=args.search_range_nm, memory=args.memory, lossless=args.lossless,
-            work=args.work, frames_endpoint=args.frames_endpoint,
+            work=args.work, frames_endpoint=args.frames_endpoint, drift=args.drift,
         )  # fmt: skip
 
     # -- the run -------------------------------------------------------------------------------
@@ -134,6 +145,10 @@ class InsituJob:
         logs.mkdir(exist_ok=True)
         try:
             frames, lossless, work, camera = self._camera(scope_spec, ipc)
+            commands = (
+                scope_spec.split(":", 1)[1] if scope_spec.startswith("remote:")
+                else f"ipc://{ipc}/commands"
+            )  # fmt: skip
             # Consumers first (they connect before the camera binds; ZeroMQ reconnects), so
             # the camera's first frames find them instead of filling its buffers.
             if self.record is not None:
@@ -150,7 +165,7 @@ class InsituJob:
                     logs / f"worker-{k}.log",
                 )  # fmt: skip
             _wait_ready(procs)
-            collector = _Collector(self, frames, results)
+            collector = _Collector(self, frames, results, commands)
             try:
                 if camera is not None:
                     procs["acquire"] = _start(camera, logs / "acquire.log")
@@ -220,9 +235,23 @@ class InsituJob:
 class _Collector:
     """Results in, in order, into the tracker; live rates; frames for the video."""
 
-    def __init__(self, job: InsituJob, frames: str, results: list[str]) -> None:
+    def __init__(self, job: InsituJob, frames: str, results: list[str], commands: str) -> None:
         self.job = job
         self.ctx = zmq.Context()
+        self.drift: DriftEstimator | None = None
+        self.corrector: DriftCorrector | None = None
+        self._client: MicroscopeClient | None = None
+        self._stage_um: tuple[float, float] = (0.0, 0.0)
+        if job.drift == "correct":
+            self._client = MicroscopeClient(self.ctx, commands, timeout_s=5.0)
+            self.corrector = DriftCorrector(self._move_by)
+        self._next_drift = 0.0
+        # Import what the analysis needs now: seconds of imports once frames flow would stall
+        # the collector (and the drift samples) at the start of the run.
+        import pandas  # noqa: F401
+        import skimage.registration  # noqa: F401
+        import trackpy.linking  # noqa: F401
+
         self.results = self.ctx.socket(zmq.SUB)
         self.results.setsockopt(zmq.LINGER, 0)
         self.results.setsockopt(zmq.RCVHWM, 100_000)
@@ -253,6 +282,8 @@ class _Collector:
         self.frame_interval_s = 1.0 / job.fps
 
     def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
         self.results.close()
         self.frames.close()
         self.ctx.term()
@@ -311,7 +342,9 @@ class _Collector:
         if self.frames in events:
             self._frame_stream()
         now = time.monotonic()
-        if not self._want_image and now >= self._next_gif and len(self.gif) < GIF_MAX_FRAMES:
+        gif_due = now >= self._next_gif and len(self.gif) < GIF_MAX_FRAMES
+        drift_due = self.job.drift != "off" and now >= self._next_drift
+        if not self._want_image and (gif_due or drift_due):
             self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
             self._want_image = True
         self._release(self.order.ready())
@@ -328,10 +361,35 @@ class _Collector:
             elif msg.kind == "series_end":
                 self.images_sent = int(msg.header.images)
             elif msg.kind == "image" and self._want_image:
-                self.gif.append((msg.header.image_id, np.array(msg.array())))
-                self._next_gif = time.monotonic() + GIF_EVERY_S
+                self._sampled(msg)
                 self.frames.setsockopt(zmq.UNSUBSCRIBE, b"image")
                 self._want_image = False
+
+    def _sampled(self, msg: Any) -> None:
+        """A frame from the latest-only stream: for the video, and the drift."""
+        h, now = msg.header, time.monotonic()
+        pixels = np.array(msg.array())
+        if now >= self._next_gif and len(self.gif) < GIF_MAX_FRAMES:
+            self.gif.append((h.image_id, pixels))
+            self._next_gif = now + GIF_EVERY_S
+        if self.job.drift == "off" or now < self._next_drift:
+            return
+        self._next_drift = now + DRIFT_EVERY_S
+        self._stage_um = (float(h.state.stage_x_um), float(h.state.stage_y_um))
+        if self.drift is None:
+            self.drift = DriftEstimator(float(h.state.pixel_size_nm))
+        stage_nm = (self._stage_um[0] * 1e3, self._stage_um[1] * 1e3)
+        t = h.image_id / self.job.fps
+        drift = self.drift.update(h.image_id, t, pixels, stage_nm)
+        if drift is not None and self.corrector is not None:
+            self.corrector.update(drift)
+
+    def _move_by(self, dx_nm: float, dy_nm: float) -> None:
+        """A relative stage move (the drift corrector's), from the last known position."""
+        assert self._client is not None
+        x, y = self._stage_um[0] + dx_nm / 1e3, self._stage_um[1] + dy_nm / 1e3
+        reply = self._client.move_stage(x, y)
+        self._stage_um = (float(reply.state.stage_x_um), float(reply.state.stage_y_um))
 
     def _release(self, items: list[tuple[int, Any]]) -> None:
         for image_id, header in items:
@@ -398,6 +456,18 @@ class _Collector:
             for kind, n in analysis.events["event"].value_counts().items():
                 s[f"events_{kind}"] = int(n)
             s["notes"] = analysis.notes
+        if self.drift is not None and len(self.drift.rows) > 1:
+            table = self.drift.table()
+            write_drift(table, self.corrector, out)
+            last = table.iloc[-1]
+            s["drift_x_nm"], s["drift_y_nm"] = float(last["drift_x_nm"]), float(last["drift_y_nm"])
+            s["drift_samples_lost"] = self.drift.lost
+            s["drift_time_s"] = float(last["time_s"] - table.iloc[0]["time_s"])
+            if self.corrector is not None:
+                s["drift_corrections"] = self.corrector.moves
+                s["stage_moved_x_nm"] = self.corrector.corrected_nm[0]
+                s["stage_moved_y_nm"] = self.corrector.corrected_nm[1]
+                s["drift_corrections_refused"] = self.corrector.refused
         return s
 
 

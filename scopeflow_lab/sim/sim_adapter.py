@@ -35,6 +35,10 @@ class SimOptions:
     max_step_um: float | None = None  # largest single focus move; None: the simulator's
     fps: float = 10.0  # insitu: camera frame rate
     particle_density: float = 0.0  # insitu: particles per µm² (0: the simulator's default)
+    motion: str = ""  # insitu: every particle brownian, subdiffusive or confined ("": a mix)
+    confinement_nm: float = 0.0  # insitu: confined particles' range (0: the simulator's, 10)
+    drift_x: float = 0.0  # insitu: specimen drift, nm/s
+    drift_y: float = 0.0
     pool: int = 0  # insitu: replay this many frames rendered once (any fps); 0: render each
 
 
@@ -90,13 +94,21 @@ def simulator(kind: str, options: SimOptions) -> Any:
         if options.start_defocus_dof:
             raise UsageError("start_defocus_dof does not apply to the insitu camera")
         size = (options.frame_size, options.frame_size)
-        density = {"particle_density_per_um2": options.particle_density}
+        extra: dict[str, Any] = {}
+        if options.particle_density > 0:
+            extra["particle_density_per_um2"] = options.particle_density
+        if options.motion:
+            extra["motion_weights"] = ((options.motion, 1.0),)
+        if options.confinement_nm > 0:
+            extra["confinement_nm"] = options.confinement_nm
         config = InSituConfig(
             frame_shape=size,
             fps=options.fps,
             seed=options.seed,
             max_wd_step_um=options.max_step_um,
-            **(density if options.particle_density > 0 else {}),
+            drift_x_nm_per_s=options.drift_x,
+            drift_y_nm_per_s=options.drift_y,
+            **extra,
         )
         camera = SimulatedInSituCamera(config)
         if options.pool > 0:

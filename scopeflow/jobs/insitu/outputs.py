@@ -6,7 +6,8 @@
   numbers and image ids);
 - ``sizes.png`` (the size distribution over time), ``msd.png`` (MSD against lag time per track,
   log–log, with the ensemble mean), ``counts.png`` (particle count and coverage over time);
-- ``overlay.gif``: frames sampled during the run, each with its particles' outlines and ids.
+- ``overlay.gif``: frames sampled during the run, each with its particles' outlines and ids;
+- ``drift.csv``, ``drift.png``: the specimen drift estimated from the frames (``--drift``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,27 @@ def write_plots(analysis: Analysis, out: Path) -> list[Path]:
     ax.set(xlabel="time (s)", ylabel="particles", title="Particle count and coverage")
     paths.append(_save(fig, out / "counts.png"))
     return paths
+
+
+def write_drift(table: Any, corrector: Any, out: Path) -> list[Path]:
+    """``drift.csv`` (image_id, time_s, drift x/y nm, registration error) and ``drift.png``
+    (drift against time; with corrections, what the stage moved in all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    csv_path = out / "drift.csv"
+    table.to_csv(csv_path, index=False, float_format="%.6g")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(table["time_s"], table["drift_x_nm"], label="drift x")
+    ax.plot(table["time_s"], table["drift_y_nm"], label="drift y")
+    title = "Specimen drift (from the frames)"
+    if corrector is not None:
+        title += f"; {corrector.moves} stage corrections"
+    ax.set(xlabel="time (s)", ylabel="nm", title=title)
+    ax.legend()
+    return [csv_path, _save(fig, out / "drift.png")]
 
 
 def _save(fig: Any, path: Path) -> Path:
