@@ -49,6 +49,7 @@ def _cmd_node_acquire(args) -> int:
         commands_endpoint=args.commands,
         lossless_endpoint=args.lossless,
         lossless_buffer_mb=args.lossless_buffer_mb,
+        lossless_linger_s=args.lossless_linger_s,
         work_endpoint=args.work,
         mode=args.mode,
         frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
@@ -66,7 +67,14 @@ def _cmd_node_acquire(args) -> int:
 
 
 def _cmd_node_infer(args) -> int:
+    import os
+
     from scopeflow.inference.node import InferConfig, InferNode
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        os.environ["SCOPEFLOW_THREADS"] = str(args.threads)  # read by the ONNX Runtime backend
 
     node = InferNode(
         InferConfig(
@@ -215,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         "every frame, each to one of the workers connected",
     )
     acq.add_argument(
+        "--lossless-linger-s",
+        type=float,
+        default=10.0,
+        help="after the series ends, how long to wait for lossless consumers to take what is "
+        "buffered (what is left is counted as overruns)",
+    )
+    acq.add_argument(
         "--lossless-buffer-mb",
         type=float,
         default=512.0,
@@ -268,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: tensorrt on an NVIDIA GPU, else onnxruntime",
     )
     inf.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
+    inf.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the model (ONNX Runtime; default: every core); N workers on one "
+        "host: cores / N",
+    )
     inf.add_argument("--name", default="infer")
     inf.add_argument(
         "--no-acnet", action="store_true", help="with aenet: publish no ACNet proposals"

@@ -117,6 +117,13 @@ def _cmd_bench_recorder(args) -> int:
     return run_recorder_bench(json_path=args.json, seconds=args.seconds, quick=args.quick)
 
 
+def _cmd_bench_insitu(args) -> int:
+    from scopeflow_lab.bench.insitu import run_insitu_bench
+
+    _require_lab_extra("bench insitu", "motmetrics", "zarr")
+    return run_insitu_bench(json_path=args.json, quick=args.quick)
+
+
 def _cmd_bench_transport(args) -> int:
     from scopeflow_lab.bench.report import run_transport_bench
 
@@ -262,3 +269,11 @@ def add_commands(sub) -> None:
     brec.add_argument("--seconds", type=float, default=60.0, help="end-to-end run per camera mode")
     brec.add_argument("--quick", action="store_true", help="5 s per mode, few frames (smoke)")
     brec.set_defaults(func=_cmd_bench_recorder)
+    bis = benches.add_parser(
+        "insitu",
+        help="the insitu job's sustained analysis rate (512², 1k²; 1 and 2 workers) and "
+        "tracking accuracy (MOTA, IDF1, events) against truth and trackpy's own locate",
+    )
+    bis.add_argument("--json", type=Path, default=None, help="write results here")
+    bis.add_argument("--quick", action="store_true", help="small frames, short runs (smoke)")
+    bis.set_defaults(func=_cmd_bench_insitu)

@@ -52,7 +52,7 @@ SF = [sys.executable, "-m", "scopeflow"]
 GIF_EVERY_S = 0.5  # a frame for the overlay video this often
 GIF_MAX_FRAMES = 120
 DRIFT_EVERY_S = 0.25  # a drift estimate (and, with --drift correct, a correction) this often
-STOP_GRACE_S = 30.0  # after the camera stops: time for queued frames to be analysed
+FINISH_S = 60.0  # default: after the camera stops, time for queued frames to be analysed
 
 
 @dataclass
@@ -75,6 +75,7 @@ class InsituJob:
     work: str | None = None
     frames_endpoint: str | None = None
     drift: str = "estimate"  # off, estimate, correct
+    finish_s: float = FINISH_S
 
     name = "insitu"
     needs: tuple[str, ...] = ()
@@ -104,6 +105,13 @@ class InsituJob:
         g.add_argument("--memory", type=int, default=3,
                        help="tracking: frames a particle may vanish and keep its id")  # fmt: skip
         g.add_argument(
+            "--finish-s",
+            type=float,
+            default=FINISH_S,
+            help="after the camera stops, seconds to finish analysing the frames still queued "
+            "(the rest is reported missing)",
+        )
+        g.add_argument(
             "--drift",
             choices=["off", "estimate", "correct"],
             default="estimate",
@@ -132,6 +140,7 @@ class InsituJob:
             record=args.record, model=args.model, workers=args.workers, pool=args.pool,
             search_range_nm=args.search_range_nm, memory=args.memory, lossless=args.lossless,
             work=args.work, frames_endpoint=args.frames_endpoint, drift=args.drift,
+            finish_s=args.finish_s,
         )  # fmt: skip
 
     # -- the run -------------------------------------------------------------------------------
@@ -158,10 +167,11 @@ class InsituJob:
                     logs / "record.log",
                 )
             results = [f"ipc://{ipc}/results-{k}" for k in range(self.workers)]
+            threads = max(1, (os.cpu_count() or 1) // self.workers)  # the cores, shared
             for k, endpoint in enumerate(results):
                 procs[f"worker-{k}"] = _start(
                     [*SF, "node", "infer", "--work", work, "--results", endpoint,
-                     "--model", self.model, "--name", f"worker-{k}"],
+                     "--model", self.model, "--name", f"worker-{k}", "--threads", str(threads)],
                     logs / f"worker-{k}.log",
                 )  # fmt: skip
             _wait_ready(procs)
@@ -200,7 +210,7 @@ class InsituJob:
         frames, lossless, work = (f"ipc://{ipc}/{n}" for n in ("frames", "lossless", "work"))
         cmd = [*SF, "node", "acquire", "--device", device, "--mode", "continuous",
                "--rate", str(self.fps), "--frames", frames, "--commands", f"ipc://{ipc}/commands",
-               "--work", work]  # fmt: skip
+               "--work", work, "--lossless-linger-s", str(self.finish_s)]  # fmt: skip
         if self.record is not None:
             cmd += ["--lossless", lossless]
         return frames, (lossless if self.record is not None else None), work, cmd
@@ -276,6 +286,7 @@ class _Collector:
         self.last: tuple[int, int] | None = None
         self.analysed = 0
         self.latency_ms: list[float] = []
+        self.arrivals: tuple[int, int, int] = (0, 0, 0)  # first, last (monotonic ns), count
         self.gif: list[tuple[int, np.ndarray]] = []
         self._next_gif = 0.0
         self.pixel_size_nm = 1.0
@@ -305,9 +316,10 @@ class _Collector:
         except KeyboardInterrupt:
             reason = "interrupted"
         # Stop the camera; let the queued frames be recorded and analysed.
+        finish = self.job.finish_s
         if "acquire" in procs:
-            _stop(procs["acquire"], "acquire", grace_s=STOP_GRACE_S)
-        deadline = time.monotonic() + STOP_GRACE_S
+            self._stop_camera(procs["acquire"], finish)
+        deadline = time.monotonic() + finish
         while time.monotonic() < deadline:
             got = self._poll(100)
             total = self.images_sent if self.images_sent is not None else self.sent
@@ -319,6 +331,14 @@ class _Collector:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         return self._summary(reason)
+
+    def _stop_camera(self, proc: subprocess.Popen, finish_s: float) -> None:
+        """Stop the camera; while it hands its buffered frames on, keep collecting."""
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + finish_s + 10.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            self._poll(100)
+        _stop(proc, "acquire")
 
     def _poll(self, timeout_ms: int) -> int:
         got = 0
@@ -336,7 +356,9 @@ class _Collector:
                 self.series = h.series_unique_id
             if h.series_unique_id != self.series:
                 continue
-            self.latency_ms.append((time.monotonic_ns() - h.monotonic_ns) / 1e6)
+            now_ns = time.monotonic_ns()
+            self.latency_ms.append((now_ns - h.monotonic_ns) / 1e6)
+            self.arrivals = (self.arrivals[0] or now_ns, now_ns, self.arrivals[2] + 1)
             self.order.add(h.image_id, h)
             got += 1
         if self.frames in events:
@@ -437,6 +459,7 @@ class _Collector:
             "frames_analysed": self.analysed,
             "frames_missing": max(len(self.order.missing), produced - self.analysed),
             "late_results": self.order.late,
+            "analysis_fps": _rate(self.arrivals),
             "latency_ms_p50": _percentile(self.latency_ms, 50),
             "latency_ms_p99": _percentile(self.latency_ms, 99),
             "tracks": 0,
@@ -526,6 +549,12 @@ def _wait_closed(path: Path, timeout_s: float = 30.0) -> None:
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.2)
+
+
+def _rate(arrivals: tuple[int, int, int]) -> float | None:
+    """Results per second while they flowed (first to last arrival)."""
+    first, last, n = arrivals
+    return (n - 1) / ((last - first) / 1e9) if n > 1 and last > first else None
 
 
 def _percentile(values: list[float], q: float) -> float | None:

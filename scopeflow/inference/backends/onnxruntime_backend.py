@@ -19,6 +19,10 @@ class OrtSession:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # SCOPEFLOW_THREADS (set by `node infer --threads`): N workers on one host share its
+        # cores instead of each taking all of them.
+        env = os.environ.get("SCOPEFLOW_THREADS", "")
+        threads = threads or (int(env) if env.isdigit() and int(env) > 0 else None)
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model = model
