@@ -51,6 +51,7 @@ from scopeflow.transport.streams import recv
 SF = [sys.executable, "-m", "scopeflow"]
 GIF_EVERY_S = 0.5  # a frame for the overlay video this often
 GIF_MAX_FRAMES = 120
+LATENCY_SAMPLES = 100_000  # latencies kept (later, every 10th frame replaces one)
 DRIFT_EVERY_S = 0.25  # a drift estimate (and, with --drift correct, a correction) this often
 FINISH_S = 60.0  # default: after the camera stops, time for queued frames to be analysed
 
@@ -357,7 +358,11 @@ class _Collector:
             if h.series_unique_id != self.series:
                 continue
             now_ns = time.monotonic_ns()
-            self.latency_ms.append((now_ns - h.monotonic_ns) / 1e6)
+            latency = (now_ns - h.monotonic_ns) / 1e6
+            if len(self.latency_ms) < LATENCY_SAMPLES:  # bounded: flat memory over any run
+                self.latency_ms.append(latency)
+            elif h.image_id % 10 == 0:
+                self.latency_ms[(h.image_id // 10) % LATENCY_SAMPLES] = latency
             self.arrivals = (self.arrivals[0] or now_ns, now_ns, self.arrivals[2] + 1)
             self.order.add(h.image_id, h)
             got += 1
@@ -422,7 +427,8 @@ class _Collector:
                 self.pixel_size_nm = px
                 interval = 1.0 / self.job.fps
                 cfg = TrackingConfig(px, interval, self.job.search_range_nm, self.job.memory)
-                self.tracker = LiveTracker(cfg, tuple(header.frame_shape))
+                # Rows go to D/tracks.csv, D/frames.csv as they come: flat memory.
+                self.tracker = LiveTracker(cfg, tuple(header.frame_shape), Path(self.job.out_dir))
             t = image_id * self.tracker.config.frame_interval_s
             if header is None:
                 self.tracker.skip(image_id)

@@ -58,10 +58,21 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
-class LiveTracker:
-    """Links each frame's detections to the tracks so far (frames must come in order)."""
+FRAME_COLUMNS = ("frame", "image_id", "time_s", "count", "mean_diameter_nm",
+                 "median_diameter_nm", "coverage")  # fmt: skip
+SPILL_ROWS = 50_000  # rows held before they go to the spill file
 
-    def __init__(self, config: TrackingConfig, frame_shape: tuple[int, int]) -> None:
+
+class LiveTracker:
+    """Links each frame's detections to the tracks so far (frames must come in order).
+
+    With ``spill_dir`` the per-detection and per-frame rows go to CSV files there as they come
+    (``tracks.csv``, ``frames.csv``), so memory stays flat over an hours-long series; the
+    analysis at the end reads them back."""
+
+    def __init__(
+        self, config: TrackingConfig, frame_shape: tuple[int, int], spill_dir: Any = None
+    ) -> None:
         from trackpy.linking import Linker
 
         self.config = config
@@ -70,11 +81,30 @@ class LiveTracker:
         self._started = False
         self._rows: list[tuple[Any, ...]] = []
         self._frames: list[tuple[int, int, float, int, float, float, float]] = []
+        self._files: dict[str, Any] = {}
+        if spill_dir is not None:
+            from pathlib import Path
+
+            for name, cols in (("tracks", TRACK_COLUMNS), ("frames", FRAME_COLUMNS)):
+                fh = open(Path(spill_dir) / f"{name}.csv", "w")  # noqa: SIM115 (closed in analyse)
+                fh.write(",".join(cols) + "\n")
+                self._files[name] = fh
         self.skipped_frames: list[int] = []  # frames with no result (reported missing)
+        self._frames_seen = 0
 
     @property
     def frames_seen(self) -> int:
-        return len(self._frames)
+        return self._frames_seen
+
+    def _spill(self, force: bool = False) -> None:
+        if not self._files:
+            return
+        for name, rows in (("tracks", self._rows), ("frames", self._frames)):
+            if rows and (force or len(rows) >= SPILL_ROWS):
+                self._files[name].write(
+                    "".join(",".join(_cell(v) for v in row) + "\n" for row in rows)
+                )
+                rows.clear()
 
     def add(self, frame: int, image_id: int, time_s: float, detections: list[Any]) -> list[int]:
         """Link one frame; returns the particle id of each detection (in order)."""
@@ -100,6 +130,8 @@ class LiveTracker:
             float(np.median(diam)) if len(diam) else math.nan,
             float(areas.sum() / field_nm2),
         ))  # fmt: skip
+        self._frames_seen += 1
+        self._spill()
         return ids
 
     def skip(self, frame: int) -> None:
@@ -110,18 +142,26 @@ class LiveTracker:
         """The tables, motion and events of everything added so far."""
         import pandas as pd
 
-        tracks = pd.DataFrame(self._rows, columns=list(TRACK_COLUMNS))
-        frames = pd.DataFrame(
-            self._frames,
-            columns=["frame", "image_id", "time_s", "count", "mean_diameter_nm",
-                     "median_diameter_nm", "coverage"],
-        )  # fmt: skip
+        if self._files:
+            self._spill(force=True)
+            for fh in self._files.values():
+                fh.close()
+            tracks = pd.read_csv(self._files["tracks"].name)
+            frames = pd.read_csv(self._files["frames"].name)
+            self._files = {}
+        else:
+            tracks = pd.DataFrame(self._rows, columns=list(TRACK_COLUMNS))
+            frames = pd.DataFrame(self._frames, columns=list(FRAME_COLUMNS))
         summary, msd = _summary(tracks, self.config)
         events = _events(tracks, self.config, self.frame_shape, frames)
         notes = []
         if self.skipped_frames:
             notes.append(f"{len(self.skipped_frames)} frame(s) had no result (reported missing)")
         return Analysis(tracks, frames, summary, events, msd, notes)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _summary(tracks: Any, cfg: TrackingConfig) -> tuple[Any, Any]:
