@@ -94,7 +94,6 @@ class AcquireNode:
         self.frames.setsockopt(zmq.SNDHWM, LATEST_HWM)
         self.frames.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription
         self.commands = self.rt.socket(zmq.ROUTER)
-        self.lossless: BufferedLosslessSender | None = None
         # Endpoints actually bound (tcp port '*' resolved), available once the node is built.
         self.frames_endpoint = endpoints.bind(self.frames, config.frames_endpoint)
         if config.curve is not None:
@@ -102,27 +101,25 @@ class AcquireNode:
         self.commands_endpoint = endpoints.bind(
             self.commands, config.commands_endpoint, loopback_only=True, curve=config.curve
         )
-        self.lossless_endpoint: str | None = None
-        if config.lossless_endpoint:
-            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_linger_s * 1000))
-            self.lossless = BufferedLosslessSender(
-                push,
-                self.rt.metrics,
-                capacity=config.lossless_capacity,
-                buffer_bytes=int(config.lossless_buffer_mb * 2**20),
-            )
-            self.lossless_endpoint = endpoints.bind(push, config.lossless_endpoint)
-        self.work: BufferedLosslessSender | None = None
-        self.work_endpoint: str | None = None
-        if config.work_endpoint:
-            push = self.rt.socket(zmq.PUSH, linger_ms=int(config.lossless_linger_s * 1000))
-            self.work = BufferedLosslessSender(
-                push,
-                self.rt.metrics,
-                capacity=config.lossless_capacity,
-                buffer_bytes=int(config.lossless_buffer_mb * 2**20),
-            )
-            self.work_endpoint = endpoints.bind(push, config.work_endpoint)
+        # Two lossless streams, each every frame: the recorder's and the analysis workers'.
+        self.lossless, self.lossless_endpoint = self._lossless_stream(config.lossless_endpoint)
+        self.work, self.work_endpoint = self._lossless_stream(config.work_endpoint)
+
+    def _lossless_stream(
+        self, endpoint: str | None
+    ) -> tuple[BufferedLosslessSender | None, str | None]:
+        """A bound lossless PUSH with the node's buffer policy, and its resolved endpoint."""
+        if not endpoint:
+            return None, None
+        cfg = self.config
+        push = self.rt.socket(zmq.PUSH, linger_ms=int(cfg.lossless_linger_s * 1000))
+        sender = BufferedLosslessSender(
+            push,
+            self.rt.metrics,
+            capacity=cfg.lossless_capacity,
+            buffer_bytes=int(cfg.lossless_buffer_mb * 2**20),
+        )
+        return sender, endpoints.bind(push, endpoint)
 
     @property
     def metrics(self):
