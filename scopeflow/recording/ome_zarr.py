@@ -210,15 +210,18 @@ class OmeZarrWriter:
         if n == 0:
             return
         start = self.appended - n
-        # Copies: the block is refilled at once while tensorstore writes in its threads.
+        # The filled blocks go to tensorstore as they are (it writes them in its threads);
+        # the next chunk fills fresh ones: no copy of the pixels beyond the one into the block.
         futures = [
-            self._values.write(start, self._value_block[:n].copy()),
-            self._ids.write(start, self._id_block[:n].copy()),
-            self._frames.write(start, self._block[:n].copy()),
+            self._values.write(start, self._value_block[:n]),
+            self._ids.write(start, self._id_block[:n]),
+            self._frames.write(start, self._block[:n]),
         ]
+        self._block = np.empty_like(self._block)
+        self._id_block = np.zeros_like(self._id_block)
+        self._value_block = np.full_like(self._value_block, np.nan)
         self._pending.append((start + n, futures))
         self._fill = 0
-        self._value_block[:] = np.nan
         if len(self._pending) > self.max_pending:
             t0 = time.perf_counter()
             self._commit_done(wait=True, until=len(self._pending) - self.max_pending)
