@@ -51,7 +51,8 @@ def _cmd_node_acquire(args) -> int:
         lossless_buffer_mb=args.lossless_buffer_mb,
         lossless_linger_s=args.lossless_linger_s,
         work_endpoint=args.work,
-        mode=args.mode,
+        mode=args.mode
+        or ("continuous" if args.sim == "insitu" and not args.device else "triggered"),
         frame_rate_hz=args.rate or (args.fps if args.sim == "insitu" else 10.0),
         curve=_curve_server(args),
         name=args.name,
@@ -236,7 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames held for a slow or absent lossless consumer; past it a frame is not "
         "delivered and counted as an overrun (the camera is never slowed)",
     )
-    acq.add_argument("--mode", choices=["triggered", "continuous"], default="triggered")
+    acq.add_argument(
+        "--mode",
+        choices=["triggered", "continuous"],
+        default=None,
+        help="triggered: a frame per acquire command (autofocus); continuous: frames at --rate "
+        "(a camera). Default: continuous for --sim insitu (a camera streams on its own clock), "
+        "triggered otherwise",
+    )
     acq.add_argument(
         "--rate",
         type=float,

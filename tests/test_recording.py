@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+import zmq
 
 from scopeflow.acquisition.node import AcquireConfig, AcquireNode
 from scopeflow.recording.recorder import RecordConfig, RecorderNode
@@ -196,3 +197,33 @@ def test_recording_over_an_existing_dataset_is_refused(tmp_path):
     run = scopeflow_cli("node", "record", "--lossless", "tcp://127.0.0.1:5999", "--out", str(out))
     assert run.returncode == 2
     assert "exists" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_insitu_camera_streams_without_being_told_the_mode(ipc_dir):
+    """`node acquire --sim insitu` picks continuous mode (a camera streams on its own clock);
+    it used to default to triggered and send nothing."""
+    frames = f"ipc://{ipc_dir}/frames"
+    node = subprocess.Popen(
+        [sys.executable, "-m", "scopeflow", "node", "acquire", "--sim", "insitu",
+         "--frame-size", "64", "--fps", "20", "--frames", frames,
+         "--commands", f"ipc://{ipc_dir}/commands"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"image")
+    sub.connect(frames)
+    images = 0
+    try:
+        deadline = time.monotonic() + 20
+        while images < 5 and time.monotonic() < deadline:
+            if sub.poll(100):
+                sub.recv_multipart()
+                images += 1
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.wait(20)
+        sub.close()
+        ctx.term()
+    assert images == 5

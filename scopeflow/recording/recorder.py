@@ -60,6 +60,8 @@ class _Series:
         self.lost_ranges: list[list[int]] = []
 
     def note_gap(self, image_id: int) -> None:
+        """``image_id`` arrived (or, from ``series_end``, is the count): ids skipped before it
+        are lost."""
         if self.next_id is not None and image_id > self.next_id:
             self.lost += image_id - self.next_id
             if len(self.lost_ranges) < MAX_LOST_RANGES:
@@ -123,6 +125,11 @@ class RecorderNode:
         elif isinstance(header, SeriesEnd):
             series = self._series
             if series is not None and series.uid == header.series_unique_id:
+                # Frames after the last one received never showed as a gap: count them too.
+                before = series.lost
+                series.note_gap(header.images)
+                if series.lost > before:
+                    self.rt.metrics.inc("frames_lost", series.lost - before)
                 recorded = series.writer.appended
                 self._close(
                     "complete" if recorded == header.images else "incomplete",
