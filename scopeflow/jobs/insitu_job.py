@@ -548,12 +548,11 @@ def _recorded(path: Path) -> int:
 def _wait_closed(path: Path, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
+        # Not there yet, or being replaced this instant: look again.
+        with contextlib.suppress(OSError, ValueError, KeyError):
             attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["scopeflow"]
             if attrs.get("status") != "recording":
                 return
-        except (OSError, ValueError, KeyError):
-            pass
         time.sleep(0.2)
 
 

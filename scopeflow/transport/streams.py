@@ -214,7 +214,7 @@ class BufferedLosslessSender:
                 send(self.sock, header, buffers, flags=zmq.NOBLOCK)
                 return True
             except zmq.Again:
-                pass
+                pass  # the consumer's queue is full (or there is none): buffer it below
         nbytes = sum(memoryview(b).nbytes for b in buffers)
         if buffers and self.buffered_bytes + nbytes > self.buffer_bytes:
             self._overrun(header)
