@@ -92,6 +92,24 @@ def test_run_autofocus_with_the_mmcore_sim_scope_on_the_command_line(tmp_path):
     assert "DEBUG" not in res.stderr  # importing pymmcore-plus must not turn on debug logging
 
 
+def test_flake_search_runs_through_micro_manager_and_writes_its_catalog(tmp_path):
+    """The issue's command on mmcore:sim: the same job through pymmcore-plus."""
+    res = subprocess.run(
+        [*SF, "run", "flake-search", "--scope", "mmcore:sim", "--region=-300,-200,300,200",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for name in ("catalog.json", "catalog.csv", "catalog.coco.json", "chip_map.png",
+                 "chip_map.html", "outcome.json"):  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 0, name
+    flakes = json.loads((tmp_path / "catalog.json").read_text())["flakes"]
+    assert flakes
+    # Centroids in stage µm, inside the region scanned (a tile reaches past it by half a field).
+    assert all(-800 < f["x_um"] < 800 and -600 < f["y_um"] < 600 for f in flakes)
+    assert all(f["magnification"] > 0 and f["area_um2"] > 0 for f in flakes)
+
+
 def test_a_real_configuration_needs_its_z_limits_and_a_loadable_file(tmp_path):
     from scopeflow.devices.mmcore import open_mmcore
 
