@@ -278,6 +278,9 @@ class _Collector:
             self.frames.setsockopt(zmq.SUBSCRIBE, topic)
         self._want_image = False
         self.frames.connect(frames)
+        self._poller = zmq.Poller()  # built once: _poll runs every 50 ms for the whole run
+        self._poller.register(self.results, zmq.POLLIN)
+        self._poller.register(self.frames, zmq.POLLIN)
         self.order: InOrder[Any] = InOrder()
         self.tracker: LiveTracker | None = None
         self.series: str | None = None
@@ -343,10 +346,7 @@ class _Collector:
 
     def _poll(self, timeout_ms: int) -> int:
         got = 0
-        poller = zmq.Poller()
-        poller.register(self.results, zmq.POLLIN)
-        poller.register(self.frames, zmq.POLLIN)
-        events = dict(poller.poll(timeout_ms))
+        events = dict(self._poller.poll(timeout_ms))
         while self.results in events:
             try:
                 msg = recv(self.results, zmq.NOBLOCK)

@@ -172,10 +172,14 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _scrape(port: int, name: str) -> float:
+    """Counter ``scopeflow_NAME`` from a node's Prometheus endpoint (prometheus_client's own
+    text parser), summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"scopeflow_{name}_total"):
-            return float(line.split()[-1])
+    for family in text_string_to_metric_families(text):
+        if family.name == f"scopeflow_{name}":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
     return 0.0
 
 
