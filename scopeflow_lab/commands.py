@@ -124,6 +124,12 @@ def _cmd_bench_insitu(args) -> int:
     return run_insitu_bench(json_path=args.json, quick=args.quick)
 
 
+def _cmd_bench_particles(args) -> int:
+    from scopeflow_lab.bench.particles import run_particles_bench
+
+    return run_particles_bench(json_path=args.json, quick=args.quick)
+
+
 def _cmd_bench_transport(args) -> int:
     from scopeflow_lab.bench.report import run_transport_bench
 
@@ -277,3 +283,11 @@ def add_commands(sub) -> None:
     bis.add_argument("--json", type=Path, default=None, help="write results here")
     bis.add_argument("--quick", action="store_true", help="small frames, short runs (smoke)")
     bis.set_defaults(func=_cmd_bench_insitu)
+    bpa = benches.add_parser(
+        "particles",
+        help="the particle detector per imaging condition: liquid TEM, atomic-resolution HRTEM "
+        "and HAADF, and a held-out multislice microscope never trained on",
+    )
+    bpa.add_argument("--json", type=Path, default=None, help="write results here")
+    bpa.add_argument("--quick", action="store_true", help="one small frame per row (smoke)")
+    bpa.set_defaults(func=_cmd_bench_particles)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import zmq
 
@@ -90,8 +91,27 @@ def test_a_chain_publishes_every_stage_for_every_frame(ipc_dir):
         assert [i for i, _ in by_kind[kind]] == list(range(sent)), kind  # every frame, in order
     assert {h.model for _, h in by_kind["denoised"]} == {"denoiser"}
     assert {h.model for _, h in by_kind["detections"]} == {"particle_detector"}
-    # The simulated cell holds particles: the detector, fed the denoised frames, finds them.
+    # The simulated cell holds particles: the detector, reading the camera's counts, finds them.
     assert sum(len(h.detections) for _, h in by_kind["detections"]) >= sent
+
+
+def test_a_detector_in_a_chain_reads_the_raw_frame_the_denoised_one_goes_out_beside_it():
+    from scopeflow.devices.frames import frame_message
+    from scopeflow.inference.processors import make_processor
+
+    frame, _ = _camera(10.0).acquire_annotated()
+    msg = frame_message(frame, series_id=1, series_unique_id="s", image_id=0, command_seq=0)
+    chained = make_processor("denoiser,particle_detector", "onnxruntime").process(msg)
+    alone = make_processor("particle_detector", "onnxruntime").process(msg)
+    assert [type(header).__name__ for header, _ in chained] == [
+        "DenoisedHeader",
+        "DetectionsResult",
+    ]
+    assert chained[1][0].detections == alone[0][0].detections
+    assert chained[1][0].detections  # the frame holds particles
+    denoised = chained[0][1][0]
+    assert denoised.shape == frame.pixels.shape
+    assert not np.array_equal(denoised, frame.pixels)
 
 
 def test_a_chain_that_cannot_feed_its_next_model_is_refused():

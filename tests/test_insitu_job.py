@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import mmap
+import os
 
 import numpy as np
+import pytest
 import zarr
 
 from scopeflow.inference import backends
@@ -50,6 +53,33 @@ def test_insitu_records_analyses_and_tracks_every_frame(tmp_path):
                  "counts.png", "overlay.gif"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     assert "camera" in run.stderr and "analysed" in run.stderr  # the live rates
+    # Every process's resident memory was sampled through the run.
+    memory = json.loads((out / "outcome.json").read_text())["memory"]
+    assert {"acquire", "record", "worker-0", "job"} <= set(memory)
+    assert all(m["samples"] >= 2 and m["rss_last_mb"] > 10 for m in memory.values())
+
+
+def test_the_memory_trace_measures_a_growing_process_and_a_flat_one():
+    from scopeflow.jobs.insitu.memory import MemoryTrace
+
+    grown = MemoryTrace()
+    hoard = []
+    for step in range(12):
+        # 4 MiB a step of fresh anonymous pages, every one written (malloc could reuse pages
+        # already resident from earlier tests).
+        block = mmap.mmap(-1, 4 << 20)
+        block.write(b"\x01" * (4 << 20))
+        hoard.append(block)
+        grown.sample({"me": os.getpid()}, step * 1000)
+    slope = grown.report()["me"]["slope_kb_per_1k_frames"]
+    assert slope == pytest.approx(4096, rel=0.25)
+    for block in hoard:
+        block.close()
+    still = MemoryTrace()
+    for step in range(12):
+        still.sample({"me": os.getpid()}, step * 1000)
+    assert abs(still.report()["me"]["slope_kb_per_1k_frames"]) < 100
+    assert still.report()["me"]["frames_after_warm_up"] >= 1000
 
 
 def test_a_remote_scope_without_its_endpoints_is_refused(tmp_path):

@@ -82,7 +82,7 @@ def check_wire(dets: list[Detection], shape: tuple[int, int]) -> None:
 
 # -- networks -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("module", "channels", "classes"), [(flake_model, 3, 16), (particle_model, 1, 2)]
+    ("module", "channels", "classes"), [(flake_model, 3, 16), (particle_model, 2, 2)]
 )
 def test_forward_shapes_and_probabilities(module, channels, classes):
     net = module.build().eval()
@@ -303,3 +303,40 @@ def test_instance_thresholds_are_the_best_of_their_grid(particle_detector):
     grid = chosen["grid"]
     assert len(grid) == len(particle_training.AREA_GRID_PX) * len(particle_training.SCORE_GRID)
     assert chosen["chosen"]["f1"] == max(row["f1"] for row in grid)
+
+
+@pytest.mark.parametrize(
+    ("pixel_nm", "factor"), [(None, 1), (0.5, 1), (0.06, 1), (0.03, 2), (0.015, 4), (0.01, 6)]
+)
+def test_fine_frames_are_binned_to_the_working_scale(pixel_nm, factor):
+    assert particle_model.bin_factor(pixel_nm) == factor
+
+
+@needs_shipped
+def test_an_atomic_resolution_gold_particle_is_found_in_the_frame_s_own_pixels(
+    particle_detector,
+):
+    from scopeflow_lab.sim.atomic import multislice
+
+    # The held-out multislice microscope (never trained on): one 2 nm Au particle in [110]
+    # on 3 nm of carbon, 0.03 nm/px, 300 e⁻/Å².
+    frame = multislice.MultisliceFrame(
+        frame_shape=(384, 384),
+        pixel_size_nm=0.03,
+        dose_e_per_a2=300.0,
+        defocus_nm=-10.0,
+        cs_um=5.0,
+        support_nm=3.0,
+        particles=(("Au", 2.0, 5.0, 6.0, "110"),),
+        seed=11,
+    )
+    image = multislice.render(frame)
+    (truth,) = image.objects
+    dets = particle_detector.detect(image.image, pixel_size_nm=0.03)
+    assert dets, "no particle found"
+    best = max(dets, key=lambda d: iou(d, truth.mask))
+    assert list(best.mask.size) == [
+        384,
+        384,
+    ]  # masks come back in the frame's pixels, not binned ones
+    assert iou(best, truth.mask) >= 0.5

@@ -153,6 +153,8 @@ class Detect:
     """A detector: publishes the objects found in the frame."""
 
     kind = "detections"
+    #: trained on raw frames: in a chain it reads the camera's counts, not a denoised frame
+    reads_counts = True
 
     def __init__(
         self,
@@ -196,13 +198,11 @@ class Detect:
     def process(self, msg: Message) -> list[Result]:
         h = msg.header
         pixel_nm = h.state.pixel_size_nm if h.state is not None else None
-        if self.name == "flake_detector":  # its input scale follows the pixel size
-            if h.series_unique_id != self._series:  # a new chip: its own oxide estimate
-                self._series = h.series_unique_id
-                self._net.restart_self_calibration()
-            found = self._net.detect(rgb(msg), pixel_size_nm=pixel_nm)
-        else:
-            found = self._net.detect(rgb(msg))
+        # Both detectors set their input scale from the pixel size.
+        if self.name == "flake_detector" and h.series_unique_id != self._series:
+            self._series = h.series_unique_id  # a new chip: its own oxide estimate
+            self._net.restart_self_calibration()
+        found = self._net.detect(rgb(msg), pixel_size_nm=pixel_nm)
         return [(detections_result(h, self.name, found), ())]
 
 

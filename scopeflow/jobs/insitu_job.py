@@ -43,6 +43,7 @@ import zmq
 from scopeflow.devices.remote import MicroscopeClient
 from scopeflow.errors import UsageError
 from scopeflow.jobs.insitu.drift import DriftCorrector, DriftEstimator
+from scopeflow.jobs.insitu.memory import MemoryTrace
 from scopeflow.jobs.insitu.order import InOrder
 from scopeflow.jobs.insitu.outputs import write_drift, write_gif, write_plots, write_tables
 from scopeflow.jobs.insitu.tracking import LiveTracker, TrackingConfig
@@ -229,6 +230,7 @@ class InsituJob:
             "model": self.model,
             "workers": self.workers,
             "notes": s.get("notes", []),
+            "memory": s.get("memory", {}),
         }
         (out / "outcome.json").write_text(json.dumps(doc, indent=2, default=_jsonable))
         rec = ""
@@ -239,6 +241,13 @@ class InsituJob:
             f"({s['camera_fps']:.1f} fps){rec}; analysed {s['frames_analysed']}, missing "
             f"{s['frames_missing']}; {s['tracks']} tracks, {s['events']} events"
         )
+        slopes = [
+            f"{name} {m['rss_last_mb']:.0f} MB ({m['slope_kb_per_1k_frames']:+.1f} kB/1k frames)"
+            for name, m in s.get("memory", {}).items()
+            if m.get("slope_kb_per_1k_frames") is not None
+        ]
+        if slopes:
+            print("memory: " + ", ".join(slopes))
         print(f"wrote {out}")
         return 0 if ok else 1
 
@@ -295,6 +304,8 @@ class _Collector:
         self._next_gif = 0.0
         self.pixel_size_nm = 1.0
         self.frame_interval_s = 1.0 / job.fps
+        self.rss = MemoryTrace()  # every process's resident memory against frames
+        self._pids: dict[str, int] = {}
 
     def close(self) -> None:
         if self._client is not None:
@@ -307,11 +318,13 @@ class _Collector:
         reason = "done"
         t0 = time.monotonic()
         next_line = t0 + 1.0
+        self._pids = {name: p.pid for name, p in procs.items()} | {"job": os.getpid()}
         try:
             while time.monotonic() - t0 < self.job.duration_s:
                 self._poll(50)
                 if time.monotonic() >= next_line:
                     self._line(time.monotonic() - t0)
+                    self.rss.sample(self._pids, self.sent)
                     next_line = time.monotonic() + 1.0
                 dead = [n for n, p in procs.items() if p.poll() is not None]
                 if dead:
@@ -470,6 +483,7 @@ class _Collector:
             "latency_ms_p99": _percentile(self.latency_ms, 99),
             "tracks": 0,
             "events": 0,
+            "memory": self.rss.report(),
         }  # fmt: skip
         if self.job.record is not None:
             _wait_closed(self.job.record)
