@@ -121,7 +121,7 @@ def _cmd_bench_insitu(args) -> int:
     from scopeflow_lab.bench.insitu import run_insitu_bench
 
     _require_lab_extra("bench insitu", "motmetrics", "zarr")
-    return run_insitu_bench(json_path=args.json, quick=args.quick)
+    return run_insitu_bench(json_path=args.json, quick=args.quick, only=args.only)
 
 
 def _cmd_bench_particles(args) -> int:
@@ -282,6 +282,9 @@ def add_commands(sub) -> None:
     )
     bis.add_argument("--json", type=Path, default=None, help="write results here")
     bis.add_argument("--quick", action="store_true", help="small frames, short runs (smoke)")
+    bis.add_argument(
+        "--only", choices=["tracking", "throughput"], default=None, help="run one part only"
+    )
     bis.set_defaults(func=_cmd_bench_insitu)
     bpa = benches.add_parser(
         "particles",

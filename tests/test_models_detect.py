@@ -340,3 +340,24 @@ def test_an_atomic_resolution_gold_particle_is_found_in_the_frame_s_own_pixels(
         384,
     ]  # masks come back in the frame's pixels, not binned ones
     assert iou(best, truth.mask) >= 0.5
+
+
+@needs_shipped
+def test_a_coarser_working_scale_analyses_the_frame_binned_and_answers_in_its_pixels(
+    particle_detector,
+):
+    frame, mask = particle_frame()  # 512², 0.5 nm/px
+    coarse = particle_model.ParticleDetector(particle_detector.session, work_pixel_nm=1.0)
+    assert coarse.probabilities(frame, 0.5).shape == (2, 256, 256)
+    dets = coarse.detect(frame, pixel_size_nm=0.5)
+    best = max(dets, key=lambda d: iou(d, mask))
+    assert list(best.mask.size) == [512, 512] and iou(best, mask) >= 0.5
+    with pytest.raises(ValueError, match="> 0 nm"):
+        particle_model.ParticleDetector(particle_detector.session, work_pixel_nm=0.0)
+
+
+def test_the_working_scale_is_refused_for_other_models():
+    from scopeflow.inference.processors import make_processor
+
+    with pytest.raises(ValueError, match="applies to the particle_detector"):
+        make_processor("flake_detector", "onnxruntime", detect_pixel_nm=1.0)

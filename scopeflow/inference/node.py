@@ -54,6 +54,7 @@ class InferConfig:
     calibration: str | None = None  # flake detector: a setup calibration folder
     materials: tuple[str, ...] | None = None  # flake detector: the chip's materials
     oxide: str | None = None  # flake detector: SiO₂ nm, LO-HI or "auto" (physics prior)
+    detect_pixel_nm: float | None = None  # particle detector: analyse finer frames binned to this
     #: every frame from this lossless endpoint (connect) instead of the newest from frames
     work_endpoint: str | None = None
 
@@ -72,6 +73,7 @@ class InferNode:
             config.calibration,
             config.materials,
             config.oxide,
+            config.detect_pixel_nm,
         )
         self.rt = NodeRuntime(config.name, "infer", ctx, metrics_port)
         self.receiver: LatestReceiver | _EveryFrame

@@ -163,8 +163,11 @@ class Detect:
         calibration: str | None = None,
         materials: tuple[str, ...] | None = None,
         oxide: str | None = None,
+        detect_pixel_nm: float | None = None,
     ) -> None:
         self.name = model
+        if detect_pixel_nm is not None and model != "particle_detector":
+            raise ValueError(f"--detect-pixel-nm applies to the particle_detector, not to {model}")
         flake_only = calibration is not None or materials is not None or oxide is not None
         if flake_only and model != "flake_detector":
             raise ValueError(
@@ -191,9 +194,10 @@ class Detect:
                 oxide=None if oxide in (None, "none") else parse_oxide(oxide),
             )
         else:
-            from scopeflow.inference.models.particle_detector import ParticleDetector
+            from scopeflow.inference.models.particle_detector import WORK_PIXEL_NM, ParticleDetector
 
-            self._net = ParticleDetector(session)
+            work = WORK_PIXEL_NM if detect_pixel_nm is None else float(detect_pixel_nm)
+            self._net = ParticleDetector(session, work_pixel_nm=work)
 
     def process(self, msg: Message) -> list[Result]:
         h = msg.header
@@ -238,13 +242,15 @@ def make_processor(
     calibration: str | None = None,
     materials: tuple[str, ...] | None = None,
     oxide: str | None = None,
+    detect_pixel_nm: float | None = None,
 ) -> Processor:
     """The processor serving ``model`` (a classical metric name or a shipped model); ``acnet``:
     run ACNet after AENet; ``calibration``: the flake detector's setup calibration (a folder
     written by ``scopeflow calibrate flake-detector``); ``materials``: the flake materials on
     the chip (the flake detector reports no other); ``oxide``: the chip's SiO₂ thickness in nm,
     a range ``LO-HI``, ``auto`` (the flake detector's physics prior calibrates its colours
-    from the chip's own flakes; the default unless a calibration is given) or ``none``.
+    from the chip's own flakes; the default unless a calibration is given) or ``none``;
+    ``detect_pixel_nm``: the particle detector analyses finer frames binned to about this.
     ``model`` may name several, comma-separated (``denoiser,particle_detector``): a
     :class:`~scopeflow.inference.chain.Chain` that runs them in sequence on each frame."""
     if "," in model:
@@ -252,7 +258,10 @@ def make_processor(
 
         names = [m.strip() for m in model.split(",")]
         return Chain(
-            [make_processor(m, backend, acnet, calibration, materials, oxide) for m in names]
+            [
+                make_processor(m, backend, acnet, calibration, materials, oxide, detect_pixel_nm)
+                for m in names
+            ]
         )
     if model in METRICS:
         return ClassicalFocus(model)
@@ -261,6 +270,6 @@ def make_processor(
     if model == "denoiser":
         return Denoise(backend)
     if model in ("flake_detector", "particle_detector"):
-        return Detect(model, backend, calibration, materials, oxide)
+        return Detect(model, backend, calibration, materials, oxide, detect_pixel_nm)
     known = ", ".join([*METRICS, *LEARNED])
     raise ValueError(f"unknown model {model!r}; the inference node serves: {known}")

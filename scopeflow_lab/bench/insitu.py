@@ -9,7 +9,8 @@
    dissolving; seeds never used to train the detector), scored with py-motmetrics (MOTA, IDF1,
    ID switches; a match is a centroid within 3 nm) and event recall (a simulator coalescence or
    dissolution matched by an event of that kind within 10 frames and 15 nm). Our pipeline
-   (particle_detector, raw and denoised frames, then the live tracker) against trackpy run on
+   (particle_detector on raw frames, at its default scale and binned to 1 nm/px, and on
+   denoised frames — which it was not trained on — then the live tracker) against trackpy run on
    the raw frames with its default ``locate`` (the baseline the issue names) and the same
    linking.
 """
@@ -29,7 +30,17 @@ import numpy as np
 MATCH_NM = 3.0
 EVENT_FRAMES = 10
 EVENT_NM = 15.0
-CASES = ((512, 300.0), (1024, 100.0))
+CHAIN = "denoiser,particle_detector"
+#: (side, camera fps, workers, model, the detector's working pixel nm (None: default))
+CASES = (
+    (512, 300.0, 1, CHAIN, None),
+    (512, 300.0, 2, CHAIN, None),
+    (1024, 100.0, 1, CHAIN, None),
+    (1024, 100.0, 2, CHAIN, None),
+    (512, 300.0, 2, "particle_detector", 1.0),
+    (1024, 100.0, 1, "particle_detector", 1.0),
+    (1024, 100.0, 2, "particle_detector", 1.0),
+)
 
 
 # -- tracking accuracy --------------------------------------------------------------------------
@@ -90,6 +101,7 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
 
     trackpy.quiet()
     detector = ParticleDetector(backends.load("particle_detector", "onnxruntime"))
+    coarse = ParticleDetector(detector.session, work_pixel_nm=1.0)  # 0.5 nm/px frames binned 2×
     denoiser = Denoiser(backends.load("denoiser", "onnxruntime"))
     side, fps, frames_n = (256, 20.0, 30) if quick else (512, 20.0, 100)
     rows = []
@@ -109,7 +121,7 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
             frames.append(frame.pixels)
             truths.append(truth)
         config = TrackingConfig(pixel_size_nm=px, frame_interval_s=1 / fps)
-        for method in ("ours", "ours, denoised", "trackpy locate"):
+        for method in ("ours", "ours @ 1 nm/px", "ours, denoised", "trackpy locate"):
             t0 = time.perf_counter()
             hyp_frames: list[list[tuple[int, float, float]]] = []
             if method == "trackpy locate":
@@ -136,7 +148,8 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
                         pixels = np.clip(np.rint(denoiser.denoise(pixels)), 0, 65535).astype(
                             pixels.dtype
                         )
-                    dets = detector.detect(pixels)
+                    net = coarse if method == "ours @ 1 nm/px" else detector
+                    dets = net.detect(pixels, px)
                     ids = tracker.add(k, k, k / fps, dets)
                     pairs = zip(ids, dets, strict=True)
                     hyp_frames.append([(i, *d.centroid_xy_px) for i, d in pairs])
@@ -158,36 +171,47 @@ def throughput(quick: bool, progress) -> list[dict[str, Any]]:
     from scopeflow.jobs.insitu_job import InsituJob
 
     rows = []
-    cases = ((256, 100.0),) if quick else CASES
-    for side, fps in cases:
-        for workers in (1, 2):
-            root = Path(tempfile.mkdtemp(prefix="bench-insitu-"))
-            job = InsituJob(
-                out_dir=root / "out", fps=fps, frame_size=side, duration_s=5.0 if quick else 20.0,
-                record=root / "rec.ome.zarr", workers=workers, pool=32, drift="off",
-            )  # fmt: skip
-            t0 = time.monotonic()
-            code = job.run_pipeline("sim:insitu")
-            wall = time.monotonic() - t0
-            figures = json.loads((root / "out" / "outcome.json").read_text())["figures"]
-            shutil.rmtree(root, ignore_errors=True)
-            row = {"side": side, "camera_fps_asked": fps, "workers": workers, "exit": code,
-                   "wall_s": wall, **figures}  # fmt: skip
-            rows.append(row)
-            progress(
-                f"  {side}² {workers} worker(s): analysis {row.get('analysis_fps') or 0:.1f} fps, "
-                f"camera {row['camera_fps']:.0f} fps, produced {row['frames_produced']}, "
-                f"recorded {row.get('frames_recorded')}, analysed {row['frames_analysed']}"
-            )
+    cases = ((256, 100.0, w, CHAIN, None) for w in (1, 2)) if quick else CASES
+    for side, fps, workers, model, detect_pixel_nm in cases:
+        root = Path(tempfile.mkdtemp(prefix="bench-insitu-"))
+        job = InsituJob(
+            out_dir=root / "out", fps=fps, frame_size=side, duration_s=5.0 if quick else 20.0,
+            record=root / "rec.ome.zarr", workers=workers, pool=32, drift="off", model=model,
+            detect_pixel_nm=detect_pixel_nm,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        code = job.run_pipeline("sim:insitu")
+        wall = time.monotonic() - t0
+        outcome = json.loads((root / "out" / "outcome.json").read_text())
+        shutil.rmtree(root, ignore_errors=True)
+        row = {"side": side, "camera_fps_asked": fps, "workers": workers, "model": model,
+               "detect_pixel_nm": detect_pixel_nm, "exit": code, "wall_s": wall,
+               **outcome["figures"], "memory": outcome.get("memory", {})}  # fmt: skip
+        rows.append(row)
+        progress(
+            f"  {side}² {workers} worker(s) {_label(model, detect_pixel_nm)}: analysis "
+            f"{row.get('analysis_fps') or 0:.1f} fps, camera {row['camera_fps']:.0f} fps, "
+            f"produced {row['frames_produced']}, recorded {row.get('frames_recorded')}, "
+            f"analysed {row['frames_analysed']}"
+        )
     return rows
 
 
-def run_insitu_bench(json_path: Path | None, quick: bool) -> int:
+def _label(model: str, detect_pixel_nm: float | None) -> str:
+    short = "den→det" if model == CHAIN else "det"
+    return short if detect_pixel_nm is None else f"{short}@{detect_pixel_nm:g}nm"
+
+
+def run_insitu_bench(json_path: Path | None, quick: bool, only: str | None = None) -> int:
     t0 = time.time()
-    print("tracking on simulated scenes with truth (seeds never trained on):")
-    track_rows = tracking(quick, print)
-    print("throughput: the insitu job (denoiser → particle_detector), pooled camera:")
-    speed_rows = throughput(quick, print)
+    track_rows: list[dict[str, Any]] = []
+    speed_rows: list[dict[str, Any]] = []
+    if only in (None, "tracking"):
+        print("tracking on simulated scenes with truth (seeds never trained on):")
+        track_rows = tracking(quick, print)
+    if only in (None, "throughput"):
+        print("throughput: the insitu job, pooled camera:")
+        speed_rows = throughput(quick, print)
     print(f"\n{'method':<16} {'seed':>5} {'MOTA':>6} {'IDF1':>6} {'IDsw':>5} {'P':>6} {'R':>6} "
           f"{'events':>9} {'ms/frame':>9}")  # fmt: skip
     for r in track_rows:
@@ -195,11 +219,12 @@ def run_insitu_bench(json_path: Path | None, quick: bool) -> int:
         print(f"{r['method']:<16} {r['seed']:>5} {r['mota']:>6.3f} {r['idf1']:>6.3f} "
               f"{int(r['num_switches']):>5} {r['precision']:>6.3f} {r['recall']:>6.3f} {ev:>9} "
               f"{r['ms_per_frame']:>9.1f}")  # fmt: skip
-    print(f"\n{'case':<20} {'analysis fps':>12} {'p50 ms':>8} {'p99 ms':>8} {'produced':>9} "
+    print(f"\n{'case':<34} {'analysis fps':>12} {'p50 ms':>8} {'p99 ms':>8} {'produced':>9} "
           f"{'recorded':>9} {'analysed':>9} {'missing':>8}")  # fmt: skip
     for r in speed_rows:
-        case = f"{r['side']}² @ {r['camera_fps_asked']:.0f}, {r['workers']}w"
-        print(f"{case:<20} {r.get('analysis_fps') or 0:>12.1f} {_ms(r['latency_ms_p50']):>8} "
+        case = (f"{r['side']}² @ {r['camera_fps_asked']:.0f}, {r['workers']}w "
+                f"{_label(r['model'], r['detect_pixel_nm'])}")  # fmt: skip
+        print(f"{case:<34} {r.get('analysis_fps') or 0:>12.1f} {_ms(r['latency_ms_p50']):>8} "
               f"{_ms(r['latency_ms_p99']):>8} {r['frames_produced']:>9} "
               f"{r.get('frames_recorded', '—'):>9} {r['frames_analysed']:>9} "
               f"{r['frames_missing']:>8}")  # fmt: skip

@@ -50,8 +50,8 @@ VALIDATION_SEED = 25_000  # … validation scenes here …
 TEST_SEED = 29_000  # … and the held-out test scenes here.
 CROP = 96  # px: a 3 nm particle at the 0.06 nm/px working scale is 100 px across
 BATCH = 32
-STEPS = 5000  # planned; LOOP_BUDGET_S may end the run first on a busy machine
-LOOP_BUDGET_S = 1320.0
+STEPS = 8000  # planned; LOOP_BUDGET_S may end the run first on a busy machine
+LOOP_BUDGET_S = 1900.0
 
 
 ATOMIC_SEED = 40_000  # atomic-resolution training frames (+ 5 000 validation, + 9 000 test)
