@@ -119,3 +119,21 @@ def test_multislice_haadf_is_brighter_on_platinum_than_on_palladium():
 
     # Same size and lattice to within 1 %: the signal goes as Z^1.64 (78 vs 46 → 2.4×).
     assert centre_signal("Pt") / centre_signal("Pd") == pytest.approx((78 / 46) ** 1.64, rel=0.3)
+
+
+def test_the_particle_bench_quick_run_scores_every_condition(tmp_path):
+    """``scopeflow bench particles --quick``: one small frame per row, every row scored by the
+    shipped detector and the baseline, the held-out multislice rows marked held out."""
+    import json
+
+    from scopeflow_lab.bench.particles import run_particles_bench
+
+    out = tmp_path / "particles.json"
+    assert run_particles_bench(json_path=str(out), quick=True, progress=lambda _: None) == 0
+    report = json.loads(out.read_text())
+    rows = {r["condition"]: r for r in report["rows"]}
+    assert len(rows) == 11
+    held = [name for name, r in rows.items() if r["held_out"]]
+    assert sum("multislice" in name for name in held) == 5
+    assert all(r["frames"] >= 1 and 0.0 <= r["f1_iou50"] <= 1.0 for r in rows.values())
+    assert all(r["frame_ms_median"] > 0 for r in rows.values())

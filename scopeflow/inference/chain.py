@@ -4,11 +4,12 @@ Each stage's results are published (the denoised frame and the detections, both 
 frame's ``image_id``); a stage that returns an image — the denoiser — feeds the next stage in
 place of the raw frame, unless that stage reads the camera's counts (``reads_counts``): the
 detectors were trained on raw frames and read shot noise as part of their input (the particle
-detector's second channel is contrast in units of the frame's noise). Measured on the held-out
-liquid-cell scenes: particle F1 0.96 on the raw frames, 0.02 on denoised ones (0.95 against
-0.18 on dense scenes), so a detector in a chain reads the raw frame and the denoised frame is
-published beside its detections. Only an image-producing stage can feed another: ``focus`` or
-``detections`` cannot be a model's input, and such a chain is refused when it is built.
+detector's second channel is contrast in units of the frame's noise). Measured on held-out
+liquid-cell scenes (8 test videos, 24 frames): particle F1 0.97 on the raw frames, 0.06 on
+denoised ones (0.97 against 0.64 on dense scenes), so a detector in a chain reads the raw frame
+and the denoised frame is published beside its detections. Only an image-producing stage can
+feed another: ``focus`` or ``detections`` cannot be a model's input, and such a chain is
+refused when it is built.
 """
 
 from __future__ import annotations
