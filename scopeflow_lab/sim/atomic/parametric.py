@@ -25,7 +25,7 @@ and noise, and each scan line its own offset and jitter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -112,7 +112,6 @@ class AtomicConfig:
     line_jitter_px: float = 0.0
     line_offset_fraction: float = 0.0
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def random_particles(
@@ -183,9 +182,10 @@ def _grid_nm(shape: tuple[int, int], pixel_nm: float) -> tuple[np.ndarray, np.nd
     return ys[:, None], xs[None, :]
 
 
-def particle_maps(
-    config: AtomicConfig,
-) -> tuple[list[tuple[np.ndarray, np.ndarray, slice, slice]], tuple[np.ndarray, np.ndarray]]:
+Maps = list[tuple[np.ndarray, np.ndarray, slice, slice]]
+
+
+def particle_maps(config: AtomicConfig) -> Maps:
     """Per particle: (projected thickness nm, lattice factor, rows, cols) inside its bbox."""
     h, w = config.frame_shape
     p = config.pixel_size_nm
@@ -222,7 +222,7 @@ def particle_maps(
         out.append(
             (thickness.astype(np.float32), lattice.astype(np.float32), slice(r0, r1), slice(c0, c1))
         )
-    return out, (ys, xs)
+    return out
 
 
 def _amorphous(rng: np.random.Generator, shape: tuple[int, int], pixel_nm: float) -> np.ndarray:
@@ -268,7 +268,7 @@ def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), sigma_px) if sigma_px > 0.05 else image
 
 
-def render_hrtem(config: AtomicConfig, rng: np.random.Generator) -> np.ndarray:
+def render_hrtem(config: AtomicConfig, maps: Maps, rng: np.random.Generator) -> np.ndarray:
     """Mean-free intensity → counted frame (uint16) of an HRTEM phase-contrast image."""
     shape = config.frame_shape
     p = config.pixel_size_nm
@@ -282,7 +282,6 @@ def render_hrtem(config: AtomicConfig, rng: np.random.Generator) -> np.ndarray:
         water /= max(float(water.std()), 1e-6)
         phase += 0.02 * math.sqrt(config.liquid_thickness_nm) * water
     log_amp = np.zeros(shape, np.float32)
-    maps, _ = particle_maps(config)
     for part, (thick, lattice, rows, cols) in zip(config.particles, maps, strict=True):
         if thick.size == 0:
             continue
@@ -299,14 +298,13 @@ def render_hrtem(config: AtomicConfig, rng: np.random.Generator) -> np.ndarray:
     return _to_dn(electrons, config, rng)
 
 
-def render_haadf(config: AtomicConfig, rng: np.random.Generator) -> np.ndarray:
+def render_haadf(config: AtomicConfig, maps: Maps, rng: np.random.Generator) -> np.ndarray:
     """Counted HAADF STEM frame (uint16)."""
     shape = config.frame_shape
     p = config.pixel_size_nm
     carbon_per_nm = config.haadf_per_nm * (CARBON_Z / 79.0) ** 1.7
     fraction = np.full(shape, carbon_per_nm * config.support_thickness_nm, np.float32)
     fraction *= 1.0 + 0.5 * _amorphous(rng, shape, p)
-    maps, _ = particle_maps(config)
     for part, (thick, lattice, rows, cols) in zip(config.particles, maps, strict=True):
         if thick.size == 0:
             continue
@@ -330,15 +328,13 @@ def render_haadf(config: AtomicConfig, rng: np.random.Generator) -> np.ndarray:
 
 def render(config: AtomicConfig) -> AnnotatedImage:
     """The frame and its particles' footprints (one ``"particle"`` object each)."""
-    rng = np.random.default_rng([config.seed, 0xA70])
-    if config.modality == "hrtem":
-        image = render_hrtem(config, rng)
-    elif config.modality == "haadf":
-        image = render_haadf(config, rng)
-    else:
+    if config.modality not in ("hrtem", "haadf"):
         raise ValueError(f"unknown modality {config.modality!r}: hrtem or haadf")
+    rng = np.random.default_rng([config.seed, 0xA70])
+    maps = particle_maps(config)  # once: the image and the truth masks share it
+    render_image = render_hrtem if config.modality == "hrtem" else render_haadf
+    image = render_image(config, maps, rng)
     objects = []
-    maps, _ = particle_maps(config)
     for part, (thick, _lat, rows, cols) in zip(config.particles, maps, strict=True):
         if thick.size == 0 or not (thick > 0).any():
             continue
