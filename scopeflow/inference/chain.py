@@ -44,12 +44,18 @@ class Chain:
 
     def process(self, msg: Message) -> list[Result]:
         results: list[Result] = []
+        denoised: Result | None = None
         current = msg
         for stage in self.stages:
-            out = stage.process(msg if getattr(stage, "reads_counts", False) else current)
+            if getattr(stage, "reads_counts", False):
+                out = stage.process(msg)
+            else:
+                if denoised is not None:  # converted only for a stage that reads it
+                    current, denoised = _as_input(msg, denoised), None
+                out = stage.process(current)
             results += out
             if stage.kind == "denoised":
-                current = _as_input(msg, out[0])
+                denoised = out[0]
         return results
 
 

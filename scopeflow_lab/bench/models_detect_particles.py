@@ -34,25 +34,48 @@ HELDOUT_LAMBDA_NM = 100.0  # held-out particle material: lighter than training's
 
 
 class OtsuParticles:
-    """Otsu threshold of the smoothed transmission contrast + connected components."""
+    """Otsu threshold of the smoothed contrast + connected components.
+
+    ``channel``: the detector's input channel thresholded (0: transmission contrast, 1: the
+    same in units of noise); ``bright``: particles brighter than the field (HAADF) rather than
+    darker; frames finer than the detector's working pixel are binned as the detector bins
+    them. Smoothing (``sigmas``, px) and least area (``areas``, px at the working scale) are
+    tuned by :meth:`tune`.
+    """
 
     name = "otsu"
 
-    def __init__(self, sigma_px: float = 1.5, min_area: int = particle_model.MIN_AREA_PX) -> None:
+    def __init__(
+        self,
+        sigma_px: float = 1.5,
+        min_area: int = particle_model.MIN_AREA_PX,
+        *,
+        channel: int = 0,
+        bright: bool = False,
+        sigmas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0),
+        areas: tuple[int, ...] = (8, 20, 40),
+    ) -> None:
         self.sigma_px = sigma_px
         self.min_area = min_area
+        self.channel, self.bright = channel, bright
+        self.sigmas, self.areas = sigmas, areas
 
-    def detect(self, frame: np.ndarray) -> list[Detection]:
-        contrast = particle_model.insitu_contrast(frame)[0]
+    def detect(self, frame: np.ndarray, pixel_nm: float | None = None) -> list[Detection]:
+        b = particle_model.bin_factor(pixel_nm)
+        contrast = particle_model.insitu_contrast(frame, bin_px=b)[self.channel]
         smooth = cv2.GaussianBlur(contrast, (0, 0), self.sigma_px)
         lo, hi = np.percentile(smooth, (0.1, 99.9))
         scaled = np.clip((smooth - lo) / max(hi - lo, 1e-6) * 255.0, 0, 255).astype(np.uint8)
-        _, binary = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+        mode = cv2.THRESH_BINARY if self.bright else cv2.THRESH_BINARY_INV
+        _, binary = cv2.threshold(scaled, 0, 1, mode + cv2.THRESH_OTSU)
+        if b > 1:
+            size = (frame.shape[1], frame.shape[0])
+            binary = cv2.resize(binary, size, interpolation=cv2.INTER_NEAREST)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
         found = []
         for i in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[i])
-            if area < self.min_area:
+            if area < self.min_area * b * b:
                 continue
             mask = labels[y : y + h, x : x + w] == i
             found.append(
@@ -61,23 +84,30 @@ class OtsuParticles:
         return found
 
     def tune(
-        self, frames: list[tuple[np.ndarray, list[Truth]]], progress: Callable[[str], None]
-    ) -> None:
+        self,
+        frames: list[tuple[np.ndarray, float | None, list[Truth]]],
+        progress: Callable[[str], None] | None = None,
+    ) -> float:
+        """Set the smoothing and least area with the best F1 on ``frames`` (frame, pixel size,
+        truths); return that F1."""
         best = (-1.0, self.sigma_px, self.min_area)
-        for sigma in (1.0, 1.5, 2.0, 3.0):
-            for min_area in (8, 20, 40):
+        for sigma in self.sigmas:
+            for min_area in self.areas:
                 self.sigma_px, self.min_area = sigma, min_area
                 total = Counts()
-                for frame, truths in frames:
-                    total.add(count([rle_of(d) for d in self.detect(frame)], truths)[0])
-                f1 = total.report()["f1"]
+                for frame, pixel_nm, truths in frames:
+                    found = self.detect(frame, pixel_nm)
+                    total.add(count([rle_of(d) for d in found], truths)[0])
+                f1 = float(total.report()["f1"])
                 if f1 > best[0]:
                     best = (f1, sigma, min_area)
         _, self.sigma_px, self.min_area = best
-        progress(
-            f"    otsu tuned on {len(frames)} training frames: σ {self.sigma_px} px, "
-            f"min area {self.min_area} px (F1 {best[0]:.3f})"
-        )
+        if progress is not None:
+            progress(
+                f"    otsu tuned on {len(frames)} training frames: σ {self.sigma_px} px, "
+                f"min area {self.min_area} px (F1 {best[0]:.3f})"
+            )
+        return best[0]
 
 
 def _evaluate_particles(
@@ -150,7 +180,7 @@ def particle_section(
     )
     otsu = OtsuParticles()
     calib = [
-        (im.image, particle_truths(im))
+        (im.image, None, particle_truths(im))
         for _, _, im in particle_training.frames(particle_training.calibration_specs(quick))
     ]
     otsu.tune(calib, progress)

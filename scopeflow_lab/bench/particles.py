@@ -24,14 +24,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from scopeflow.inference import backends
-from scopeflow.inference.models import flake_detector as flake_model
 from scopeflow.inference.models import particle_detector as model
-from scopeflow.schemas.results import Detection
-from scopeflow_lab.bench.models_detect_particles import heldout_particle_specs
+from scopeflow_lab.bench.models_detect_particles import OtsuParticles, heldout_particle_specs
 from scopeflow_lab.sim.atomic import multislice
 from scopeflow_lab.sim.insitu import InSituConfig
 from scopeflow_lab.sim.truth import AnnotatedImage
@@ -41,51 +38,9 @@ from scopeflow_lab.training.detect_eval import Counts, Truth, count, particle_tr
 HELDOUT_SEED = 70_000
 
 
-class OtsuContrast:
-    """Otsu threshold of the smoothed noise-unit contrast, with a fixed polarity."""
-
-    def __init__(self, bright: bool) -> None:
-        self.bright = bright
-        self.sigma_px = 1.5
-        self.min_area = 8
-
-    def detect(self, frame: np.ndarray, pixel_nm: float | None) -> list[Detection]:
-        b = model.bin_factor(pixel_nm)
-        contrast = model.insitu_contrast(frame, bin_px=b)[1]
-        smooth = cv2.GaussianBlur(contrast, (0, 0), self.sigma_px)
-        lo, hi = np.percentile(smooth, (0.1, 99.9))
-        scaled = np.clip((smooth - lo) / max(hi - lo, 1e-6) * 255.0, 0, 255).astype(np.uint8)
-        mode = cv2.THRESH_BINARY if self.bright else cv2.THRESH_BINARY_INV
-        _, binary = cv2.threshold(scaled, 0, 1, mode + cv2.THRESH_OTSU)
-        if b > 1:
-            binary = cv2.resize(
-                binary, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST
-            )
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        found = []
-        for i in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[i])
-            if area < self.min_area * b * b:
-                continue
-            mask = labels[y : y + h, x : x + w] == i
-            found.append(
-                flake_model.detection_from_mask(mask, y, x, frame.shape[:2], "particle", 1.0, {})
-            )
-        return found
-
-    def tune(self, frames: list[tuple[np.ndarray, float | None, list[Truth]]]) -> float:
-        best = (-1.0, self.sigma_px, self.min_area)
-        for sigma in (1.0, 2.0, 3.0):
-            for min_area in (8, 20, 40):
-                self.sigma_px, self.min_area = sigma, min_area
-                total = Counts()
-                for frame, pixel, truths in frames:
-                    total.add(count([rle_of(d) for d in self.detect(frame, pixel)], truths)[0])
-                f1 = float(total.report()["f1"])
-                if f1 > best[0]:
-                    best = (f1, sigma, min_area)
-        _, self.sigma_px, self.min_area = best
-        return best[0]
+def otsu_baseline(bright: bool) -> OtsuParticles:
+    """Otsu on the noise-unit channel, binned as the detector bins, with a fixed polarity."""
+    return OtsuParticles(channel=1, bright=bright, sigmas=(1.0, 2.0, 3.0))
 
 
 def _images(specs: list[Any]) -> Iterable[AnnotatedImage]:
@@ -97,7 +52,7 @@ def _row(
     name: str,
     images: Iterable[AnnotatedImage],
     detector: model.ParticleDetector,
-    baseline: OtsuContrast,
+    baseline: OtsuParticles,
     held_out: bool,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -152,12 +107,12 @@ def run_particles_bench(
     t0 = time.monotonic()
     detector = model.ParticleDetector(backends.load(model.NAME, "onnxruntime", weights_dir))
     progress("tuning the Otsu baselines on training-simulator frames")
-    dark, bright = OtsuContrast(bright=False), OtsuContrast(bright=True)
+    dark, bright = otsu_baseline(bright=False), otsu_baseline(bright=True)
     tem_tune = training.calibration_specs(quick)
     hrtem_tune = training.atomic_configs(training.ATOMIC_SEED, 2 if quick else 12, 0)
     haadf_tune = training.atomic_configs(training.ATOMIC_SEED + 300, 0, 2 if quick else 12)
     dark.tune(_tuning(tem_tune))
-    hrtem_otsu = OtsuContrast(bright=False)
+    hrtem_otsu = otsu_baseline(bright=False)
     hrtem_otsu.tune(_tuning(hrtem_tune))
     bright.tune(_tuning(haadf_tune))
     rows = []

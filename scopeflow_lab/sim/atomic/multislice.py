@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from scopeflow_lab.sim.atomic.parametric import electron_wavelength_nm, interaction_constant
+from scopeflow_lab.sim.atomic.parametric import interaction_constant
+from scopeflow_lab.sim.insitu.imaging import electron_wavelength_nm
 from scopeflow_lab.sim.truth import AnnotatedImage, ObjectTruth
 
 LATTICE_NM = {"Au": 0.4078, "Pt": 0.3924, "Pd": 0.3891}
@@ -139,9 +140,12 @@ def _deposit(
     return grid.reshape(h, w)
 
 
+def _frequencies(shape: tuple[int, int], pixel: float) -> tuple[np.ndarray, np.ndarray]:
+    return np.fft.fftfreq(shape[0], d=pixel)[:, None], np.fft.fftfreq(shape[1], d=pixel)[None, :]
+
+
 def _k2(shape: tuple[int, int], pixel: float) -> np.ndarray:
-    ky = np.fft.fftfreq(shape[0], d=pixel)[:, None]
-    kx = np.fft.fftfreq(shape[1], d=pixel)[None, :]
+    ky, kx = _frequencies(shape, pixel)
     return kx * kx + ky * ky
 
 
@@ -170,7 +174,8 @@ def _hrtem(
     s = max(1, math.ceil(frame.pixel_size_nm / FINEST_NM))
     pixel = frame.pixel_size_nm / s
     shape = (frame.frame_shape[0] * s, frame.frame_shape[1] * s)
-    k2 = _k2(shape, pixel)
+    ky, kx = _frequencies(shape, pixel)
+    k2 = kx * kx + ky * ky
     k_max = 0.5 / pixel
     band = k2 <= (2.0 / 3.0 * k_max) ** 2
     lam = electron_wavelength_nm(frame.voltage_kv)
@@ -193,8 +198,6 @@ def _hrtem(
             np.complex64
         )
     # Objective lens, focus at the specimen's exit surface.
-    ky = np.fft.fftfreq(shape[0], d=pixel)[:, None]
-    kx = np.fft.fftfreq(shape[1], d=pixel)[None, :]
     phi = np.arctan2(ky, kx)
     cs = frame.cs_um * 1e3
     chi = (

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from scopeflow_lab.sim.insitu.imaging import electron_wavelength_nm
 from scopeflow_lab.sim.truth import AnnotatedImage, ObjectTruth
 
 _UINT16_MAX = float(np.iinfo(np.uint16).max)
@@ -54,12 +55,6 @@ MATERIALS = {
 }
 CARBON_INNER_POTENTIAL_V = 9.0
 CARBON_Z = 6
-
-
-def electron_wavelength_nm(voltage_kv: float) -> float:
-    """Relativistic electron wavelength (nm)."""
-    v = voltage_kv * 1e3
-    return 1.22639 / math.sqrt(v * (1.0 + 0.97845e-6 * v))
 
 
 def interaction_constant(voltage_kv: float) -> float:
