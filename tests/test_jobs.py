@@ -206,3 +206,26 @@ def test_run_scan_follows_a_useq_plan_file(tmp_path):
     bad = _run("run", "scan", "--scope", "sim:optical", "--plan", str(tmp_path / "none.json"),
                "--out", str(tmp_path / "bad"))  # fmt: skip
     assert bad.returncode == 2 and "cannot read the plan" in bad.stderr
+
+
+def test_closing_a_local_scope_waits_for_its_background_computations():
+    """A background model still running when the interpreter exits aborts the process (the
+    C++ runtime's "exception not rethrown" on a Ctrl-C'd flake search): close() waits."""
+    import threading
+    import time
+
+    finished = threading.Event()
+
+    class SlowProcessor:
+        def process(self, msg):
+            time.sleep(0.5)
+            finished.set()
+            raise ValueError("nothing to report")
+
+    sim = SimulatedSEM(SEMConfig(seed=3))
+    scope = LocalScope(sim, processors={"detections": SlowProcessor()})
+    shot = scope.snap()
+    scope.compute_later(shot, ("detections",))
+    assert not finished.is_set()  # it runs in the background
+    scope.close()
+    assert finished.is_set()

@@ -68,6 +68,7 @@ class LocalScope:
         self._frames: OrderedDict[int, tuple[Shot, Message]] = OrderedDict()
         self._results: dict[tuple[int, str], Future] = {}
         self._later: set[tuple[int, str]] = set()  # started by compute_later, not yet collected
+        self._workers: list[threading.Thread] = []  # compute_later's threads, joined by close()
 
     def wait_ready(self, kinds: tuple[str, ...], timeout_s: float) -> ScopeStatus:
         """Load the models serving ``kinds`` (nothing to wait for in process)."""
@@ -139,9 +140,11 @@ class LocalScope:
             future: Future = Future()
             self._results[key] = future
             self._later.add(key)
-            threading.Thread(
+            worker = threading.Thread(
                 target=self._compute, args=(msg, kind, future), name=f"scope-{kind}", daemon=True
-            ).start()
+            )
+            worker.start()
+            self._workers = [w for w in self._workers if w.is_alive()] + [worker]
 
     def pixels(self, shot: Shot, timeout_s: float = 0.0) -> Any:
         """The last frame's pixels (a read-only view)."""
@@ -183,5 +186,13 @@ class LocalScope:
     def device(self, kind: type[T]) -> T | None:
         return self.devices.device(kind)
 
-    def close(self) -> None:
+    def close(self, join_timeout_s: float = 60.0) -> None:
+        """Wait for background computations, then close the devices. A daemon thread still
+        inside a model's native code when the interpreter exits is torn down mid-frame, and
+        the C++ runtime aborts the process ("exception not rethrown"): a Ctrl-C during a
+        flake search must end with exit code 130 and its files written, not a core dump."""
+        deadline = time.monotonic() + join_timeout_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._workers = [w for w in self._workers if w.is_alive()]
         self.devices.close()
