@@ -207,7 +207,7 @@ def test_a_killed_worker_s_frames_are_reported_missing_never_skipped(ipc_dir):
                 p.kill()
         sub.close()
         ctx.term()
-    order = InOrder(gap_timeout_s=0.5)
+    order = InOrder(gap_timeout_s=0.5, max_gap_timeout_s=0.5)
     released = []
     for _, i, _ in [a for a in arrivals if a[0] == "detections"]:
         order.add(i, i)
@@ -221,7 +221,7 @@ def test_a_killed_worker_s_frames_are_reported_missing_never_skipped(ipc_dir):
 
 
 def test_in_order_holds_gaps_then_reports_them():
-    order: InOrder[str] = InOrder(gap_timeout_s=1.0)
+    order: InOrder[str] = InOrder(gap_timeout_s=1.0, max_gap_timeout_s=1.0)  # a fixed wait
     order.add(1, "b", now=0.0)
     order.add(2, "c", now=0.1)
     assert order.ready(now=0.5) == []  # 0 may still come
@@ -234,3 +234,32 @@ def test_in_order_holds_gaps_then_reports_them():
     order.add(3, "d", now=2.1)
     order.add(4, "e", now=2.1)
     assert (order.late, order.duplicates) == (1, 1)
+
+
+def test_in_order_learns_how_far_apart_slow_workers_finish():
+    """Two slow workers with queues: every even frame comes 3 s after the odd one after it.
+    A fixed 2 s wait gives up on every even frame; the learned wait only on those it gave up
+    on before the first late one (frame 0, at 3 s) showed how far apart the workers are."""
+    arrivals = []
+    for k in range(0, 40, 2):
+        arrivals += [(k + 1, 0.1 * k), (k, 0.1 * k + 3.0)]
+    arrivals.sort(key=lambda a: a[1])
+
+    def missing(order: InOrder) -> list[int]:
+        for image_id, t in arrivals:
+            order.add(image_id, image_id, now=t)
+            order.ready(now=t)
+        order.flush()
+        return order.missing
+
+    assert len(missing(InOrder(gap_timeout_s=2.0, max_gap_timeout_s=2.0))) == 20
+    learned = InOrder(gap_timeout_s=2.0)
+    assert missing(learned) == [0, 2, 4, 6, 8] and learned.late == 5
+    assert learned.gap_timeout_s >= 3.0 * 3.0
+    # A frame that never comes is still reported, once the learned wait has passed.
+    learned = InOrder(gap_timeout_s=2.0)
+    learned.add(1, "b", now=0.0)
+    learned.add(0, "a", now=1.0)  # a gap of 1 s closed: wait 3 s from now on
+    learned.add(3, "d", now=2.0)
+    assert learned.ready(now=4.5) == [(0, "a"), (1, "b")]
+    assert learned.ready(now=5.1) == [(2, None), (3, "d")]

@@ -496,6 +496,7 @@ class _Collector:
             "frames_analysed": self.analysed,
             "frames_missing": max(len(self.order.missing), produced - self.analysed),
             "late_results": self.order.late,
+            "gap_wait_s": round(self.order.gap_timeout_s, 2),  # learned, see InOrder
             "analysis_fps": _rate(self.arrivals),
             "latency_ms_p50": _percentile(self.latency_ms, 50),
             "latency_ms_p99": _percentile(self.latency_ms, 99),
