@@ -90,6 +90,7 @@ def _cmd_node_infer(args) -> int:
             oxide=args.oxide_nm,
             detect_pixel_nm=args.detect_pixel_nm,
             work_endpoint=args.work,
+            max_rate_hz=args.max_rate,
         ),
         metrics_port=args.metrics_port,
     )
@@ -332,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="particle_detector: analyse frames finer than this binned to about it (default "
         "0.06, which keeps atomic lattice fringes; 1 analyses 0.5 nm/px liquid-cell frames at a "
         "quarter of the cost)",
+    )
+    inf.add_argument(
+        "--max-rate",
+        type=float,
+        default=None,
+        metavar="HZ",
+        help="latest-only: analyse at most HZ frames a second, the newest each time (a display "
+        "path beside every-frame workers, leaving them the cores); default: as fast as it goes",
     )
     inf.set_defaults(func=_cmd_node_infer)
 

@@ -3,6 +3,7 @@ every-frame stream, results put back in frame order, a killed worker's frames re
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -263,3 +264,43 @@ def test_in_order_learns_how_far_apart_slow_workers_finish():
     learned.add(3, "d", now=2.0)
     assert learned.ready(now=4.5) == [(0, "a"), (1, "b")]
     assert learned.ready(now=5.1) == [(2, None), (3, "d")]
+
+
+def test_a_rate_capped_display_node_denoises_the_newest_frame_a_few_times_a_second(ipc_dir):
+    """--max-rate: a latest-only node beside the workers takes at most HZ frames a second,
+    each the newest (image ids advance by the frames it let go), and refuses --work."""
+    acquire = AcquireNode(  # no every-frame stream: nothing here would take it
+        _camera(20.0),
+        AcquireConfig(
+            frames_endpoint=f"ipc://{ipc_dir}/frames",
+            commands_endpoint=f"ipc://{ipc_dir}/commands",
+            mode="continuous",
+            frame_rate_hz=20.0,
+        ),
+    )
+    display = InferNode(
+        InferConfig(
+            frames_endpoint=acquire.frames_endpoint,
+            results_endpoint=f"ipc://{ipc_dir}/display",
+            model="denoiser",
+            backend="onnxruntime",
+            max_rate_hz=2.0,
+        )
+    )
+    ctx = zmq.Context()
+    sub = _results_sub(ctx, [display.results_endpoint])
+    arrivals: list = []
+    try:
+        with running(display):
+            time.sleep(0.3)
+            with running(acquire):
+                _collect(sub, time.monotonic() + 4.0, arrivals)
+    finally:
+        sub.close()
+        ctx.term()
+    ids = [i for kind, i, _ in arrivals if kind == "denoised"]
+    assert 4 <= len(ids) <= 10  # ~2 a second over 4 s, not the camera's 20
+    gaps = [b - a for a, b in itertools.pairwise(ids)]
+    assert min(gaps) >= 5  # the newest each time: the frames in between were let go
+    with pytest.raises(ValueError, match="latest-only"):
+        InferNode(InferConfig(work_endpoint="ipc:///tmp/none", model="denoiser", max_rate_hz=2.0))

@@ -200,3 +200,26 @@ def test_the_job_corrects_drift_through_the_acquisition_node(tmp_path):
     # The stage went the other way, nearly as far (the loop runs a sample behind).
     assert np.hypot(*(moved + drift)) < 0.35 * np.hypot(*drift)
     assert (out / "drift.csv").exists() and (out / "drift.png").exists()
+
+
+def test_a_display_denoiser_feeds_the_video_and_the_drift_while_workers_only_detect(tmp_path):
+    """--display-model denoiser: one latest-only node denoises a few frames a second; the
+    drift is registered on its denoised frames, the workers detect every frame."""
+    out = tmp_path / "display"
+    spec = ("sim:insitu,particle_density=1500,motion=confined,confinement_nm=2,drift_x=20,"
+            "drift_y=-10")  # fmt: skip
+    run = scopeflow_cli(
+        "run", "insitu", "--scope", spec, "--fps", "20", "--frame-size", "256",
+        "--duration", "5", "--model", "particle_detector", "--display-model", "denoiser",
+        "--display-fps", "5", "--out", str(out), timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads((out / "outcome.json").read_text())
+    f = doc["figures"]
+    assert f["frames_analysed"] == f["frames_produced"] and f["frames_missing"] == 0
+    assert f["drift_source"] == "denoised"
+    expected = np.array([20.0, -10.0]) * f["drift_time_s"]
+    drift = np.array([f["drift_x_nm"], f["drift_y_nm"]])
+    assert np.hypot(*expected) > 40 and np.hypot(*(drift - expected)) < 0.25 * np.hypot(*expected)
+    assert "display" in doc["memory"]  # the display node is one of the job's processes
+    assert (out / "overlay.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")

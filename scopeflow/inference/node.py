@@ -57,6 +57,9 @@ class InferConfig:
     detect_pixel_nm: float | None = None  # particle detector: analyse finer frames binned to this
     #: every frame from this lossless endpoint (connect) instead of the newest from frames
     work_endpoint: str | None = None
+    #: latest-only: analyse at most this many frames a second (a display path that leaves the
+    #: cores to the every-frame workers); None: as fast as the model goes
+    max_rate_hz: float | None = None
 
 
 class InferNode:
@@ -66,6 +69,11 @@ class InferNode:
         self, config: InferConfig, ctx: zmq.Context | None = None, metrics_port: int | None = None
     ) -> None:
         self.config = config
+        if config.max_rate_hz is not None:
+            if config.work_endpoint is not None:
+                raise ValueError("--max-rate applies to the latest-only path, not to --work")
+            if not config.max_rate_hz > 0:
+                raise ValueError(f"--max-rate must be positive, got {config.max_rate_hz:g}")
         self.processor: Processor = make_processor(
             config.model,
             config.backend,
@@ -109,11 +117,26 @@ class InferNode:
 
     def run(self) -> None:
         """Serve until stopped, then close the sockets."""
+        rate = self.config.max_rate_hz
+        next_at = 0.0  # with a rate cap: no frame taken before this
+        pending = None  # the newest frame that came before then
         try:
             while not self.rt.stopping:
-                msg = self.receiver.poll(POLL_MS)
+                # Keep draining while capped: a full subscriber queue drops the *new* frames,
+                # so sleeping instead would hand over stale ones.
+                wait_ms = (next_at - time.monotonic()) * 1000
+                msg = self.receiver.poll(
+                    POLL_MS if wait_ms <= 0 else int(min(POLL_MS, wait_ms) + 1)
+                )
                 if msg is not None:
                     self._heard(msg.header.series_unique_id)
+                    if pending is not None:
+                        self.rt.metrics.inc("frames_skipped")
+                    pending = msg
+                if pending is not None and time.monotonic() >= next_at:
+                    if rate is not None:
+                        next_at = time.monotonic() + 1.0 / rate
+                    msg, pending = pending, None
                     self._handle(msg)
                 beat = self.rt.heartbeat_due(
                     model=self.processor.name,

@@ -55,6 +55,7 @@ GIF_MAX_FRAMES = 120
 LATENCY_SAMPLES = 100_000  # latencies kept (later, every 10th frame replaces one)
 DRIFT_EVERY_S = 0.25  # a drift estimate (and, with --drift correct, a correction) this often
 FINISH_S = 60.0  # default: after the camera stops, time for queued frames to be analysed
+DISPLAY_FPS = 4.0  # default rate of the latest-only display denoiser (--display-model)
 
 
 @dataclass
@@ -79,6 +80,8 @@ class InsituJob:
     frames_endpoint: str | None = None
     drift: str = "estimate"  # off, estimate, correct
     finish_s: float = FINISH_S
+    display_model: str | None = None  # latest-only denoiser beside the workers (video, drift)
+    display_fps: float = DISPLAY_FPS
 
     name = "insitu"
     needs: tuple[str, ...] = ()
@@ -94,6 +97,21 @@ class InsituJob:
             "--model",
             default="denoiser,particle_detector",
             help="model or chain each worker runs on every frame",
+        )
+        g.add_argument(
+            "--display-model",
+            choices=["denoiser"],
+            default=None,
+            help="a latest-only node beside the workers: denoises the newest frame at most "
+            "--display-fps times a second for the video and the drift estimate, so that the "
+            "every-frame workers need not (e.g. --model particle_detector --display-model "
+            "denoiser)",
+        )
+        g.add_argument(
+            "--display-fps",
+            type=float,
+            default=DISPLAY_FPS,
+            help="frames a second the display node denoises (default %(default)s)",
         )
         g.add_argument("--workers", type=int, default=1, help="analysis worker processes")
         g.add_argument(
@@ -146,6 +164,8 @@ class InsituJob:
             raise UsageError("--fps and --duration must be > 0, --workers ≥ 1, --frame-size ≥ 64")
         if args.detect_pixel_nm is not None and not args.detect_pixel_nm > 0:
             raise UsageError("--detect-pixel-nm must be > 0")
+        if not args.display_fps > 0:
+            raise UsageError("--display-fps must be > 0")
         if args.record is not None and Path(args.record).exists():
             raise UsageError(f"--record {args.record} exists: record to a new path")
         return cls(
@@ -154,6 +174,7 @@ class InsituJob:
             search_range_nm=args.search_range_nm, memory=args.memory, lossless=args.lossless,
             work=args.work, frames_endpoint=args.frames_endpoint, drift=args.drift,
             finish_s=args.finish_s, detect_pixel_nm=args.detect_pixel_nm,
+            display_model=args.display_model, display_fps=args.display_fps,
         )  # fmt: skip
 
     # -- the run -------------------------------------------------------------------------------
@@ -193,8 +214,17 @@ class InsituJob:
                      *scale],
                     logs / f"worker-{k}.log",
                 )  # fmt: skip
+            display = None
+            if self.display_model is not None:
+                display = f"ipc://{ipc}/display"
+                procs["display"] = _start(
+                    [*SF, "node", "infer", "--frames", frames, "--results", display,
+                     "--model", self.display_model, "--name", "display", "--threads", "1",
+                     "--max-rate", str(self.display_fps)],
+                    logs / "display.log",
+                )  # fmt: skip
             _wait_ready(procs)
-            collector = _Collector(self, frames, results, commands)
+            collector = _Collector(self, frames, results, commands, display)
             try:
                 if camera is not None:
                     procs["acquire"] = _start(camera, logs / "acquire.log")
@@ -273,7 +303,14 @@ class InsituJob:
 class _Collector:
     """Results in, in order, into the tracker; live rates; frames for the video."""
 
-    def __init__(self, job: InsituJob, frames: str, results: list[str], commands: str) -> None:
+    def __init__(
+        self,
+        job: InsituJob,
+        frames: str,
+        results: list[str],
+        commands: str,
+        display: str | None = None,
+    ) -> None:
         self.job = job
         self.ctx = zmq.Context()
         self.drift: DriftEstimator | None = None
@@ -308,6 +345,17 @@ class _Collector:
         self._poller = zmq.Poller()  # built once: _poll runs every 50 ms for the whole run
         self._poller.register(self.results, zmq.POLLIN)
         self._poller.register(self.frames, zmq.POLLIN)
+        # The display node's denoised frames (latest-only): the video and the drift use them
+        # instead of raw frames, and the raw image stream is then never subscribed to.
+        self.display: zmq.Socket | None = None
+        if display is not None:
+            self.display = self.ctx.socket(zmq.SUB)
+            self.display.setsockopt(zmq.LINGER, 0)
+            self.display.setsockopt(zmq.RCVHWM, 2)
+            self.display.setsockopt(zmq.SUBSCRIBE, b"denoised")
+            self.display.connect(display)
+            self._poller.register(self.display, zmq.POLLIN)
+        self.drift_source = "denoised" if display is not None else "raw"
         self.order: InOrder[Any] = InOrder()
         self.tracker: LiveTracker | None = None
         self.series: str | None = None
@@ -330,6 +378,8 @@ class _Collector:
             self._client.close()
         self.results.close()
         self.frames.close()
+        if self.display is not None:
+            self.display.close()
         self.ctx.term()
 
     def run(self, procs: dict[str, subprocess.Popen]) -> dict[str, Any]:
@@ -399,10 +449,12 @@ class _Collector:
             got += 1
         if self.frames in events:
             self._frame_stream()
+        if self.display is not None and self.display in events:
+            self._display_stream()
         now = time.monotonic()
         gif_due = now >= self._next_gif and len(self.gif) < GIF_MAX_FRAMES
         drift_due = self.job.drift != "off" and now >= self._next_drift
-        if not self._want_image and (gif_due or drift_due):
+        if self.display is None and not self._want_image and (gif_due or drift_due):
             self.frames.setsockopt(zmq.SUBSCRIBE, b"image")
             self._want_image = True
         self._release(self.order.ready())
@@ -422,6 +474,18 @@ class _Collector:
                 self._sampled(msg)
                 self.frames.setsockopt(zmq.UNSUBSCRIBE, b"image")
                 self._want_image = False
+
+    def _display_stream(self) -> None:
+        """The newest denoised frame of the display node, for the video and the drift."""
+        assert self.display is not None
+        newest = None
+        for _ in range(100):
+            try:
+                newest = recv(self.display, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if newest is not None and self.series in (None, newest.header.series_unique_id):
+            self._sampled(newest)
 
     def _sampled(self, msg: Any) -> None:
         """A frame from the latest-only stream: for the video, and the drift."""
@@ -524,6 +588,7 @@ class _Collector:
             last = table.iloc[-1]
             s["drift_x_nm"], s["drift_y_nm"] = float(last["drift_x_nm"]), float(last["drift_y_nm"])
             s["drift_samples_lost"] = self.drift.lost
+            s["drift_source"] = self.drift_source
             s["drift_time_s"] = float(last["time_s"] - table.iloc[0]["time_s"])
             if self.corrector is not None:
                 s["drift_corrections"] = self.corrector.moves
