@@ -51,7 +51,7 @@ OPTIONAL = (Stigmator, BeamShift, Illumination, Objective)
 KINDS: dict[str, set[type]] = {
     "sim-sem": CORE | {Stigmator, BeamShift, Illumination},
     "sim-optical": CORE | {Objective},
-    "sim-insitu": CORE | {Illumination},
+    "sim-insitu": CORE | {Illumination, BeamShift},
     "remote": {FocusDrive, XYStage},  # frames travel on the frame stream, not the client
     "mmcore-sim": CORE | {Objective},  # the simulated turret as a Micro-Manager state device
 }

@@ -187,19 +187,43 @@ def test_the_job_corrects_drift_through_the_acquisition_node(tmp_path):
             "drift_y=-10")  # fmt: skip
     run = scopeflow_cli(
         "run", "insitu", "--scope", spec, "--fps", "20", "--frame-size", "256",
-        "--duration", "4", "--model", "particle_detector", "--drift", "correct", "--out", str(out),
-        timeout=180,
+        "--duration", "4", "--model", "particle_detector", "--drift", "correct",
+        "--drift-actuator", "stage", "--out", str(out), timeout=180,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     f = json.loads((out / "outcome.json").read_text())["figures"]
     expected = np.array([20.0, -10.0]) * f["drift_time_s"]  # the simulator's drift meanwhile
     drift = np.array([f["drift_x_nm"], f["drift_y_nm"]])
     assert np.hypot(*(drift - expected)) < 0.25 * np.hypot(*expected)
-    moved = np.array([f["stage_moved_x_nm"], f["stage_moved_y_nm"]])
+    moved = np.array([f["field_moved_x_nm"], f["field_moved_y_nm"]])
     assert f["drift_corrections"] >= 3 and f["drift_corrections_refused"] == 0
+    assert f["drift_actuator"] == "stage" and f["beam_shift_x_um"] == 0.0
     # The stage went the other way, nearly as far (the loop runs a sample behind).
     assert np.hypot(*(moved + drift)) < 0.35 * np.hypot(*drift)
     assert (out / "drift.csv").exists() and (out / "drift.png").exists()
+
+
+def test_drift_is_corrected_with_the_beam_shift_handing_off_to_the_stage(tmp_path):
+    """auto on a microscope with a beam shift: the beam moves the field; past 80 % of its
+    range (a 0.2 µm range here, so the run must hand off) the stage takes the shift over."""
+    out = tmp_path / "beam"
+    spec = ("sim:insitu,particle_density=1500,motion=confined,confinement_nm=2,drift_x=60,"
+            "drift_y=-30,beam_shift_range=0.2")  # fmt: skip
+    run = scopeflow_cli(
+        "run", "insitu", "--scope", spec, "--fps", "20", "--frame-size", "256",
+        "--duration", "6", "--model", "particle_detector", "--drift", "correct",
+        "--out", str(out), timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    f = json.loads((out / "outcome.json").read_text())["figures"]
+    assert f["drift_actuator"] == "beam" and f["drift_corrections_refused"] == 0
+    expected = np.array([60.0, -30.0]) * f["drift_time_s"]
+    drift = np.array([f["drift_x_nm"], f["drift_y_nm"]])
+    assert np.hypot(*expected) > 200 and np.hypot(*(drift - expected)) < 0.25 * np.hypot(*expected)
+    moved = np.array([f["field_moved_x_nm"], f["field_moved_y_nm"]])
+    assert np.hypot(*(moved + drift)) < 0.35 * np.hypot(*drift)
+    assert f["beam_handoffs"] >= 1  # 0.16 µm of beam, then the stage
+    assert max(abs(f["beam_shift_x_um"]), abs(f["beam_shift_y_um"])) <= 0.2
 
 
 def test_a_display_denoiser_feeds_the_video_and_the_drift_while_workers_only_detect(tmp_path):

@@ -149,6 +149,38 @@ def test_commands_move_the_microscope_and_replies_carry_the_new_state(ipc_dir):
     assert sem.state().wd_um == pytest.approx(5012.5)
 
 
+def test_beam_shift_moves_the_field_within_its_range_and_counts_as_a_move(ipc_dir):
+    """Protocol 1.4 ``set_beam_shift``: absolute, in the reply's state, refused past the
+    range the limits report (the guard, in one place), refused by a microscope without one."""
+    from scopeflow_lab.sim.sim_adapter import open_simulator
+
+    with pipeline(ipc_dir, small_sem(), with_infer=False) as p:
+        client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)
+        try:
+            limit = client.get_state().limits.beam_shift_range_um
+            assert limit == 20.0  # the SEM simulator's coils
+            r = client.set_beam_shift(1.5, -0.25)
+            assert (r.state.beam_shift_x_um, r.state.beam_shift_y_um) == (1.5, -0.25)
+            assert r.command_seq == 1
+            with pytest.raises(CommandRejected) as info:
+                client.set_beam_shift(limit + 1.0, 0.0)
+            assert info.value.code == "limit"
+            state = client.get_state()
+            assert state.command_seq == 1 and state.state.beam_shift_x_um == 1.5
+        finally:
+            client.close()
+    optical = open_simulator("optical,frame_size=64")
+    with pipeline(ipc_dir, optical, with_infer=False) as p:
+        client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)
+        try:
+            assert client.get_state().limits.beam_shift_range_um is None
+            with pytest.raises(CommandRejected, match="no beam shift") as info:
+                client.set_beam_shift(0.1, 0.0)
+            assert info.value.code == "device_error"
+        finally:
+            client.close()
+
+
 def test_max_wd_step_is_enforced_by_the_server(ipc_dir):
     with pipeline(ipc_dir, small_sem(max_wd_step_um=10.0), with_infer=False) as p:
         client = MicroscopeClient(p.ctx, p.commands, timeout_s=5)

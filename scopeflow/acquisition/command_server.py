@@ -14,9 +14,17 @@ from collections.abc import Callable
 
 from scopeflow.devices.frames import MoveCounter
 from scopeflow.devices.limits import guard
-from scopeflow.devices.protocols import Frame, Microscope
+from scopeflow.devices.protocols import BeamShift, Frame, Microscope
 from scopeflow.errors import DeviceError, RateLimitError, ScopeflowError
-from scopeflow.schemas.commands import Acquire, Command, GetState, MoveStage, Reply, SetWD
+from scopeflow.schemas.commands import (
+    Acquire,
+    Command,
+    GetState,
+    MoveStage,
+    Reply,
+    SetBeamShift,
+    SetWD,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,8 @@ class TokenBucket:
 class CommandServer:
     """Executes commands; ``publish_frame`` sends an acquired frame and returns its image_id.
 
-    ``command_seq`` counts the state-changing commands (``set_wd``, ``move_stage``) carried out;
+    ``command_seq`` counts the state-changing commands (``set_wd``, ``move_stage``,
+    ``set_beam_shift``) carried out;
     frames are stamped with it so consumers can tell frames taken before a move from those after.
     """
 
@@ -84,6 +93,11 @@ class CommandServer:
                 self._moves.run(
                     lambda: self.microscope.move_stage(cmd.x_um, cmd.y_um, wait=cmd.wait)
                 )
+            elif isinstance(cmd, SetBeamShift):
+                shift = self.microscope.device(BeamShift)
+                if shift is None:
+                    raise DeviceError(f"{self.microscope.name} has no beam shift")
+                self._moves.run(lambda: shift.set_beam_shift(cmd.x_um, cmd.y_um))
             elif isinstance(cmd, Acquire):
                 image_id = self.publish_frame(self.microscope.acquire())
             elif not isinstance(cmd, GetState):  # pragma: no cover - the schema is closed

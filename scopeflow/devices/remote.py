@@ -20,7 +20,7 @@ import time
 import zmq
 
 from scopeflow.errors import PeerTimeout, ProtocolError, ScopeflowError
-from scopeflow.schemas.commands import Acquire, GetState, MoveStage, Reply, SetWD
+from scopeflow.schemas.commands import Acquire, GetState, MoveStage, Reply, SetBeamShift, SetWD
 from scopeflow.schemas.results import ErrorMessage
 from scopeflow.schemas.state import Limits, MicroscopeState
 from scopeflow.transport import endpoints
@@ -69,7 +69,12 @@ class MicroscopeClient:
     def get_state(self) -> Reply:
         return self._request(GetState(seq=next(self._seq)))
 
-    def _request(self, cmd: SetWD | MoveStage | Acquire | GetState) -> Reply:
+    def set_beam_shift(self, x_um: float, y_um: float) -> Reply:
+        """Shift the field electronically to (x, y) µm (protocol 1.4; an older server answers
+        ``unknown_command``)."""
+        return self._request(SetBeamShift(seq=next(self._seq), x_um=x_um, y_um=y_um))
+
+    def _request(self, cmd: SetWD | MoveStage | SetBeamShift | Acquire | GetState) -> Reply:
         self.last_sent_ns = time.monotonic_ns()
         try:
             send(self.sock, cmd)

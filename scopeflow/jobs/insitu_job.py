@@ -42,7 +42,7 @@ import zmq
 
 from scopeflow.devices.remote import MicroscopeClient
 from scopeflow.errors import UsageError
-from scopeflow.jobs.insitu.drift import DriftCorrector, DriftEstimator
+from scopeflow.jobs.insitu.drift import DriftCorrector, DriftEstimator, FieldMover
 from scopeflow.jobs.insitu.memory import MemoryTrace
 from scopeflow.jobs.insitu.order import InOrder
 from scopeflow.jobs.insitu.outputs import write_drift, write_gif, write_plots, write_tables
@@ -79,6 +79,7 @@ class InsituJob:
     work: str | None = None
     frames_endpoint: str | None = None
     drift: str = "estimate"  # off, estimate, correct
+    drift_actuator: str = "auto"  # auto (beam shift where the microscope has one), beam, stage
     finish_s: float = FINISH_S
     display_model: str | None = None  # latest-only denoiser beside the workers (video, drift)
     display_fps: float = DISPLAY_FPS
@@ -145,7 +146,15 @@ class InsituJob:
             choices=["off", "estimate", "correct"],
             default="estimate",
             help="specimen drift from the live frames: off, estimate (drift.csv, drift.png), or "
-            "correct (stage moves through the acquisition node, within its limits)",
+            "correct (moves through the acquisition node, within its limits)",
+        )
+        g.add_argument(
+            "--drift-actuator",
+            choices=["auto", "beam", "stage"],
+            default="auto",
+            help="what --drift correct moves: the beam (image) shift, handing off to the stage "
+            "near the end of its range, or the stage alone; auto: beam where the microscope "
+            "reports a beam shift (protocol 1.4), else stage",
         )
         g.add_argument(
             "--lossless",
@@ -175,6 +184,7 @@ class InsituJob:
             work=args.work, frames_endpoint=args.frames_endpoint, drift=args.drift,
             finish_s=args.finish_s, detect_pixel_nm=args.detect_pixel_nm,
             display_model=args.display_model, display_fps=args.display_fps,
+            drift_actuator=args.drift_actuator,
         )  # fmt: skip
 
     # -- the run -------------------------------------------------------------------------------
@@ -316,10 +326,9 @@ class _Collector:
         self.drift: DriftEstimator | None = None
         self.corrector: DriftCorrector | None = None
         self._client: MicroscopeClient | None = None
-        self._stage_um: tuple[float, float] = (0.0, 0.0)
-        if job.drift == "correct":
+        self.mover: FieldMover | None = None
+        if job.drift == "correct":  # the mover reads the microscope once the camera is up
             self._client = MicroscopeClient(self.ctx, commands, timeout_s=5.0)
-            self.corrector = DriftCorrector(self._move_by)
         self._next_drift = 0.0
         # Import what the analysis needs now: seconds of imports once frames flow would stall
         # the collector (and the drift samples) at the start of the run.
@@ -387,6 +396,12 @@ class _Collector:
         t0 = time.monotonic()
         next_line = t0 + 1.0
         self._pids = {name: p.pid for name, p in procs.items()} | {"job": os.getpid()}
+        if self._client is not None:
+            try:
+                self.mover = FieldMover.open(self._client, self.job.drift_actuator)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            self.corrector = DriftCorrector(self.mover.move_by)
         try:
             while time.monotonic() - t0 < self.job.duration_s:
                 self._poll(50)
@@ -497,21 +512,18 @@ class _Collector:
         if self.job.drift == "off" or now < self._next_drift:
             return
         self._next_drift = now + DRIFT_EVERY_S
-        self._stage_um = (float(h.state.stage_x_um), float(h.state.stage_y_um))
+        st = h.state
         if self.drift is None:
-            self.drift = DriftEstimator(float(h.state.pixel_size_nm))
-        stage_nm = (self._stage_um[0] * 1e3, self._stage_um[1] * 1e3)
+            self.drift = DriftEstimator(float(st.pixel_size_nm))
+        # Where this frame's field was, by our own doing (stage and beam shift): not drift.
+        field_nm = (
+            (st.stage_x_um + (st.beam_shift_x_um or 0.0)) * 1e3,
+            (st.stage_y_um + (st.beam_shift_y_um or 0.0)) * 1e3,
+        )
         t = h.image_id / self.job.fps
-        drift = self.drift.update(h.image_id, t, pixels, stage_nm)
+        drift = self.drift.update(h.image_id, t, pixels, field_nm)
         if drift is not None and self.corrector is not None:
             self.corrector.update(drift)
-
-    def _move_by(self, dx_nm: float, dy_nm: float) -> None:
-        """A relative stage move (the drift corrector's), from the last known position."""
-        assert self._client is not None
-        x, y = self._stage_um[0] + dx_nm / 1e3, self._stage_um[1] + dy_nm / 1e3
-        reply = self._client.move_stage(x, y)
-        self._stage_um = (float(reply.state.stage_x_um), float(reply.state.stage_y_um))
 
     def _release(self, items: list[tuple[int, Any]]) -> None:
         for image_id, header in items:
@@ -590,10 +602,13 @@ class _Collector:
             s["drift_samples_lost"] = self.drift.lost
             s["drift_source"] = self.drift_source
             s["drift_time_s"] = float(last["time_s"] - table.iloc[0]["time_s"])
-            if self.corrector is not None:
+            if self.corrector is not None and self.mover is not None:
                 s["drift_corrections"] = self.corrector.moves
-                s["stage_moved_x_nm"] = self.corrector.corrected_nm[0]
-                s["stage_moved_y_nm"] = self.corrector.corrected_nm[1]
+                s["drift_actuator"] = self.mover.actuator
+                s["field_moved_x_nm"] = self.corrector.corrected_nm[0]
+                s["field_moved_y_nm"] = self.corrector.corrected_nm[1]
+                s["beam_shift_x_um"], s["beam_shift_y_um"] = self.mover.beam_um
+                s["beam_handoffs"] = self.mover.handoffs
                 s["drift_corrections_refused"] = self.corrector.refused
         return s
 

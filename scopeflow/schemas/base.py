@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = "1.3"
+PROTOCOL_VERSION = "1.4"
 PROTOCOL_MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 _VERSION_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from scopeflow.schemas.base import Header, Int64, SeriesUid
-from scopeflow.schemas.state import FocusUm, Limits, MicroscopeState, StageUm
+from scopeflow.schemas.state import BeamShiftUm, FocusUm, Limits, MicroscopeState, StageUm
 
 Seq = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -33,6 +33,16 @@ class MoveStage(_Command):
     wait: bool = True
 
 
+class SetBeamShift(_Command):
+    """Shift the imaged field electronically (beam / image shift) to absolute (x, y) µm in
+    stage coordinates, without moving the stage. Since 1.4; older servers answer
+    ``unknown_command``."""
+
+    command: Literal["set_beam_shift"] = "set_beam_shift"
+    x_um: BeamShiftUm
+    y_um: BeamShiftUm
+
+
 class Acquire(_Command):
     """Acquire one frame; it is published on the frame stream, the reply names its image_id."""
 
@@ -45,16 +55,18 @@ class GetState(_Command):
     command: Literal["get_state"] = "get_state"
 
 
-Command = Annotated[SetWD | MoveStage | Acquire | GetState, Field(discriminator="command")]
+Command = Annotated[
+    SetWD | MoveStage | SetBeamShift | Acquire | GetState, Field(discriminator="command")
+]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-COMMAND_NAMES = ("set_wd", "move_stage", "acquire", "get_state")
+COMMAND_NAMES = ("set_wd", "move_stage", "set_beam_shift", "acquire", "get_state")
 
 
 class Reply(Header):
     """Success reply to a command, carrying the state after it was carried out."""
 
     seq: Seq
-    command: Literal["set_wd", "move_stage", "acquire", "get_state"]
+    command: Literal["set_wd", "move_stage", "set_beam_shift", "acquire", "get_state"]
     state: MicroscopeState
     limits: Limits
     command_seq: Int64 = Field(

@@ -11,7 +11,15 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from scopeflow.schemas.commands import COMMAND_ADAPTER, Acquire, GetState, MoveStage, Reply, SetWD
+from scopeflow.schemas.commands import (
+    COMMAND_ADAPTER,
+    Acquire,
+    GetState,
+    MoveStage,
+    Reply,
+    SetBeamShift,
+    SetWD,
+)
 from scopeflow.schemas.results import DetectionsResult, ErrorMessage, FocusEstimate, NodeStatus
 from scopeflow.schemas.series import DenoisedHeader, ImageHeader, SeriesEnd, SeriesStart
 
@@ -48,6 +56,7 @@ KIND_OF_MODEL: dict[type, str] = {
     SeriesEnd: "series_end",
     SetWD: "command",
     MoveStage: "command",
+    SetBeamShift: "command",
     Acquire: "command",
     GetState: "command",
     Reply: "reply",

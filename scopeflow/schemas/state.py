@@ -16,6 +16,8 @@ from scopeflow.schemas.base import ClosedModel
 # by the command server (see Limits).
 FocusUm = Annotated[float, Field(ge=-1e6, le=1e6)]
 StageUm = Annotated[float, Field(ge=-1e6, le=1e6)]
+# Beam (image) shift: the field moved electronically, in stage coordinates (since 1.4).
+BeamShiftUm = Annotated[float, Field(ge=-1e4, le=1e4)]
 
 
 class MicroscopeState(ClosedModel):
@@ -37,6 +39,12 @@ class MicroscopeState(ClosedModel):
     numerical_aperture: Annotated[float, Field(gt=0, le=1.7)] | None = Field(
         default=None, description="Objective NA (light microscopes)."
     )
+    beam_shift_x_um: BeamShiftUm | None = Field(
+        default=None,
+        description="Beam (image) shift x, µm in stage coordinates: the field centre is at "
+        "stage + shift. Sent by microscopes that have one (since 1.4).",
+    )
+    beam_shift_y_um: BeamShiftUm | None = None
 
     def depth_of_field_um(self) -> float | None:
         """Depth of field per side: pixel size / α for electron beams (DESIGN §5), half the
@@ -73,6 +81,10 @@ class Limits(ClosedModel):
     stage_y_max_um: StageUm
     max_wd_step_um: Annotated[float, Field(gt=0, le=2e6)] | None = Field(
         default=None, description="Largest single WD move accepted; None means unlimited."
+    )
+    beam_shift_range_um: Annotated[float, Field(gt=0, le=1e4)] | None = Field(
+        default=None,
+        description="Largest |x| and |y| beam shift accepted; None: no beam shift (since 1.4).",
     )
 
     @model_validator(mode="after")

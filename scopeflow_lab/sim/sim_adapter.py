@@ -39,6 +39,7 @@ class SimOptions:
     confinement_nm: float = 0.0  # insitu: confined particles' range (0: the simulator's, 10)
     drift_x: float = 0.0  # insitu: specimen drift, nm/s
     drift_y: float = 0.0
+    beam_shift_range: float = 0.0  # insitu: the image shift's range, µm (0: the simulator's, 2)
     pool: int = 0  # insitu: replay this many frames rendered once (any fps); 0: render each
 
 
@@ -84,6 +85,8 @@ def simulator(kind: str, options: SimOptions) -> Any:
     """A simulated SEM, optical flake-chip microscope or in-situ TEM camera."""
     if options.pool and kind != "insitu":
         raise UsageError("pool applies to the insitu camera only")
+    if options.beam_shift_range and kind != "insitu":
+        raise UsageError("beam_shift_range applies to the insitu camera only")
     if kind == "sem":
         return _sem(options)
     if kind == "optical":
@@ -101,6 +104,8 @@ def simulator(kind: str, options: SimOptions) -> Any:
             extra["motion_weights"] = ((options.motion, 1.0),)
         if options.confinement_nm > 0:
             extra["confinement_nm"] = options.confinement_nm
+        if options.beam_shift_range > 0:
+            extra["beam_shift_range_um"] = options.beam_shift_range
         config = InSituConfig(
             frame_shape=size,
             fps=options.fps,

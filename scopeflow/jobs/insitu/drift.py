@@ -118,3 +118,63 @@ class DriftCorrector:
         self.corrected_nm[1] += step[1]
         self.moves += 1
         return step[0], step[1]
+
+
+@dataclass
+class FieldMover:
+    """Relative field moves for the drift corrector, by beam (image) shift or by the stage.
+
+    With ``actuator="beam"`` the field is moved electronically (no backlash, no stage settling)
+    until the shift would pass ``handoff_fraction`` of its range; then the stage takes the
+    whole shift and the beam goes back to zero (two commands; a frame between them shows the
+    field off by the shift, and the drift estimator, which reads both from each frame's
+    header, does not count it as drift). ``client`` is a
+    :class:`~scopeflow.devices.remote.MicroscopeClient`: every move goes through the
+    acquisition node's command server and its limits.
+    """
+
+    client: Any
+    actuator: str  # "beam" or "stage"
+    stage_um: tuple[float, float] = (0.0, 0.0)
+    beam_um: tuple[float, float] = (0.0, 0.0)
+    range_um: float | None = None
+    handoff_fraction: float = 0.8
+    handoffs: int = 0
+
+    @classmethod
+    def open(cls, client: Any, actuator: str) -> FieldMover:
+        """Read the microscope's state and limits; ``actuator`` auto, beam or stage (auto:
+        beam where the microscope reports a beam-shift range). ValueError for beam without
+        one."""
+        reply = client.get_state()
+        range_um = reply.limits.beam_shift_range_um
+        if actuator == "auto":
+            actuator = "beam" if range_um else "stage"
+        if actuator == "beam" and not range_um:
+            raise ValueError(
+                "--drift-actuator beam: the microscope reports no beam shift (protocol 1.4 "
+                "beam_shift_range_um); use stage"
+            )
+        mover = cls(client, actuator, range_um=range_um)
+        mover._read(reply)
+        return mover
+
+    def _read(self, reply: Any) -> None:
+        s = reply.state
+        self.stage_um = (float(s.stage_x_um), float(s.stage_y_um))
+        self.beam_um = (float(s.beam_shift_x_um or 0.0), float(s.beam_shift_y_um or 0.0))
+
+    def move_by(self, dx_nm: float, dy_nm: float) -> None:
+        """Move the field by (dx, dy) nm from where it last was; raises on a refused move."""
+        dx, dy = dx_nm / 1e3, dy_nm / 1e3
+        if self.actuator == "stage":
+            self._read(self.client.move_stage(self.stage_um[0] + dx, self.stage_um[1] + dy))
+            return
+        bx, by = self.beam_um[0] + dx, self.beam_um[1] + dy
+        assert self.range_um is not None
+        if max(abs(bx), abs(by)) <= self.handoff_fraction * self.range_um:
+            self._read(self.client.set_beam_shift(bx, by))
+            return
+        self._read(self.client.move_stage(self.stage_um[0] + bx, self.stage_um[1] + by))
+        self._read(self.client.set_beam_shift(0.0, 0.0))
+        self.handoffs += 1

@@ -97,7 +97,7 @@ def write_drift(table: Any, corrector: Any, out: Path) -> list[Path]:
     ax.plot(table["time_s"], table["drift_y_nm"], label="drift y")
     title = "Specimen drift (from the frames)"
     if corrector is not None:
-        title += f"; {corrector.moves} stage corrections"
+        title += f"; {corrector.moves} corrections"
     ax.set(xlabel="time (s)", ylabel="nm", title=title)
     ax.legend()
     return [csv_path, _save(fig, out / "drift.png")]

@@ -295,6 +295,7 @@ class SimulatedInSituCamera(MicroscopeBase):
         self._scene = InSituScene(cfg)
         self._limits = cfg.limits()
         self._stage_um = (cfg.start_stage_x_um, cfg.start_stage_y_um)
+        self._beam_shift_um = (0.0, 0.0)
         self._wd_um = cfg.start_wd
         self._dose = cfg.dose_e_per_px
         self._last_index = -1
@@ -327,6 +328,17 @@ class SimulatedInSituCamera(MicroscopeBase):
             raise LimitError(f"dose {dose!r} e⁻/px is outside [0, {_MAX_DOSE_E_PER_PX:g}]")
         self._dose = float(dose)
 
+    def beam_shift_range_um(self) -> float:
+        return self._config.beam_shift_range_um
+
+    def beam_shift_um(self) -> tuple[float, float]:
+        return self._beam_shift_um
+
+    def set_beam_shift(self, x_um: float, y_um: float) -> None:
+        """Image shift: the field moves by (x, y) µm over the specimen, as a stage move would,
+        but electronically (no backlash, small range). Checked by the guard in front."""
+        self._beam_shift_um = (float(x_um), float(y_um))
+
     def acquire_annotated(self) -> tuple[Frame, AnnotatedImage]:
         """The frame due now and its ground truth (masks, track ids, centroids)."""
         return self._acquire(truth=True)
@@ -344,6 +356,8 @@ class SimulatedInSituCamera(MicroscopeBase):
             pixel_size_nm=float(cfg.pixel_size_nm),
             exposure_s=cfg.exposure_s,
             dose_e_per_px=float(self._dose),
+            beam_shift_x_um=float(self._beam_shift_um[0]),
+            beam_shift_y_um=float(self._beam_shift_um[1]),
         )
 
     def limits(self) -> Limits:
@@ -388,8 +402,12 @@ class SimulatedInSituCamera(MicroscopeBase):
         self._last_index = index
         state = self.state()
         defocus = self._wd_um - self._config.focus_wd_um
+        field_um = (  # where the field is: the stage plus the beam shift
+            self._stage_um[0] + self._beam_shift_um[0],
+            self._stage_um[1] + self._beam_shift_um[1],
+        )
         sample = self._scene.render(
-            self._stage_um, dose_e_per_px=self._dose, defocus_um=defocus, truth=truth
+            field_um, dose_e_per_px=self._dose, defocus_um=defocus, truth=truth
         )
         frame = Frame(
             pixels=sample.image,

@@ -40,7 +40,8 @@ class InSituConfig:
     ``min_size_nm`` (dissolution), ``coalescence``.
     Decoys: ``decoy_density_per_um2``, ``decoy_kind_weights``, ``decoy_radius_nm``,
     ``decoy_speed_nm_per_s``, ``decoy_turn_rad2_per_s``.
-    Stage and focus: ``drift_x_nm_per_s``/``drift_y_nm_per_s``, ``domain_nm`` (periodic patch
+    Stage and focus: ``beam_shift_range_um`` (the image shift's largest |x| and |y|),
+    ``drift_x_nm_per_s``/``drift_y_nm_per_s``, ``domain_nm`` (periodic patch
     side; None: 1.5 × the field + 200 nm), ``start_stage_x_um``/``start_stage_y_um``,
     ``stage_min_um``/``stage_max_um``, ``focus_wd_um`` (objective focus setting at which the cell
     is in focus), ``start_wd_um`` (None: in focus), ``wd_min_um``/``wd_max_um``,
@@ -107,6 +108,7 @@ class InSituConfig:
     wd_min_um: float = -50.0
     wd_max_um: float = 50.0
     max_wd_step_um: float | None = None
+    beam_shift_range_um: float = 2.0  # image shift: a few µm at in-situ magnifications
     seed: int = 0
     name: str = "sim-insitu"
 
@@ -129,6 +131,7 @@ class InSituConfig:
             "mtf_half_cycles_per_px",
             "particle_size_nm",
             "confinement_nm",
+            "beam_shift_range_um",
             "min_size_nm",
             "decoy_radius_nm",
         )
@@ -238,6 +241,7 @@ class InSituConfig:
             stage_y_min_um=float(self.stage_min_um),
             stage_y_max_um=float(self.stage_max_um),
             max_wd_step_um=self.max_wd_step_um,
+            beam_shift_range_um=self.beam_shift_range_um,
         )
 
 

@@ -243,7 +243,7 @@ class SimulatedSEM(MicroscopeBase):
         self._rng = np.random.default_rng([cfg.seed, 0x5E3])  # apart from the specimen stream
         self._mean_yield = float(specimen.se_yield.mean())
         self._detector = cfg.detector(self._mean_yield)
-        self._limits = cfg.limits()
+        self._limits = cfg.limits().model_copy(update={"beam_shift_range_um": BEAM_SHIFT_RANGE_UM})
         self._pixel_nm = cfg.pixel_size_nm
         self._dose = cfg.dose_e_per_px
         self._astigmatism_um = cfg.astigmatism_um
@@ -400,6 +400,8 @@ class SimulatedSEM(MicroscopeBase):
             dwell_time_us=float(cfg.dwell_time_us),
             dose_e_per_px=float(self._dose),
             beam_semiangle_mrad=float(cfg.beam_semiangle_mrad),
+            beam_shift_x_um=float(self._beam_shift_um[0]),
+            beam_shift_y_um=float(self._beam_shift_um[1]),
         )
 
     def _acquire(self, *, with_clean: bool) -> tuple[Frame, np.ndarray | None]:
