@@ -44,6 +44,7 @@ CASES = (
     # A camera at the 30 fps: is every frame detected and tracked, with a display
     # denoiser beside the workers?
     (1024, 30.0, 2, "particle_detector", 1.0, "denoiser"),
+    (1024, 30.0, 2, "particle_detector", 1.5, "denoiser"),
     (512, 100.0, 2, "particle_detector", 1.0, "denoiser"),
 )
 
@@ -106,7 +107,9 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
 
     trackpy.quiet()
     detector = ParticleDetector(backends.load("particle_detector", "onnxruntime"))
-    coarse = ParticleDetector(detector.session, work_pixel_nm=1.0)  # 0.5 nm/px frames binned 2×
+    coarse = {  # 0.5 nm/px frames binned 2× and 3×
+        w: ParticleDetector(detector.session, work_pixel_nm=w) for w in (1.0, 1.5)
+    }
     denoiser = Denoiser(backends.load("denoiser", "onnxruntime"))
     side, fps, frames_n = (256, 20.0, 30) if quick else (512, 20.0, 100)
     rows = []
@@ -126,7 +129,8 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
             frames.append(frame.pixels)
             truths.append(truth)
         config = TrackingConfig(pixel_size_nm=px, frame_interval_s=1 / fps)
-        for method in ("ours", "ours @ 1 nm/px", "ours, denoised", "trackpy locate"):
+        methods = ("ours", "ours @ 1 nm/px", "ours @ 1.5 nm/px", "ours, denoised", "trackpy locate")
+        for method in methods:
             t0 = time.perf_counter()
             hyp_frames: list[list[tuple[int, float, float]]] = []
             if method == "trackpy locate":
@@ -153,7 +157,9 @@ def tracking(quick: bool, progress) -> list[dict[str, Any]]:
                         pixels = np.clip(np.rint(denoiser.denoise(pixels)), 0, 65535).astype(
                             pixels.dtype
                         )
-                    net = coarse if method == "ours @ 1 nm/px" else detector
+                    net = {"ours @ 1 nm/px": coarse[1.0], "ours @ 1.5 nm/px": coarse[1.5]}.get(
+                        method, detector
+                    )
                     dets = net.detect(pixels, px)
                     ids = tracker.add(k, k, k / fps, dets)
                     pairs = zip(ids, dets, strict=True)
