@@ -78,7 +78,7 @@ def _cmd_export(args) -> int:
 def _cmd_bench_models(args) -> int:
     from scopeflow_lab.bench.report import run_models_bench
 
-    return run_models_bench(json_path=args.json, quick=args.quick)
+    return run_models_bench(json_path=args.json, quick=args.quick, only=args.only)
 
 
 def _require_lab_extra(command: str, *modules: str) -> None:
@@ -256,6 +256,13 @@ def add_commands(sub) -> None:
     bm = benches.add_parser("models", help="held-out metrics of every model vs baselines")
     bm.add_argument("--json", type=Path, default=None, help="write results here")
     bm.add_argument("--quick", action="store_true", help="few frames (smoke run)")
+    bm.add_argument(
+        "--only",
+        choices=["denoise-atomic"],
+        default=None,
+        help="denoise-atomic: the denoiser on atomic-resolution HRTEM and HAADF frames of the "
+        "held-out multislice microscope, beside tuned BM3D, NLM and Gaussian",
+    )
     bm.set_defaults(func=_cmd_bench_models)
     bf = benches.add_parser(
         "flake-search",

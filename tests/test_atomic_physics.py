@@ -121,6 +121,29 @@ def test_multislice_haadf_is_brighter_on_platinum_than_on_palladium():
     assert centre_signal("Pt") / centre_signal("Pd") == pytest.approx((78 / 46) ** 1.64, rel=0.3)
 
 
+@pytest.mark.parametrize("modality,dose", [("hrtem", 200.0), ("haadf", 1e4)])
+def test_multislice_expected_frame_is_the_mean_of_the_counted_one(modality, dose):
+    """The noise-free expectation a denoiser is scored against: the counted frame scatters
+    around it by shot noise (Poisson: the HRTEM residual's variance is about its mean, less
+    what the pixel MTF takes), with no bias."""
+    frame = multislice.test_frame(41, modality, dose, 0.03, (128, 128))
+    im = multislice.render(frame)
+    noisy = im.image.astype(np.float64)
+    expected = im.attributes["expected"].astype(np.float64)
+    residual = noisy - expected
+    assert abs(residual.mean()) < 0.01 * expected.mean()
+    if modality == "hrtem":
+        # Poisson variance = mean, of which the pixel's sinc MTF passes (∫ sinc²)² ≈ 0.60.
+        assert residual.var() == pytest.approx(0.60 * expected.mean(), rel=0.15)
+    else:
+        # PMT: N ~ Poisson(λ) electrons times one gamma(4, 6.25) gain G per pixel (E[G] = 25,
+        # Var G = 156.25 DN²), plus 6 DN of read noise: Var(NG) = λ E[G²] + λ² Var G, with
+        # λ = (expected − 1000 DN offset) / 25 DN per electron.
+        lam = (expected - 1000.0) / 25.0
+        predicted = float(np.mean(lam * 781.25 + lam**2 * 156.25)) + 36.0
+        assert residual.var() == pytest.approx(predicted, rel=0.15)
+
+
 def test_the_particle_bench_quick_run_scores_every_condition(tmp_path):
     """``scopeflow bench particles --quick``: one small frame per row, every row scored by the
     shipped detector and the baseline, the held-out multislice rows marked held out."""

@@ -143,6 +143,10 @@ def test_bench_models_quick_writes_the_documented_json(tmp_path):
         for score in ("psnr", "ssim"):
             assert set(den[modality][score]) >= {"scopeflow", "bm3d", "nlm", "gaussian"}
     assert den["frames_per_s_512"] > 0
+    for key in ("hrtem_100", "hrtem_1000", "haadf_10000"):  # the held-out atomic frames
+        psnr = den["atomic_heldout"][key]["psnr"]
+        assert set(psnr) >= {"scopeflow", "bm3d", "nlm", "gaussian", "noisy"}
+        assert all(np.isfinite(v) and v > 5 for v in psnr.values())
     flakes = data["flake_detector"]
     assert set(flakes["graphene_1L"]) >= {"precision", "recall"}
     assert 0 <= flakes["layer_accuracy"] <= 1 and flakes["megapixels_per_s"] > 0

@@ -85,11 +85,22 @@ def run_simulate_bench(json_path: Path | None = None, repeats: int = 20, progres
     return 0
 
 
-def run_models_bench(json_path: Path | None = None, quick: bool = False, progress=print) -> int:
-    """Held-out metrics of every shipped model beside its baselines, and backend parity."""
+def run_models_bench(
+    json_path: Path | None = None, quick: bool = False, progress=print, only: str | None = None
+) -> int:
+    """Held-out metrics of every shipped model beside its baselines, and backend parity.
+    ``only="denoise-atomic"``: the denoiser on the held-out atomic-resolution frames alone."""
     import importlib
 
     result: dict = {"quick": quick}
+    if only == "denoise-atomic":
+        from scopeflow_lab.bench import models_denoise
+
+        result.update(models_denoise.run_atomic(quick=quick, progress=progress))
+        result["machine"], result["time"] = _machine(), _now()
+        if json_path is not None:
+            _write_json(result, json_path, progress)
+        return 0
     for section in ("models_focus", "models_denoise", "models_detect"):
         progress(f"{section.replace('models_', '')}:")
         result.update(

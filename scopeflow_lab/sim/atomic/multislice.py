@@ -170,7 +170,7 @@ def _hull_mask(points_nm: np.ndarray, shape: tuple[int, int], pixel: float) -> n
 
 def _hrtem(
     frame: MultisliceFrame, atoms: list[tuple[str, np.ndarray]], rng: np.random.Generator
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     s = max(1, math.ceil(frame.pixel_size_nm / FINEST_NM))
     pixel = frame.pixel_size_nm / s
     shape = (frame.frame_shape[0] * s, frame.frame_shape[1] * s)
@@ -215,18 +215,20 @@ def _hrtem(
             axis=(1, 3)
         )
     per_px = frame.dose_e_per_a2 * (frame.pixel_size_nm * 10.0) ** 2
-    counts = rng.poisson(np.maximum(intensity, 0) * per_px).astype(np.float32)
+    mean = np.maximum(intensity, 0) * per_px
+    counts = rng.poisson(mean).astype(np.float32)
     # Counting detector: the pixel's sinc MTF applies to signal and noise alike.
     fy_ = np.fft.fftfreq(frame.frame_shape[0])[:, None]
     fx_ = np.fft.fftfreq(frame.frame_shape[1])[None, :]
     mtf = np.sinc(fx_) * np.sinc(fy_)
     counts = np.fft.ifft2(np.fft.fft2(counts) * mtf).real
-    return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    expected = np.fft.ifft2(np.fft.fft2(mean) * mtf).real.astype(np.float32)
+    return np.clip(np.rint(counts), 0, 65535).astype(np.uint16), expected
 
 
 def _haadf(
     frame: MultisliceFrame, atoms: list[tuple[str, np.ndarray]], rng: np.random.Generator
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     shape, pixel = frame.frame_shape, frame.pixel_size_nm
     per_atom_carbon = 2e-5  # fraction of the probe's electrons one carbon atom sends to the ADF
     signal = np.zeros(shape, np.float64)
@@ -250,16 +252,20 @@ def _haadf(
     )
     per_px = frame.dose_e_per_a2 * (pixel * 10.0) ** 2
     electrons = rng.poisson(fraction * per_px).astype(np.float64)
-    gain = rng.gamma(4.0, 25.0 / 4.0, shape) * (electrons > 0)  # PMT: gamma-spread gain per event
+    # PMT: one gamma-spread gain per pixel, 25 DN per electron on average, 1000 DN offset.
+    gain = rng.gamma(4.0, 25.0 / 4.0, shape) * (electrons > 0)
     dn = electrons * gain + 1000.0 + rng.normal(0, 6.0, shape)
-    return np.clip(np.rint(dn), 0, 65535).astype(np.uint16)
+    expected = (fraction * per_px * 25.0 + 1000.0).astype(np.float32)
+    return np.clip(np.rint(dn), 0, 65535).astype(np.uint16), expected
 
 
 def render(frame: MultisliceFrame) -> AnnotatedImage:
     """The frame and one ``"particle"`` object per particle (convex hull of its atoms)."""
     rng = np.random.default_rng([frame.seed, 0x3517])
     atoms, footprints = specimen(frame, rng)
-    image = _hrtem(frame, atoms, rng) if frame.modality == "hrtem" else _haadf(frame, atoms, rng)
+    image, expected = (
+        _hrtem(frame, atoms, rng) if frame.modality == "hrtem" else _haadf(frame, atoms, rng)
+    )
     objects = []
     for (material, r, *_), pts in zip(frame.particles, footprints, strict=True):
         mask = _hull_mask(pts, frame.frame_shape, frame.pixel_size_nm)
@@ -272,6 +278,7 @@ def render(frame: MultisliceFrame) -> AnnotatedImage:
         "defocus_nm": frame.defocus_nm,
         "seed": frame.seed,
         "device": "multislice",
+        "expected": expected,  # the noise-free mean of each pixel (DN), for denoising scores
     }
     return AnnotatedImage(image, objects, attributes)
 
