@@ -91,6 +91,7 @@ def _cmd_node_infer(args) -> int:
             detect_pixel_nm=args.detect_pixel_nm,
             work_endpoint=args.work,
             max_rate_hz=args.max_rate,
+            max_side=args.max_side,
         ),
         metrics_port=args.metrics_port,
     )
@@ -341,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HZ",
         help="latest-only: analyse at most HZ frames a second, the newest each time (a display "
         "path beside every-frame workers, leaving them the cores); default: as fast as it goes",
+    )
+    inf.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="denoiser: bin frames larger than PX on a side by an integer factor first (a "
+        "display path: the pixel size in the result's header follows)",
     )
     inf.set_defaults(func=_cmd_node_infer)
 

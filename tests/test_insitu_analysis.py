@@ -115,6 +115,24 @@ def test_a_detector_in_a_chain_reads_the_raw_frame_the_denoised_one_goes_out_bes
     assert not np.array_equal(denoised, frame.pixels)
 
 
+def test_a_display_denoiser_bins_large_frames_and_its_header_says_so():
+    """--max-side: a 256² frame through a 100-px display denoiser comes out 85² (binned 3×,
+    the ceiling), its pixel size ×3; the mean level is kept; other models refuse it."""
+    from scopeflow.devices.frames import frame_message
+    from scopeflow.inference.processors import make_processor
+
+    frame, _ = _camera(10.0).acquire_annotated()
+    msg = frame_message(frame, series_id=1, series_unique_id="s", image_id=0, command_seq=0)
+    [(header, (out,))] = make_processor("denoiser", "onnxruntime", max_side=100).process(msg)
+    assert out.shape == header.shape == (85, 85)  # 256 // 3
+    assert header.state.pixel_size_nm == pytest.approx(3 * frame.state.pixel_size_nm)
+    assert header.state.magnification == pytest.approx(frame.state.magnification / 3)
+    raw = frame.pixels[:255, :255].astype(np.float64)
+    assert float(out.mean()) == pytest.approx(raw.mean(), rel=0.02)
+    with pytest.raises(ValueError, match="denoiser alone"):
+        make_processor("particle_detector", "onnxruntime", max_side=100)
+
+
 def test_a_chain_that_cannot_feed_its_next_model_is_refused():
     with pytest.raises(ValueError, match="only the denoiser can feed"):
         InferNode(InferConfig(model="particle_detector,denoiser", backend="onnxruntime"))

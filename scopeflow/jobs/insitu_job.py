@@ -56,6 +56,9 @@ LATENCY_SAMPLES = 100_000  # latencies kept (later, every 10th frame replaces on
 DRIFT_EVERY_S = 0.25  # a drift estimate (and, with --drift correct, a correction) this often
 FINISH_S = 60.0  # default: after the camera stops, time for queued frames to be analysed
 DISPLAY_FPS = 4.0  # default rate of the latest-only display denoiser (--display-model)
+#: the display denoiser bins larger frames to this side: at 1024² the full-size denoiser at
+#: 4 fps took the workers from 29 to 23 fps (bench insitu, 2026-12-08)
+DISPLAY_SIDE = 512
 
 
 @dataclass
@@ -230,7 +233,7 @@ class InsituJob:
                 procs["display"] = _start(
                     [*SF, "node", "infer", "--frames", frames, "--results", display,
                      "--model", self.display_model, "--name", "display", "--threads", "1",
-                     "--max-rate", str(self.display_fps)],
+                     "--max-rate", str(self.display_fps), "--max-side", str(DISPLAY_SIDE)],
                     logs / "display.log",
                 )  # fmt: skip
             _wait_ready(procs)
