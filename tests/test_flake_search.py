@@ -257,6 +257,27 @@ def test_catalog_coco_thumbnails_and_html_map_are_written(tmp_path):
     assert page.count('class="flake"') == len(flakes) and "data:image/png;base64," in page
 
 
+def test_a_ctrl_c_while_the_job_computes_still_writes_the_catalog(tmp_path):
+    """CI saw it: Ctrl-C landing inside the job's own code (not during an action) ended the
+    run as interrupted with no catalog.json. Raised at the second tile's cataloguing here."""
+
+    class CtrlCAtSecondTile(FlakeSearchJob):
+        calls = 0
+
+        def _catalogue(self, tile, total):
+            CtrlCAtSecondTile.calls += 1
+            if CtrlCAtSecondTile.calls == 2:
+                raise KeyboardInterrupt
+            return (yield from super()._catalogue(tile, total))
+
+    job = CtrlCAtSecondTile((-300.0, -200.0, 300.0, 200.0), tmp_path, overlap=0.1, focus_grid=1)
+    outcome, _ = run_job(job, LocalScope(_optical(), models={"focus": "tenengrad"}))
+    assert outcome.reason == "interrupted"
+    catalog = json.loads((tmp_path / "catalog.json").read_text())
+    assert catalog["flakes"] is not None and (tmp_path / "progress.json").exists()
+    assert len(json.loads((tmp_path / "progress.json").read_text())["tiles"]) == 1
+
+
 def test_a_bgr_frame_is_detected_as_such_and_an_undeclared_one_as_rgb():
     """The same tile sent RGB and sent BGR (declared as such) gives the same flakes; the BGR
     pixels sent as if RGB (undeclared: RGB by the protocol's rule) do not."""

@@ -254,7 +254,10 @@ class FlakeSearchJob:
             reason, message = stop.reason, stop.message
         except ScopeflowError as exc:
             reason, message = failure_reason(exc), exc.reason
-        except GeneratorExit:  # interrupted (Ctrl-C): write what was found, keep progress.json
+        # Interrupted (Ctrl-C): write what was found, keep progress.json. The runner closes
+        # the plan (GeneratorExit) when Ctrl-C lands while an action is carried out; when it
+        # lands while the job itself computes, it is raised here, in the job's own frame.
+        except (GeneratorExit, KeyboardInterrupt):
             self._finish("interrupted", "interrupted", time.monotonic() - self._t0)
             raise
         return self._finish(reason, message, time.monotonic() - self._t0)
