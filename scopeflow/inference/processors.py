@@ -137,10 +137,12 @@ class Denoise:
 
     def __init__(self, backend: str, max_side: int | None = None) -> None:
         from scopeflow.inference.models.denoiser import Denoiser
+        from scopeflow.inference.models.flake_detector import downsample
 
         if max_side is not None and max_side < 16:
             raise ValueError(f"--max-side must be at least 16 px, got {max_side}")
         self.max_side = max_side
+        self._downsample = downsample  # block means (imported with the model, not per frame)
         self._net = Denoiser(backends.load("denoiser", backend))
         self.backend = self._net.session.backend
 
@@ -152,9 +154,7 @@ class Denoise:
             k = -(-max(pixels.shape[:2]) // self.max_side)  # ceil: the side fits max_side
         if k > 1 and pixels.ndim == 2:
             h, w = pixels.shape[0] // k, pixels.shape[1] // k
-            pixels = (
-                pixels[: h * k, : w * k].reshape(h, k, w, k).mean(axis=(1, 3), dtype=np.float32)
-            )
+            pixels = self._downsample(pixels[: h * k, : w * k].astype(np.float32), k)
             state = fields["state"]
             state["pixel_size_nm"] *= k
             state["magnification"] /= k

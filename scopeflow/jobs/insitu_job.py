@@ -367,7 +367,6 @@ class _Collector:
             self.display.setsockopt(zmq.SUBSCRIBE, b"denoised")
             self.display.connect(display)
             self._poller.register(self.display, zmq.POLLIN)
-        self.drift_source = "denoised" if display is not None else "raw"
         self.order: InOrder[Any] = InOrder()
         self.tracker: LiveTracker | None = None
         self.series: str | None = None
@@ -603,7 +602,7 @@ class _Collector:
             last = table.iloc[-1]
             s["drift_x_nm"], s["drift_y_nm"] = float(last["drift_x_nm"]), float(last["drift_y_nm"])
             s["drift_samples_lost"] = self.drift.lost
-            s["drift_source"] = self.drift_source
+            s["drift_source"] = "raw" if self.display is None else "denoised"
             s["drift_time_s"] = float(last["time_s"] - table.iloc[0]["time_s"])
             if self.corrector is not None and self.mover is not None:
                 s["drift_corrections"] = self.corrector.moves

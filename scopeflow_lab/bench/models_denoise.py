@@ -42,6 +42,8 @@ BM3D_FACTORS = (0.75, 1.0, 1.5, 2.0, 3.0)  # σ_BM3D / σ_estimated
 NLM_FACTORS = (0.6, 0.8, 1.0, 1.3, 1.7, 2.2, 3.0)  # h / σ_estimated (8-bit units)
 GAUSSIAN_SIGMAS_PX = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 _MAX_EXTENSIONS = 5
+#: --quick runs skip calibration and give every baseline its middle parameter
+QUICK_PARAMETERS = {"bm3d_sigma_factor": 1.0, "nlm_h_factor": 1.0, "gaussian_sigma_px": 1.0}
 NLM_TEMPLATE, NLM_SEARCH = 7, 21  # OpenCV's recommended window sizes
 
 
@@ -227,8 +229,7 @@ def atomic_heldout(
     for modality, dose in ATOMIC_SETS:
         label = f"{modality} {dose:g} e/A2"
         cal = _atomic_pairs(modality, dose, n_cal, ATOMIC_CALIBRATION_SEED, size)
-        fixed = {"bm3d_sigma_factor": 1.0, "nlm_h_factor": 1.0, "gaussian_sigma_px": 1.0}
-        params = fixed if quick else calibrate(cal, progress, label)
+        params = QUICK_PARAMETERS if quick else calibrate(cal, progress, label)
         rows, _ = _score(
             _atomic_pairs(modality, dose, n, ATOMIC_TEST_SEED, size), runner, params, progress,
             label,
@@ -245,12 +246,17 @@ def run_atomic(quick: bool = False, progress: Callable[[str], None] = print) -> 
     return {"denoiser_atomic_heldout": result}
 
 
+def _cells(v: dict[str, Any]) -> str:
+    """PSNR / SSIM of every method, one table row's cells."""
+    return " ".join(f"{v['psnr'][m]:>9.2f} / {v['ssim'][m]:.3f}" for m in METHODS)
+
+
 def _report_atomic(r: dict[str, Any], progress: Callable[[str], None]) -> None:
     progress("")
     progress(f"  {'held-out atomic':<16} " + " ".join(f"{m:>17}" for m in METHODS))
     for key, v in r.items():
         if isinstance(v, dict) and "psnr" in v:
-            cells = " ".join(f"{v['psnr'][m]:>9.2f} / {v['ssim'][m]:.3f}" for m in METHODS)
+            cells = _cells(v)
             progress(f"  {key:<16} {cells}")
 
 
@@ -356,8 +362,7 @@ def run(
     runner = model.Denoiser(backends.load(model.NAME, "onnxruntime", weights_dir))
     progress(f"  denoiser: held-out frames {size}² ({per_dose} per dose), calibrating baselines")
     if quick:
-        fixed = {"bm3d_sigma_factor": 1.0, "nlm_h_factor": 1.0, "gaussian_sigma_px": 1.0}
-        params = {"sem": fixed, "insitu": fixed}
+        params = {"sem": QUICK_PARAMETERS, "insitu": QUICK_PARAMETERS}
     else:
         cal_sem = data.heldout_sem(SEM_DOSES, 1, size, seed=data.CALIBRATION_SEED, samples=samples)
         cal_insitu = data.heldout_insitu(INSITU_DOSES, 1, size, seed=data.CALIBRATION_SEED)
@@ -411,7 +416,7 @@ def _report(r: dict[str, Any], progress: Callable[[str], None]) -> None:
     for key in ("sem", "sem_high_dose", "insitu"):
         rows = [(f"{d}", v) for d, v in r[key]["per_dose"].items()] + [("all", r[key])]
         for dose, v in rows:
-            cells = " ".join(f"{v['psnr'][m]:>9.2f} / {v['ssim'][m]:.3f}" for m in METHODS)
+            cells = _cells(v)
             progress(f"  {key:<16} {dose:>6} {cells}")
     b = r["backend"]
     o = r["one_thread"]

@@ -9,9 +9,9 @@ dropped (the consumer has moved past it).
 
 The wait adapts to the workers: slow workers with deep queues finish a frame seconds after a
 later one, and a fixed wait would give up on frames that were merely queued. Each gap that
-closes teaches the wait (``SPREAD_FACTOR`` × the longest it took), and each late result
-doubles it, up to ``max_gap_timeout_s``; a killed worker's frames are still reported, only
-later.
+closes teaches the wait (``SPREAD_FACTOR`` × the longest it took), and so does each late
+result (``SPREAD_FACTOR`` × how long after its gap opened it came), up to
+``max_gap_timeout_s``; a killed worker's frames are still reported, only later.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class InOrder(Generic[T]):
             if image_id in self._given_up:
                 self.late += 1  # given up on too soon: wait as long as it took, and more
                 self._wait_at_least(SPREAD_FACTOR * (now - self._given_up.pop(image_id)))
+            elif image_id in self.missing:  # given up on long ago: late, nothing to learn
+                self.late += 1
             else:
                 self.duplicates += 1
             return
